@@ -1,0 +1,62 @@
+"""Runtime entry point: grade every slide in ``data/``, write ``submission.csv`` beside this file.
+
+Run as ``python main.py`` from the folder that holds it (``data/`` read-only, ``assets/`` with the
+weights, no network). Options are for local use; ``python main.py --help`` lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.monotonic()
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from stages.runtime import TIME_LIMIT_ENV, time_limit_from_env
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=ROOT / "data", help="slides and CSVs")
+    parser.add_argument("--out", type=Path, default=ROOT / "submission.csv")
+    parser.add_argument("--assets", type=Path, default=ROOT / "assets", help="weights + config")
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=time_limit_from_env(),
+        help=f"seconds for the whole run (default 16 h, or ${TIME_LIMIT_ENV})",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
+    parser.add_argument(
+        "--save-heatmaps", type=Path, default=None, help="write per-slide heatmaps/hotspots here"
+    )
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    logging.getLogger("pyvips").setLevel(logging.WARNING)
+    from stages.runtime import run
+
+    return run(
+        data=args.data,
+        out=args.out,
+        assets_dir=args.assets,
+        time_limit_s=args.time_limit,
+        device=args.device,
+        save_heatmaps=args.save_heatmaps,
+        started=STARTED,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""One global time limit shared over the slides of a run, on an injectable clock.
+
+* :class:`RunBudget` starts when created. Time before its hard end minus ``reserve_s`` (kept for
+  writing the submission) is shared out as it goes: each slide gets
+  ``allotment = (remaining − reserve) / slides left`` when it starts, so time a slide leaves unused
+  rolls over to the later ones (and an overrun is taken from them). When less than
+  ``min_slide_s`` is left before the reserve, the run is :meth:`~RunBudget.exhausted` and the
+  remaining slides get fallback rows.
+* :class:`SlideBudget` is one slide's share: a deadline, how many hotspots the next batch may
+  grade (:meth:`~SlideBudget.expand_next`) and which detector page is affordable
+  (:meth:`~SlideBudget.choose_detector_page`).
+* :class:`CostModel` holds measured costs (seconds per graded patch, seconds per detector
+  megapixel) as exponential moving averages that start from the config's prior guesses.
+
+All times are seconds of ``clock`` (``time.monotonic`` by default; tests pass a fake clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+#: Each coarser pyramid page has about a quarter of the pixels, so costs the detector ≈ 4× less.
+COARSER_PAGE_SPEEDUP = 4.0
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """How the run's time is spent.
+
+    ``reserve_s``: kept back for writing the submission; ``min_k`` / ``max_k``: hotspots graded per
+    slide (``min_k`` granted whenever the run can afford them); ``batch_size``: hotspots per
+    classifier batch; ``detector_fraction``: share of a slide's allotment the detector may use
+    before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
+    started; ``prior_patch_s`` / ``prior_detector_mpx_s``: cost guesses used until measured;
+    ``ema_alpha``: weight of the newest measurement in the moving averages.
+    """
+
+    reserve_s: float = 30.0
+    min_k: int = 4
+    max_k: int = 32
+    batch_size: int = 8
+    detector_fraction: float = 0.5
+    min_slide_s: float = 1.0
+    prior_patch_s: float = 0.05
+    prior_detector_mpx_s: float = 1.0
+    ema_alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.reserve_s) and self.reserve_s >= 0):
+            raise ValueError(f"budget.reserve_s must be finite and >= 0, got {self.reserve_s}")
+        if not 0 <= self.min_k <= self.max_k or self.max_k < 1:
+            raise ValueError(
+                f"budget needs 0 <= min_k <= max_k and max_k >= 1, got {self.min_k}, {self.max_k}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"budget.batch_size must be >= 1, got {self.batch_size}")
+        if not 0 < self.detector_fraction <= 1:
+            raise ValueError(
+                f"budget.detector_fraction must be in (0, 1], got {self.detector_fraction}"
+            )
+        if not (math.isfinite(self.min_slide_s) and self.min_slide_s >= 0):
+            raise ValueError(f"budget.min_slide_s must be finite and >= 0, got {self.min_slide_s}")
+        if not (self.prior_patch_s > 0 and self.prior_detector_mpx_s > 0):
+            raise ValueError("budget.prior_patch_s and prior_detector_mpx_s must be positive")
+        if not 0 < self.ema_alpha <= 1:
+            raise ValueError(f"budget.ema_alpha must be in (0, 1], got {self.ema_alpha}")
+
+
+class Ema:
+    """Exponential moving average starting from a prior guess, which the first measurement
+    replaces: ``value ← (1 − alpha) · value + alpha · x`` from the second measurement on."""
+
+    def __init__(self, prior: float, alpha: float) -> None:
+        self.value = prior
+        self.alpha = alpha
+        self.count = 0
+
+    def update(self, x: float) -> None:
+        self.value = x if self.count == 0 else (1 - self.alpha) * self.value + self.alpha * x
+        self.count += 1
+
+
+class CostModel:
+    """Measured costs: ``patch.value`` (seconds per graded patch) and ``detector.value`` (seconds
+    per detector megapixel), updated by the cascade after each batch / detector pass."""
+
+    def __init__(self, config: BudgetConfig) -> None:
+        self.patch = Ema(config.prior_patch_s, config.ema_alpha)
+        self.detector = Ema(config.prior_detector_mpx_s, config.ema_alpha)
+
+    def observe_patches(self, n: int, seconds: float) -> None:
+        """Record that grading ``n`` patches took ``seconds``."""
+        if n < 1 or seconds < 0:
+            raise ValueError(f"need n >= 1 patches and seconds >= 0, got {n}, {seconds}")
+        self.patch.update(seconds / n)
+
+    def observe_detector(self, pixels: int, seconds: float) -> None:
+        """Record that the detector took ``seconds`` over a page of ``pixels`` pixels."""
+        if pixels < 1 or seconds < 0:
+            raise ValueError(f"need pixels >= 1 and seconds >= 0, got {pixels}, {seconds}")
+        self.detector.update(seconds / (pixels / 1e6))
+
+    def detector_seconds(self, pixels: int) -> float:
+        """Estimated detector seconds over a page of ``pixels`` pixels."""
+        return pixels / 1e6 * self.detector.value
+
+
+class SlideBudget:
+    """One slide's share of the run, made by :meth:`RunBudget.start_slide`.
+
+    ``deadline`` = start + allotment, never beyond the run's end minus its reserve
+    (``run_deadline``).
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        allotment: float,
+        run_deadline: float,
+        config: BudgetConfig,
+    ) -> None:
+        self._clock = clock
+        self.config = config
+        self.start = clock()
+        self.allotment = allotment
+        self.run_deadline = run_deadline
+        self.deadline = min(self.start + allotment, run_deadline)
+
+    def time_left(self) -> float:
+        """Seconds left before this slide's deadline (≥ 0)."""
+        return max(0.0, self.deadline - self._clock())
+
+    def expand_next(self, k_done: int, patch_cost_s: float) -> int:
+        """How many hotspots the next batch may grade, ``k_done`` being graded already.
+
+        At most ``batch_size`` and up to ``max_k`` in all; as many as fit the slide's time left at
+        ``patch_cost_s`` seconds each (0 when none fits). Up to ``min_k`` in all are granted
+        regardless of the slide's deadline when they fit the run's time before its reserve.
+        """
+        if k_done < 0 or patch_cost_s < 0:
+            raise ValueError(f"k_done and patch_cost_s must be >= 0, got {k_done}, {patch_cost_s}")
+        n = min(self.config.batch_size, self.config.max_k - k_done)
+        if n <= 0:
+            return 0
+        fits = n if patch_cost_s == 0 else math.floor(self.time_left() / patch_cost_s)
+        granted = min(n, fits)
+        owed = min(n, self.config.min_k - k_done)
+        run_left = self.run_deadline - self._clock()
+        if granted < owed and owed * patch_cost_s <= run_left:
+            granted = owed
+        return granted
+
+    def choose_detector_page(self, base_page: int, n_pages: int, est_cost_at_base_s: float) -> int:
+        """The first page from ``base_page`` on whose estimated detector cost (÷ 4 per coarser
+        page) fits ``detector_fraction`` of the allotment; the last page if none does."""
+        if not 0 <= base_page < n_pages:
+            raise ValueError(f"base_page {base_page} out of range 0..{n_pages - 1}")
+        limit = self.config.detector_fraction * self.allotment
+        page, cost = base_page, est_cost_at_base_s
+        while cost > limit and page < n_pages - 1:
+            page, cost = page + 1, cost / COARSER_PAGE_SPEEDUP
+        if page != base_page:
+            log.info(
+                "detector page %d instead of %d: estimated %.1f s > %.1f s allowed",
+                page,
+                base_page,
+                est_cost_at_base_s,
+                limit,
+            )
+        return page
+
+
+class RunBudget:
+    """The run's time limit shared over ``n_slides`` slides; starts when created."""
+
+    def __init__(
+        self,
+        time_limit_s: float,
+        n_slides: int,
+        config: BudgetConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (math.isfinite(time_limit_s) and time_limit_s > 0) or n_slides < 0:
+            raise ValueError(
+                f"need time_limit_s > 0 and n_slides >= 0, got {time_limit_s}, {n_slides}"
+            )
+        self.config = config
+        self.n_slides = n_slides
+        self.costs = CostModel(config)
+        self._clock = clock
+        self._end = clock() + time_limit_s
+        self._finished = 0
+        self._current: SlideBudget | None = None
+
+    @property
+    def slides_left(self) -> int:
+        """Slides not yet finished (the current one included)."""
+        return self.n_slides - self._finished
+
+    def remaining(self) -> float:
+        """Seconds before the run's hard end (≥ 0)."""
+        return max(0.0, self._end - self._clock())
+
+    def allotment(self) -> float:
+        """Seconds for the next slide: (remaining − reserve) / slides left, ≥ 0."""
+        if self.slides_left <= 0:
+            raise RuntimeError(f"all {self.n_slides} slides are finished")
+        return max(0.0, self.remaining() - self.config.reserve_s) / self.slides_left
+
+    def exhausted(self) -> bool:
+        """True when less than ``min_slide_s`` is left before the reserve: start no more slides."""
+        return self.remaining() - self.config.reserve_s < self.config.min_slide_s
+
+    def start_slide(self) -> SlideBudget:
+        """Begin the next slide with its allotment; :meth:`finish_slide` must follow."""
+        if self._current is not None:
+            raise RuntimeError("start_slide() called before finish_slide() of the previous slide")
+        allotment = self.allotment()
+        self._current = SlideBudget(
+            self._clock, allotment, self._end - self.config.reserve_s, self.config
+        )
+        return self._current
+
+    def finish_slide(self) -> None:
+        """End the current slide; its unused time rolls over to the slides left."""
+        if self._current is None:
+            raise RuntimeError("finish_slide() called without start_slide()")
+        used = self._clock() - self._current.start
+        log.debug("slide took %.2f s of %.2f s allotted", used, self._current.allotment)
+        self._finished += 1
+        self._current = None

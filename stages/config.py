@@ -1,0 +1,147 @@
+"""The cascade's configuration: one frozen dataclass per stage, saved as ``assets/config.json``.
+
+Each stage module owns its config class; :class:`CascadeConfig` composes them. Loading validates
+the JSON strictly — unknown keys and wrong types are errors naming the key — and each class's
+``__post_init__`` checks its ranges. :func:`load_assets` also checks that the weight files exist
+and match the networks the config describes, before any slide is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.budget import BudgetConfig
+from stages.classifier import ClassifierConfig, PatchClassifier
+from stages.decision import DecisionConfig
+from stages.detector import DetectorConfig, build_detector
+from stages.hotspots import HotspotConfig
+from stages.nets import AssetsError, load_weights
+from stages.tissue import TissueConfig
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """Everything the cascade needs besides the weights. ``default_mpp`` is used (and logged)
+    for a slide whose µm/pixel is in neither the metadata nor the file. ``note`` says what the
+    weights are (e.g. how they were trained)."""
+
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    hotspots: HotspotConfig = field(default_factory=HotspotConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    default_mpp: float = 0.25
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.default_mpp <= 100:
+            raise ValueError(f"default_mpp must be a plausible µm/pixel, got {self.default_mpp}")
+
+
+def _check(value: Any, hint: Any, where: str) -> Any:
+    """``value`` as type ``hint`` (JSON lists become tuples); ValueError naming ``where``."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        return _check(value, next(o for o in options if o is not type(None)), where)
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_check(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(
+            _check(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True))
+        )
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def from_dict(cls: type, data: Any, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from a JSON dict; missing keys take defaults, unknown keys fail."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}")
+    values = {k: _check(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+
+
+def save_config(config: CascadeConfig, assets: Path) -> Path:
+    """Write ``config`` as ``assets/config.json`` (pretty, stable key order)."""
+    assets.mkdir(parents=True, exist_ok=True)
+    path = assets / CONFIG_NAME
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    return path
+
+
+def load_config(assets: Path) -> CascadeConfig:
+    """Read and validate ``assets/config.json``; :class:`AssetsError` naming the file on failure."""
+    path = assets / CONFIG_NAME
+    if not path.is_file():
+        raise AssetsError(f"config missing: {path}")
+    try:
+        return from_dict(CascadeConfig, json.loads(path.read_text()))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise AssetsError(f"{path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Assets:
+    """The validated config and both networks, on ``device`` and in eval mode."""
+
+    config: CascadeConfig
+    detector: torch.nn.Module
+    classifier: torch.nn.Module
+    device: torch.device
+
+
+def load_assets(assets: Path, device: torch.device) -> Assets:
+    """Config plus both networks with their weights; fails early, naming the bad file."""
+    config = load_config(assets)
+    detector = load_weights(build_detector(config.detector), assets / config.detector.weights)
+    classifier = load_weights(
+        PatchClassifier(config.classifier), assets / config.classifier.weights
+    )
+    log.info(
+        "assets %s: detector %s/%s, classifier %s%s",
+        assets,
+        config.detector.arch,
+        config.detector.encoder,
+        config.classifier.encoder,
+        f" ({config.note})" if config.note else "",
+    )
+    return Assets(config, detector.to(device).eval(), classifier.to(device).eval(), device)

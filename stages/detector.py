@@ -1,0 +1,191 @@
+"""Stage 1: an smp segmentation network over the tissue of a low-resolution page → lesion heatmap.
+
+The network sees overlapping ``window × window`` windows of the detector page (the page nearest
+``target_mpp``, page 4–5 on TissueNet slides), only where the tissue mask has tissue. Its softmax
+output, average-pooled by ``stride``, is blended into a heatmap ``(C, H, W)`` float32 on a grid of
+``stride`` detector-page pixels. Channel 0 is "no lesion", channel c ≥ 1 lesion grade c.
+Unvisited cells hold ``(1, 0, 0, 0)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from stages.geometry import Box
+from stages.nets import to_input
+from stages.slide import Slide
+
+log = logging.getLogger(__name__)
+
+ARCHS = ("Unet", "UnetPlusPlus")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Detector network and windowing. Sizes are detector-page pixels."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    decoder_channels: tuple[int, ...] = (256, 128, 64, 32, 16)
+    classes: int = 4
+    target_mpp: float = 4.0
+    window: int = 512
+    overlap: int = 64
+    stride: int = 4
+    batch_size: int = 4
+    weights: str = "detector.safetensors"
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"detector.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.classes < 2:
+            raise ValueError("detector.classes must be at least 2")
+        if self.window % 32 or self.window <= 0:
+            raise ValueError(
+                f"detector.window must be a positive multiple of 32, got {self.window}"
+            )
+        if not 0 <= self.overlap < self.window:
+            raise ValueError("detector.overlap must be in [0, window)")
+        if self.stride <= 0 or self.window % self.stride or self.overlap % self.stride:
+            raise ValueError("detector.stride must divide window and overlap")
+        if self.target_mpp <= 0 or self.batch_size <= 0:
+            raise ValueError("detector.target_mpp and batch_size must be positive")
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """Lesion heatmap of one slide.
+
+    ``probs``: ``(C, H, W)`` float32 class probabilities; ``tissue``: ``(H, W)`` bool on the same
+    grid; ``visited``: ``(H, W)`` bool, cells the network saw; ``scale``: page-0 pixels per heatmap
+    cell ``(sx, sy)``; ``page``: the detector page; ``complete``: False when stopped early.
+    """
+
+    probs: np.ndarray
+    tissue: np.ndarray
+    visited: np.ndarray
+    scale: tuple[float, float]
+    page: int
+    complete: bool
+
+
+def build_detector(config: DetectorConfig) -> torch.nn.Module:
+    """The smp model named by ``config``, randomly initialised (``encoder_weights=None``)."""
+    return smp.create_model(
+        config.arch,
+        encoder_name=config.encoder,
+        encoder_weights=None,
+        decoder_channels=config.decoder_channels,
+        in_channels=3,
+        classes=config.classes,
+    )
+
+
+def tissue_windows(
+    page_size: tuple[int, int],
+    page_scale: tuple[float, float],
+    mask: np.ndarray,
+    mask_scale: tuple[float, float],
+    window: int,
+    overlap: int,
+) -> list[tuple[int, int]]:
+    """Top-left corners (detector-page px) of the windows that hold tissue, row-major.
+
+    Windows step by ``window - overlap`` from (0, 0); the last row/column is shifted back to end at
+    the page edge (so no window is mostly outside the page). ``mask`` is ``(h, w)`` bool whose
+    pixels are ``mask_scale`` page-0 px; a window is kept when its footprint on the mask holds at
+    least one tissue pixel.
+    """
+    width, height = page_size
+
+    def starts(length: int) -> list[int]:
+        if length <= window:
+            return [0]
+        step = window - overlap
+        positions = list(range(0, length - window, step))
+        return [*positions, length - window]
+
+    ratio_x = page_scale[0] / mask_scale[0]
+    ratio_y = page_scale[1] / mask_scale[1]
+    kept = []
+    for top in starts(height):
+        y0, y1 = int(top * ratio_y), math.ceil((top + window) * ratio_y)
+        for left in starts(width):
+            x0, x1 = int(left * ratio_x), math.ceil((left + window) * ratio_x)
+            if mask[y0:y1, x0:x1].any():
+                kept.append((left, top))
+    return kept
+
+
+def predict_heatmap(
+    model: torch.nn.Module,
+    slide: Slide,
+    page: int,
+    mask: np.ndarray,
+    mask_scale: tuple[float, float],
+    config: DetectorConfig,
+    device: torch.device,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Heatmap:
+    """Run the detector over the tissue windows of ``page``; see :class:`Heatmap`.
+
+    Memory is bounded by one batch of windows plus the heatmap itself; ``should_stop`` is asked
+    before each batch and ends the pass early (``complete=False``).
+    """
+    info = slide.pages[page]
+    stride, window = config.stride, config.window
+    grid_w, grid_h = math.ceil(info.width / stride), math.ceil(info.height / stride)
+    total = np.zeros((config.classes, grid_h, grid_w), np.float32)
+    weight = np.zeros((grid_h, grid_w), np.float32)
+    corners = tissue_windows(info.size, info.scale, mask, mask_scale, window, config.overlap)
+    sx, sy = info.scale
+    complete = True
+    model.eval()
+    for start in range(0, len(corners), config.batch_size):
+        if should_stop():
+            complete = False
+            log.warning(
+                "%s: detector stopped by the budget after %d of %d windows",
+                slide.path.name,
+                start,
+                len(corners),
+            )
+            break
+        batch = corners[start : start + config.batch_size]
+        pixels = np.stack(
+            [
+                slide.read_region(Box(x * sx, y * sy, window * sx, window * sy), page)
+                for x, y in batch
+            ]
+        )
+        with torch.inference_mode():
+            logits = model(to_input(pixels, device))
+            pooled = F.avg_pool2d(logits.float().softmax(dim=1), stride).cpu().numpy()
+        cells = window // stride
+        for (x, y), out in zip(batch, pooled, strict=True):
+            gx, gy = x // stride, y // stride
+            h, w = min(cells, grid_h - gy), min(cells, grid_w - gx)
+            total[:, gy : gy + h, gx : gx + w] += out[:, :h, :w]
+            weight[gy : gy + h, gx : gx + w] += 1.0
+    visited = weight > 0
+    probs = np.zeros_like(total)
+    probs[0] = 1.0
+    probs[:, visited] = total[:, visited] / weight[visited]
+    tissue = cv2.resize(mask.astype(np.uint8), (grid_w, grid_h), interpolation=cv2.INTER_NEAREST)
+    return Heatmap(
+        probs=probs,
+        tissue=tissue.astype(bool),
+        visited=visited,
+        scale=(sx * stride, sy * stride),
+        page=page,
+        complete=complete,
+    )

@@ -1,0 +1,166 @@
+"""Hotspots: the top peaks of the stage-1 heatmap, as page-0 patch boxes for stage 2.
+
+The heatmap is ``(C, H, W)`` float32 class probabilities (channel 0 no lesion, channel c ≥ 1 lesion
+grade c; C = 4 on TissueNet) on a grid whose cell ``(r, c)`` covers page-0
+``[c·sx, (c+1)·sx) × [r·sy, (r+1)·sy)`` (:mod:`stages.geometry`).
+
+1. :func:`score_map` turns it into one ``(H, W)`` score: ``any_lesion`` = 1 − p0, or ``severity``
+   = expected grade Σ c·p_c / (C − 1); both in [0, 1] and 0 outside the tissue mask.
+2. :func:`find_peaks`: greedy non-maximum suppression over the map's local maxima (pixels not
+   below any of their 8 neighbours), highest score first, ties in row-major order. Each chosen peak
+   suppresses every candidate at **Euclidean** distance ≤ ``radius_px`` (heatmap cells). Pixels
+   scoring 0 (outside tissue) are never peaks. A plateau wider than the radius may give several.
+3. :func:`select_hotspots` maps the peaks to page-0 boxes centred on their cells' centres, with
+   the suppression radius ``nms_um`` converted to cells via the mean of ``sx`` and ``sy`` (as
+   :meth:`stages.slide.Slide.page_mpp` does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+
+from stages.geometry import Box, to_page0
+
+ScoreMode = Literal["any_lesion", "severity"]
+SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
+
+
+@dataclass(frozen=True)
+class HotspotConfig:
+    """How hotspots are scored and spaced.
+
+    ``nms_um``: suppression distance between hotspots in µm (about one stage-2 patch);
+    ``min_score``: lowest score a hotspot may have; ``max_candidates``: how many of the highest
+    local maxima enter the greedy suppression (bounds the work on a noisy map).
+    """
+
+    score: ScoreMode = "any_lesion"
+    nms_um: float = 250.0
+    min_score: float = 0.05
+    max_candidates: int = 20_000
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORE_MODES:
+            raise ValueError(f"hotspots.score must be one of {SCORE_MODES}, got {self.score!r}")
+        if not (np.isfinite(self.nms_um) and self.nms_um >= 0):
+            raise ValueError(f"hotspots.nms_um must be finite and >= 0, got {self.nms_um}")
+        if not 0 <= self.min_score <= 1:
+            raise ValueError(f"hotspots.min_score must be in [0, 1], got {self.min_score}")
+        if self.max_candidates < 1:
+            raise ValueError(f"hotspots.max_candidates must be >= 1, got {self.max_candidates}")
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A peak of a score map at heatmap cell ``(row, col)``."""
+
+    row: int
+    col: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Hotspot:
+    """A stage-2 patch to grade: page-0 ``box`` centred on the peak, the peak's ``score``, the
+    heatmap's C class probabilities at the peak, and ``rank`` (0 = highest score)."""
+
+    box: Box
+    score: float
+    heat_probs: tuple[float, ...]
+    rank: int
+
+
+def score_map(heatmap: np.ndarray, mode: str, tissue: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W)`` float32 score of a ``(C, H, W)`` heatmap (see module doc), 0 where ``tissue``
+    (``(H, W)`` bool, optional) is False."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if heat.ndim != 3 or heat.shape[0] < 2:
+        raise ValueError(f"heatmap must be (C, H, W) with C >= 2, got shape {heat.shape}")
+    if mode == "any_lesion":
+        score = 1.0 - heat[0]
+    elif mode == "severity":
+        grades = np.arange(heat.shape[0], dtype=np.float32)
+        score = np.tensordot(grades, heat, axes=1) / np.float32(heat.shape[0] - 1)
+    else:
+        raise ValueError(f"score mode must be one of {SCORE_MODES}, got {mode!r}")
+    if tissue is not None:
+        if tissue.shape != score.shape:
+            raise ValueError(f"tissue mask shape {tissue.shape} != heatmap grid {score.shape}")
+        score = np.where(tissue.astype(bool), score, np.float32(0))
+    return score.astype(np.float32, copy=False)
+
+
+def _local_maxima(score: np.ndarray) -> np.ndarray:
+    """``(H, W)`` bool: pixels not below any of their 8 neighbours (edges padded with -inf)."""
+    h, w = score.shape
+    padded = np.pad(score, 1, constant_values=-np.inf)
+    neighbours = np.full_like(score, -np.inf)
+    for dr in range(3):
+        for dc in range(3):
+            if (dr, dc) != (1, 1):
+                np.maximum(neighbours, padded[dr : dr + h, dc : dc + w], out=neighbours)
+    return score >= neighbours
+
+
+def find_peaks(
+    score: np.ndarray,
+    k: int,
+    radius_px: float,
+    min_score: float,
+    max_candidates: int | None = None,
+) -> list[Peak]:
+    """Up to ``k`` peaks of an ``(H, W)`` score map, highest first (see module doc for the rule).
+
+    ``radius_px``: suppression radius in cells (Euclidean, inclusive); peaks score ≥ ``min_score``
+    and > 0; ``max_candidates`` keeps only that many of the highest local maxima (None: all).
+    """
+    score = np.asarray(score)
+    if score.ndim != 2:
+        raise ValueError(f"score map must be (H, W), got shape {score.shape}")
+    if k < 0 or radius_px < 0:
+        raise ValueError(f"k and radius_px must be >= 0, got k={k}, radius_px={radius_px}")
+    if k == 0 or score.size == 0:
+        return []
+    if not np.isfinite(score).all():
+        raise ValueError("score map holds NaN or infinite values")
+    rows, cols = np.nonzero(_local_maxima(score) & (score >= min_score) & (score > 0))
+    values = score[rows, cols]
+    order = np.argsort(-values, kind="stable")[:max_candidates]  # stable: row-major among ties
+    rows, cols, values = rows[order], cols[order], values[order]
+    alive = np.ones(len(order), dtype=bool)
+    limit = radius_px * radius_px
+    peaks: list[Peak] = []
+    while len(peaks) < k and alive.any():
+        i = int(np.argmax(alive))  # first alive candidate = highest remaining score
+        peaks.append(Peak(int(rows[i]), int(cols[i]), float(values[i])))
+        alive &= (rows - rows[i]) ** 2 + (cols - cols[i]) ** 2 > limit
+    return peaks
+
+
+def select_hotspots(
+    heatmap: np.ndarray,
+    tissue: np.ndarray | None,
+    scale: tuple[float, float],
+    mpp0: float,
+    patch_page0: tuple[float, float],
+    config: HotspotConfig,
+    k: int,
+) -> list[Hotspot]:
+    """The top ``k`` hotspots of a ``(C, H, W)`` heatmap as page-0 boxes of size ``patch_page0``
+    ``(w, h)``. ``scale``: page-0 pixels per heatmap cell ``(sx, sy)``; ``mpp0``: page-0 µm/px."""
+    sx, sy = scale
+    if min(sx, sy, mpp0) <= 0:
+        raise ValueError(f"scale and mpp0 must be positive, got scale={scale}, mpp0={mpp0}")
+    score = score_map(heatmap, config.score, tissue)
+    radius_px = config.nms_um / (mpp0 * (sx + sy) / 2)
+    peaks = find_peaks(score, k, radius_px, config.min_score, config.max_candidates)
+    width, height = patch_page0
+    hotspots = []
+    for rank, peak in enumerate(peaks):
+        cx, cy = to_page0(peak.col + 0.5, peak.row + 0.5, scale)
+        probs = tuple(float(p) for p in heatmap[:, peak.row, peak.col])
+        hotspots.append(Hotspot(Box.centered(cx, cy, width, height), peak.score, probs, rank))
+    return hotspots

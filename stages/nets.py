@@ -1,0 +1,78 @@
+"""Torch plumbing shared by the detector and the classifier: device, input tensors, weight files.
+
+Weights are safetensors files in ``assets/``; models are always built with
+``encoder_weights=None`` and filled from those files, never downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+#: ImageNet statistics, the usual input normalisation of smp/timm encoders.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class AssetsError(RuntimeError):
+    """The assets (config or weights) are missing, malformed or do not match each other."""
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """The ``requested`` device (``"cpu"``, ``"cuda:1"``…), else CUDA if present, else CPU."""
+    if requested:
+        device = torch.device(requested)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise AssetsError(f"device {requested!r} asked for, but CUDA is not available")
+        return device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_input(
+    batch: np.ndarray,
+    device: torch.device,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 RGB → normalised ``(N, 3, H, W)`` float32 tensor on ``device``."""
+    if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
+    tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+    tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
+    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    return (tensor - mean_t) / std_t
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """Write ``model``'s state dict as safetensors (contiguous CPU tensors)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
+    """Fill ``model`` from a safetensors file; :class:`AssetsError` naming the file on mismatch."""
+    if not path.is_file():
+        raise AssetsError(f"weight file missing: {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for a bad file
+        raise AssetsError(f"weight file unreadable: {path}: {exc}") from exc
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        raise AssetsError(
+            f"weight file {path} does not match the model in the config: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
+            f"(e.g. {unexpected[:3]}), {len(wrong)} with another shape (e.g. {wrong[:3]})"
+        )
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,286 @@
+"""One reader for pyramidal slides (TissueNet TIFs, JPEG SVS, OME-TIFF) on top of pyvips.
+
+Pages are the slide's pyramid levels, full resolution first, discovered from the file: every TIFF
+page (``n-pages``) or OME SubIFD whose aspect matches page 0 is a level; SVS label, macro and
+other odd-shaped pages are skipped. Coordinates follow :mod:`stages.geometry` (page-0 pixels).
+Every pixel array returned is RGB ``uint8`` of shape ``(H, W, 3)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyvips
+
+from stages.geometry import Box, nearest_index, page_scale
+
+log = logging.getLogger(__name__)
+
+#: Largest page (in pixels) that :meth:`Slide.read_page` reads whole: 64 Mpx is 192 MB of RGB.
+DEFAULT_MAX_PAGE_PIXELS = 64_000_000
+#: µm/pixel outside this range is treated as a missing or broken resolution tag.
+PLAUSIBLE_MPP = (0.05, 100.0)
+
+_APERIO_MPP = re.compile(r"\bMPP\s*=\s*([0-9.]+)")
+_OME_MPP = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
+
+
+class SlideError(Exception):
+    """A slide cannot be opened, has no usable pyramid, or a read failed."""
+
+
+@dataclass(frozen=True)
+class Page:
+    """One pyramid level: its real size and where it lives in the file."""
+
+    index: int  # pyramid level, 0 = full resolution
+    tiff_page: int  # page number in the file
+    subifd: int | None  # OME-TIFF SubIFD number, None for plain pages
+    width: int
+    height: int
+    scale: tuple[float, float]  # page-0 pixels per page pixel (sx, sy)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+
+def _plausible(mpp: float | None) -> bool:
+    return mpp is not None and math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
+
+
+def mpp_from_header(image: pyvips.Image) -> tuple[float | None, str]:
+    """Page-0 µm/pixel from a TIFF header, with its source, or ``(None, "none")``.
+
+    Order: the TIFF resolution tags (libvips keeps them in pixels per mm; a file without them
+    reads as 1 px/mm, which is rejected), then an Aperio ``MPP = …`` description, then OME-XML
+    ``PhysicalSizeX`` (assumed µm). The ``magnification`` of TissueNet metadata is never used.
+    """
+    fields = set(image.get_fields())
+    if "resolution-unit" in fields and image.xres > 1.0:
+        mpp = 1000.0 / image.xres
+        if _plausible(mpp):
+            return mpp, "tiff-tags"
+    if "image-description" in fields:
+        description = image.get("image-description")
+        for pattern, source in ((_APERIO_MPP, "aperio-description"), (_OME_MPP, "ome-xml")):
+            match = pattern.search(description)
+            if match:
+                try:
+                    mpp = float(match.group(1))
+                except ValueError:
+                    continue
+                if _plausible(mpp):
+                    return mpp, source
+    return None, "none"
+
+
+def to_rgb_uint8(image: pyvips.Image) -> pyvips.Image:
+    """Normalise bands and format: grey → RGB, grey+alpha / RGBA → flattened on white, CMYK → sRGB,
+    16-bit → 8-bit. Works from ``image.bands``; never assumes three."""
+    if image.interpretation == "cmyk":
+        image = image.colourspace("srgb")
+    if image.format in ("ushort", "short"):
+        image = (image >> 8).cast("uchar")
+    elif image.format != "uchar":
+        image = image.cast("uchar")
+    if image.bands in (2, 4):
+        image = image.flatten(background=[255] * (image.bands - 1))
+    if image.bands == 1:
+        image = image.bandjoin([image, image])
+    elif image.bands > 3:
+        image = image.extract_band(0, n=3)
+    return image.cast("uchar") if image.format != "uchar" else image
+
+
+def _load(path: Path, page: int, subifd: int | None) -> pyvips.Image:
+    kwargs = {"page": page, "access": "random", "fail_on": "error"}
+    if subifd is not None:
+        kwargs["subifd"] = subifd
+    return pyvips.Image.tiffload(str(path), **kwargs)
+
+
+def _is_level(page0: tuple[int, int], size: tuple[int, int]) -> bool:
+    """True when a page's aspect matches page 0 within a pixel of rounding (a pyramid level)."""
+    (w0, h0), (w, h) = page0, size
+    if w >= w0 and h >= h0:
+        return False
+    sy = h0 / h
+    return abs(w0 / sy - w) <= 1.5 + 0.01 * w
+
+
+class Slide:
+    """An open pyramidal slide holding lazily opened pyvips pages; ``close()`` or ``with`` ends it.
+
+    ``mpp`` (page-0 µm/pixel) comes from the ``mpp`` argument (the metadata's ``resolution``) when
+    given and plausible, else from the file (:func:`mpp_from_header`), else from ``default_mpp``
+    with a logged warning, else :class:`SlideError`.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        mpp: float | None = None,
+        default_mpp: float | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SlideError(f"{self.path.name}: no such file")
+        if self.path.stat().st_size == 0:
+            raise SlideError(f"{self.path.name}: empty file")
+        try:
+            first = _load(self.path, 0, None)
+        except pyvips.Error as exc:
+            raise SlideError(f"{self.path.name}: not a readable TIFF ({_short(exc)})") from exc
+        self.pages = self._discover_pages(first)
+        self._images: dict[int, pyvips.Image] = {0: to_rgb_uint8(first)}
+        self._regions: dict[int, pyvips.Region] = {}
+        self.mpp, self.mpp_source = self._resolve_mpp(first, mpp, default_mpp)
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop the pyvips handles (the file is closed when libvips releases them)."""
+        self._regions.clear()
+        self._images.clear()
+
+    def __repr__(self) -> str:
+        return (
+            f"Slide({self.path.name!r}, {self.width}x{self.height}, "
+            f"{len(self.pages)} pages, mpp={self.mpp:.4f} from {self.mpp_source})"
+        )
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _discover_pages(self, first: pyvips.Image) -> tuple[Page, ...]:
+        fields = set(first.get_fields())
+        n_pages = first.get("n-pages") if "n-pages" in fields else 1
+        n_subifds = first.get("n-subifds") if "n-subifds" in fields else 0
+        page0 = (first.width, first.height)
+        candidates: list[tuple[int, int | None, int, int]] = []
+        if n_subifds:  # OME-TIFF pyramid: levels live in page 0's SubIFDs
+            for s in range(n_subifds):
+                candidates.append((0, s, *self._header_size(0, s)))
+        else:
+            for p in range(1, n_pages):
+                candidates.append((p, None, *self._header_size(p, None)))
+        levels = [(0, None, *page0)]
+        levels += [c for c in candidates if c[2] > 0 and _is_level(page0, (c[2], c[3]))]
+        levels.sort(key=lambda c: -c[2] * c[3])
+        return tuple(
+            Page(i, p, s, w, h, page_scale(page0, (w, h))) for i, (p, s, w, h) in enumerate(levels)
+        )
+
+    def _header_size(self, page: int, subifd: int | None) -> tuple[int, int]:
+        try:
+            image = _load(self.path, page, subifd)
+        except pyvips.Error as exc:
+            log.warning("%s: skipping unreadable page %d (%s)", self.path.name, page, _short(exc))
+            return (0, 0)
+        return (image.width, image.height)
+
+    def _resolve_mpp(
+        self, first: pyvips.Image, mpp: float | None, default_mpp: float | None
+    ) -> tuple[float, str]:
+        if mpp is not None and _plausible(mpp):
+            return float(mpp), "metadata"
+        if mpp is not None:
+            log.warning("%s: ignoring implausible resolution %r", self.path.name, mpp)
+        found, source = mpp_from_header(first)
+        if found is not None:
+            return found, source
+        if default_mpp is not None:
+            log.warning(
+                "%s: no resolution in metadata or file; using default %.4f µm/px",
+                self.path.name,
+                default_mpp,
+            )
+            return float(default_mpp), "default"
+        raise SlideError(f"{self.path.name}: no µm/pixel in metadata or TIFF tags")
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    @property
+    def width(self) -> int:
+        return self.pages[0].width
+
+    @property
+    def height(self) -> int:
+        return self.pages[0].height
+
+    def page_mpp(self, page: int) -> float:
+        """µm/pixel of ``page`` (mean of its x and y scale times page-0 µm/pixel)."""
+        sx, sy = self.pages[page].scale
+        return self.mpp * (sx + sy) / 2
+
+    def page_for_mpp(self, target_mpp: float) -> int:
+        """Index of the page whose µm/pixel is nearest ``target_mpp`` (log distance)."""
+        return nearest_index([self.page_mpp(p.index) for p in self.pages], target_mpp)
+
+    # -- pixels -----------------------------------------------------------------------------
+
+    def image(self, page: int) -> pyvips.Image:
+        """The pyvips image of ``page`` as RGB uint8 (lazy; opened once and cached)."""
+        if not 0 <= page < len(self.pages):
+            raise SlideError(f"{self.path.name}: page {page} out of range 0..{len(self.pages) - 1}")
+        if page not in self._images:
+            info = self.pages[page]
+            try:
+                self._images[page] = to_rgb_uint8(_load(self.path, info.tiff_page, info.subifd))
+            except pyvips.Error as exc:
+                raise SlideError(f"{self.path.name}: page {page}: {_short(exc)}") from exc
+        return self._images[page]
+
+    def read_page(self, page: int, max_pixels: int = DEFAULT_MAX_PAGE_PIXELS) -> np.ndarray:
+        """Whole ``page`` as ``(H, W, 3)`` uint8. Refuses pages above ``max_pixels``."""
+        info = self.pages[page] if 0 <= page < len(self.pages) else None
+        if info is None:
+            raise SlideError(f"{self.path.name}: page {page} out of range 0..{len(self.pages) - 1}")
+        if info.width * info.height > max_pixels:
+            raise SlideError(
+                f"{self.path.name}: refusing to read page {page} whole "
+                f"({info.width}x{info.height} px > cap of {max_pixels} px); read regions instead"
+            )
+        image = self.image(page)
+        try:
+            data = image.write_to_memory()
+        except pyvips.Error as exc:
+            raise SlideError(f"{self.path.name}: page {page}: {_short(exc)}") from exc
+        return np.frombuffer(data, dtype=np.uint8).reshape(info.height, info.width, 3)
+
+    def read_region(self, box: Box, page: int) -> np.ndarray:
+        """Pixels of page-0 ``box`` read at ``page``: ``(h, w, 3)`` uint8, h/w per ``Box.to_page``.
+
+        Parts outside the page are white (255), as glass.
+        """
+        image = self.image(page)
+        left, top, width, height = box.to_page(self.pages[page].scale)
+        out = np.full((height, width, 3), 255, dtype=np.uint8)
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + width, image.width), min(top + height, image.height)
+        if x1 <= x0 or y1 <= y0:
+            return out
+        if page not in self._regions:
+            self._regions[page] = pyvips.Region.new(image)
+        try:
+            data = self._regions[page].fetch(x0, y0, x1 - x0, y1 - y0)
+        except pyvips.Error as exc:
+            raise SlideError(f"{self.path.name}: page {page} read failed: {_short(exc)}") from exc
+        patch = np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = patch
+        return out
+
+
+def _short(exc: Exception) -> str:
+    """A pyvips error (message plus libvips detail, several lines) on one line."""
+    text = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text[:300] or type(exc).__name__

@@ -1,0 +1,180 @@
+from __future__ import annotations
+
+import pytest
+
+from stages.budget import BudgetConfig, CostModel, Ema, RunBudget
+
+
+class FakeClock:
+    """A clock that only moves when told to."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make_run(limit: float, n_slides: int, **config: object) -> tuple[RunBudget, FakeClock]:
+    clock = FakeClock()
+    return RunBudget(limit, n_slides, BudgetConfig(**config), clock), clock
+
+
+def test_allotment_and_rollover_exact() -> None:
+    run, clock = make_run(1030.0, 4, reserve_s=30.0)
+    assert (run.remaining(), run.slides_left, run.allotment()) == (1030.0, 4, 250.0)
+    slide = run.start_slide()
+    assert (slide.start, slide.deadline, slide.allotment) == (1000.0, 1250.0, 250.0)
+    clock.advance(100.0)
+    assert slide.time_left() == 150.0
+    run.finish_slide()
+    # 150 s unused roll over: (930 − 30) / 3
+    assert (run.slides_left, run.allotment()) == (3, 300.0)
+    second = run.start_slide()
+    assert second.deadline == 1100.0 + 300.0
+    clock.advance(400.0)  # a 100 s overrun is taken from the slides after it
+    assert second.time_left() == 0.0
+    run.finish_slide()
+    assert (run.remaining(), run.allotment()) == (530.0, 250.0)
+
+
+def test_last_slide_deadline_is_the_run_end_minus_reserve() -> None:
+    run, clock = make_run(100.0, 1, reserve_s=30.0)
+    slide = run.start_slide()
+    assert slide.deadline == slide.run_deadline == 1070.0
+    clock.advance(80.0)
+    assert (slide.time_left(), run.remaining(), run.allotment()) == (0.0, 20.0, 0.0)
+
+
+def test_start_and_finish_must_alternate() -> None:
+    run, _ = make_run(100.0, 1)
+    with pytest.raises(RuntimeError, match="without start_slide"):
+        run.finish_slide()
+    run.start_slide()
+    with pytest.raises(RuntimeError, match="before finish_slide"):
+        run.start_slide()
+    run.finish_slide()
+    with pytest.raises(RuntimeError, match="all 1 slides"):
+        run.start_slide()
+
+
+def test_expand_next_batches_partial_batches_and_max_k() -> None:
+    # allotment (70 − 30) / 4 = 10 s
+    run, clock = make_run(70.0, 4, reserve_s=30.0, min_k=2, max_k=10, batch_size=4)
+    slide = run.start_slide()
+    assert slide.expand_next(0, 1.0) == 4  # a full batch fits the 10 s
+    clock.advance(8.0)
+    assert slide.expand_next(4, 1.0) == 2  # 2 s left: only 2 patches fit
+    assert slide.expand_next(4, 3.0) == 0  # one patch would not fit: stop
+    assert slide.expand_next(8, 0.5) == 2  # max_k caps the batch
+    assert slide.expand_next(10, 0.0) == 0
+    assert slide.expand_next(12, 0.0) == 0
+
+
+def test_min_k_granted_while_the_run_has_time() -> None:
+    run, clock = make_run(70.0, 4, reserve_s=30.0, min_k=3, max_k=10, batch_size=4)
+    slide = run.start_slide()
+    clock.advance(15.0)  # past the slide's 10 s, 25 s before the run's reserve
+    assert slide.time_left() == 0.0
+    assert slide.expand_next(0, 1.0) == 3
+    assert slide.expand_next(1, 1.0) == 2
+    assert slide.expand_next(3, 1.0) == 0
+    assert slide.expand_next(0, 8.0) == 3  # 24 s fit the run's 25 s
+    assert slide.expand_next(0, 9.0) == 0  # 27 s would eat into the reserve
+    clock.advance(30.0)  # past the run's end minus reserve
+    assert slide.expand_next(0, 0.5) == 0
+
+
+def test_min_k_above_batch_size_spans_batches() -> None:
+    run, clock = make_run(100.0, 2, reserve_s=0.0, min_k=6, max_k=10, batch_size=4)
+    slide = run.start_slide()  # 50 s
+    clock.advance(60.0)  # the slide is over time, the run has 40 s
+    assert slide.expand_next(0, 1.0) == 4
+    assert slide.expand_next(4, 1.0) == 2
+    assert slide.expand_next(6, 1.0) == 0
+
+
+def test_exhausted_run_gives_the_remaining_slides_fallback_rows() -> None:
+    run, clock = make_run(100.0, 5, reserve_s=30.0, min_slide_s=5.0)
+    graded, fallback = [], []
+    for name in ["a", "b", "c", "d", "e"]:
+        if run.exhausted():
+            fallback.append(name)
+            continue
+        run.start_slide()
+        clock.advance(30.0)
+        run.finish_slide()
+        graded.append(name)
+    assert (graded, fallback) == (["a", "b", "c"], ["d", "e"])
+    assert (run.remaining(), run.slides_left, run.allotment()) == (10.0, 2, 0.0)
+
+
+def test_exhausted_threshold() -> None:
+    run, clock = make_run(100.0, 3, reserve_s=30.0, min_slide_s=5.0)
+    clock.advance(65.0)
+    assert not run.exhausted()  # exactly 5 s before the reserve
+    clock.advance(0.5)
+    assert run.exhausted()
+
+
+def test_choose_detector_page_escalation() -> None:
+    run, _ = make_run(130.0, 1, reserve_s=30.0, detector_fraction=0.5)
+    slide = run.start_slide()  # allotment 100 s, the detector may use 50 s
+    assert slide.choose_detector_page(2, 8, 40.0) == 2
+    assert slide.choose_detector_page(2, 8, 50.0) == 2  # fits exactly
+    assert slide.choose_detector_page(2, 8, 200.0) == 3  # 200 / 4 = 50
+    assert slide.choose_detector_page(2, 8, 400.0) == 4  # 100, then 25
+    assert slide.choose_detector_page(2, 4, 1e6) == 3  # clamped to the last page
+    with pytest.raises(ValueError, match="out of range"):
+        slide.choose_detector_page(4, 4, 1.0)
+
+
+def test_cost_model_ema_exact() -> None:
+    costs = CostModel(BudgetConfig(prior_patch_s=0.05, prior_detector_mpx_s=2.0, ema_alpha=0.5))
+    assert (costs.patch.value, costs.detector_seconds(3_000_000)) == (0.05, 6.0)  # the priors
+    costs.observe_patches(8, 4.0)
+    assert costs.patch.value == 0.5  # the first measurement replaces the prior
+    costs.observe_patches(4, 1.0)
+    assert costs.patch.value == 0.5 * 0.5 + 0.5 * 0.25
+    costs.observe_detector(2_000_000, 3.0)
+    assert costs.detector_seconds(4_000_000) == 6.0
+    costs.observe_detector(1_000_000, 0.5)
+    assert costs.detector.value == 1.0  # (1.5 + 0.5) / 2
+    with pytest.raises(ValueError, match="n >= 1"):
+        costs.observe_patches(0, 1.0)
+    ema = Ema(10.0, 0.25)
+    for x in (4.0, 8.0, 8.0):
+        ema.update(x)
+    assert (ema.value, ema.count) == (4.0 * 0.75 * 0.75 + 8.0 * (1 - 0.75 * 0.75), 3)
+
+
+def test_run_budget_shares_one_cost_model() -> None:
+    run, _ = make_run(100.0, 2, prior_patch_s=0.25)
+    run.costs.observe_patches(2, 1.0)
+    assert run.costs.patch.value == 0.5
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"reserve_s": -1.0},
+        {"min_k": 5, "max_k": 4},
+        {"max_k": 0, "min_k": 0},
+        {"batch_size": 0},
+        {"detector_fraction": 0.0},
+        {"min_slide_s": -1.0},
+        {"prior_patch_s": 0.0},
+        {"ema_alpha": 1.5},
+    ],
+)
+def test_config_validation(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="budget"):
+        BudgetConfig(**kwargs)
+
+
+def test_run_budget_validation() -> None:
+    with pytest.raises(ValueError, match="time_limit_s"):
+        RunBudget(0.0, 3, BudgetConfig())

@@ -1,0 +1,167 @@
+"""Slide reader on TIFFs written here: pages, µm/pixel, page choice, mapping, bands, reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_tiff
+
+from stages.geometry import Box
+from stages.slide import Slide, SlideError
+
+
+@pytest.fixture
+def pyramid(tmp_path: Path, gradient_rgb: np.ndarray) -> Path:
+    return write_tiff(tmp_path / "pyramid.tif", gradient_rgb, mpp=0.25)
+
+
+def test_pages_have_real_sizes(pyramid: Path) -> None:
+    slide = Slide(pyramid)
+    assert [(p.width, p.height) for p in slide.pages] == [
+        (3001, 2001),
+        (1500, 1000),
+        (750, 500),
+        (375, 250),
+    ]
+    assert [p.tiff_page for p in slide.pages] == [0, 1, 2, 3]
+    assert slide.pages[1].scale == (3001 / 1500, 2001 / 1000)
+    assert slide.pages[3].scale == (3001 / 375, 2001 / 250)
+
+
+def test_mpp_from_tags_then_metadata_override(pyramid: Path) -> None:
+    slide = Slide(pyramid)
+    assert slide.mpp == pytest.approx(0.25, rel=1e-6)
+    assert slide.mpp_source == "tiff-tags"
+    override = Slide(pyramid, mpp=0.2271)
+    assert (override.mpp, override.mpp_source) == (0.2271, "metadata")
+    # an implausible metadata value falls back to the file
+    assert Slide(pyramid, mpp=float("nan")).mpp_source == "tiff-tags"
+
+
+def test_missing_resolution_is_an_error_unless_a_default_is_given(
+    tmp_path: Path, gradient_rgb: np.ndarray
+) -> None:
+    path = write_tiff(tmp_path / "nores.tif", gradient_rgb, mpp=None)
+    with pytest.raises(SlideError, match="no µm/pixel"):
+        Slide(path)
+    slide = Slide(path, default_mpp=0.25)
+    assert (slide.mpp, slide.mpp_source) == (0.25, "default")
+
+
+def test_page_for_mpp_exact(pyramid: Path) -> None:
+    slide = Slide(pyramid, mpp=0.25)
+    # page µm/px: 0.25 * mean scale; page 3 is 0.25 * (3001/375 + 2001/250) / 2 = 2.0019
+    assert slide.page_mpp(0) == 0.25
+    assert slide.page_mpp(3) == pytest.approx(0.25 * (3001 / 375 + 2001 / 250) / 2)
+    assert [slide.page_for_mpp(t) for t in (0.1, 0.25, 0.5, 0.7, 1.0, 1.5, 4.0, 64.0)] == [
+        0,
+        0,
+        1,
+        1,
+        2,
+        3,
+        3,
+        3,
+    ]
+
+
+def test_padded_page0_maps_with_real_sizes(tmp_path: Path) -> None:
+    # Metadata would say 3001 x 2001; the file's page 0 is padded to 3072 x 2048 (multiple of 256).
+    pixels = np.full((2048, 3072, 3), 255, np.uint8)
+    pixels[:2001, :3001] = 200
+    slide = Slide(write_tiff(tmp_path / "padded.tif", pixels, mpp=0.25))
+    assert (slide.width, slide.height) == (3072, 2048)
+    assert [p.scale for p in slide.pages] == [(1.0, 1.0), (2.0, 2.0), (4.0, 4.0), (8.0, 8.0)]
+    # a page-0 box maps to page 2 exactly; the padding is white
+    region = slide.read_region(Box(2800, 1800, 272, 248), page=2)
+    assert region.shape == (62, 68, 3)
+    assert region[:5, :5].mean() == pytest.approx(200, abs=3)
+    assert region[-5:, -5:].min() >= 250
+
+
+def test_single_page_tiff(tmp_path: Path, gradient_rgb: np.ndarray) -> None:
+    slide = Slide(write_tiff(tmp_path / "flat.tif", gradient_rgb, mpp=0.5, pyramid=False))
+    assert len(slide.pages) == 1
+    assert slide.page_for_mpp(8.0) == 0
+    assert slide.read_page(0).shape == (2001, 3001, 3)
+
+
+def test_read_region_content_and_white_padding(pyramid: Path, gradient_rgb: np.ndarray) -> None:
+    slide = Slide(pyramid)
+    region = slide.read_region(Box(-100, -50, 400, 300), page=0)
+    assert region.shape == (300, 400, 3)
+    assert region.dtype == np.uint8
+    assert (region[:50] == 255).all() and (region[:, :100] == 255).all()
+    inside = region[50:, 100:].astype(int)
+    expected = gradient_rgb[:250, :300].astype(int)
+    assert np.abs(inside - expected).mean() < 3  # JPEG Q75
+    # fully outside: all white, no read
+    assert (slide.read_region(Box(5000, 5000, 64, 64), page=1) == 255).all()
+
+
+def test_read_region_at_lower_page_matches_page0(pyramid: Path) -> None:
+    slide = Slide(pyramid)
+    sx, sy = slide.pages[2].scale
+    region = slide.read_region(Box(1000, 600, 100 * sx, 50 * sy), page=2)
+    assert region.shape == (50, 100, 3)
+    # red channel ramps with page-0 x: 255 * x / 3000 at the centre of the box
+    cx = 1000 + 50 * sx
+    assert region[:, 50, 0].mean() == pytest.approx(255 * cx / 3000, abs=4)
+
+
+def test_read_page_refuses_above_cap(pyramid: Path) -> None:
+    slide = Slide(pyramid)
+    with pytest.raises(SlideError, match="refusing to read page 0 whole"):
+        slide.read_page(0, max_pixels=1_000_000)
+    assert slide.read_page(2, max_pixels=1_000_000).shape == (500, 750, 3)
+    with pytest.raises(SlideError, match="out of range"):
+        slide.read_page(9)
+
+
+def test_grey_and_rgba_become_rgb(tmp_path: Path) -> None:
+    grey = np.full((600, 800), 90, np.uint8)
+    slide = Slide(write_tiff(tmp_path / "grey.tif", grey, mpp=0.25))
+    page = slide.read_page(0)
+    assert page.shape == (600, 800, 3)
+    assert (page == 90).all()
+
+    rgba = np.zeros((600, 800, 4), np.uint8)
+    rgba[..., :3] = (200, 100, 150)
+    rgba[:, :400, 3] = 255  # left half opaque, right half transparent
+    slide = Slide(write_tiff(tmp_path / "rgba.tif", rgba, mpp=0.25))
+    page = slide.read_page(0)
+    assert page.shape == (600, 800, 3)
+    assert tuple(page[10, 10]) == (200, 100, 150)
+    assert tuple(page[10, 700]) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.tif", b"", "empty file"),
+        ("text.tif", b"this is not a slide\n" * 10, "not a readable TIFF"),
+    ],
+)
+def test_unreadable_files_raise_slide_error(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SlideError, match=message):
+        Slide(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(SlideError, match="no such file"):
+        Slide(tmp_path / "absent.tif")
+
+
+def test_truncated_tiff_fails_on_read_not_silently(pyramid: Path, tmp_path: Path) -> None:
+    data = pyramid.read_bytes()
+    truncated = tmp_path / "truncated.tif"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(SlideError):
+        slide = Slide(truncated)
+        slide.read_page(0)
