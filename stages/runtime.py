@@ -151,7 +151,7 @@ def run(
 
     reserve = min(config.budget.reserve_s, 0.1 * time_limit_s)
     budget = RunBudget(
-        time_limit_s - (time.monotonic() - started),
+        max(time_limit_s - (time.monotonic() - started), 1e-3),  # start-up may have used it all
         len(names),
         replace(config.budget, reserve_s=reserve),
     )
@@ -238,6 +238,7 @@ def _grade_all(
                 last_checkpoint = time.monotonic()
         except Exception:
             log.exception("%s: reporting after grading failed", name)
+
 
 def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elapsed: float) -> None:
     eta = elapsed / (i + 1) * (total - i - 1)

@@ -50,7 +50,8 @@ class Page:
         return (self.width, self.height)
 
 
-def _plausible(mpp: float | None) -> bool:
+def plausible_mpp(mpp: float | None) -> bool:
+    """True for a finite µm/pixel inside :data:`PLAUSIBLE_MPP`."""
     return mpp is not None and math.isfinite(mpp) and PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]
 
 
@@ -64,7 +65,7 @@ def mpp_from_header(image: pyvips.Image) -> tuple[float | None, str]:
     fields = set(image.get_fields())
     if "resolution-unit" in fields and image.xres > 1.0:
         mpp = 1000.0 / image.xres
-        if _plausible(mpp):
+        if plausible_mpp(mpp):
             return mpp, "tiff-tags"
     if "image-description" in fields:
         description = image.get("image-description")
@@ -75,7 +76,7 @@ def mpp_from_header(image: pyvips.Image) -> tuple[float | None, str]:
                     mpp = float(match.group(1))
                 except ValueError:
                     continue
-                if _plausible(mpp):
+                if plausible_mpp(mpp):
                     return mpp, source
     return None, "none"
 
@@ -136,9 +137,11 @@ class Slide:
         try:
             first = _load(self.path, 0, None)
         except pyvips.Error as exc:
-            raise SlideError(f"{self.path.name}: not a readable TIFF ({_short(exc)})") from exc
+            raise SlideError(
+                f"{self.path.name}: not a readable TIFF ({vips_error_text(exc)})"
+            ) from exc
         self.pages = self._discover_pages(first)
-        self._images: dict[int, pyvips.Image] = {0: to_rgb_uint8(first)}
+        self._images: dict[int, pyvips.Image] = {}
         self._regions: dict[int, pyvips.Region] = {}
         self.mpp, self.mpp_source = self._resolve_mpp(first, mpp, default_mpp)
 
@@ -184,14 +187,16 @@ class Slide:
         try:
             image = _load(self.path, page, subifd)
         except pyvips.Error as exc:
-            log.warning("%s: skipping unreadable page %d (%s)", self.path.name, page, _short(exc))
+            log.warning(
+                "%s: skipping unreadable page %d (%s)", self.path.name, page, vips_error_text(exc)
+            )
             return (0, 0)
         return (image.width, image.height)
 
     def _resolve_mpp(
         self, first: pyvips.Image, mpp: float | None, default_mpp: float | None
     ) -> tuple[float, str]:
-        if mpp is not None and _plausible(mpp):
+        if mpp is not None and plausible_mpp(mpp):
             return float(mpp), "metadata"
         if mpp is not None:
             log.warning("%s: ignoring implausible resolution %r", self.path.name, mpp)
@@ -235,9 +240,16 @@ class Slide:
         if page not in self._images:
             info = self.pages[page]
             try:
-                self._images[page] = to_rgb_uint8(_load(self.path, info.tiff_page, info.subifd))
+                image = to_rgb_uint8(_load(self.path, info.tiff_page, info.subifd))
+                # A strip (untiled) page, such as an SVS thumbnail, reads only top to bottom; keep
+                # small ones in memory so that regions can be fetched in any order.
+                if "tile-width" not in image.get_fields() and info.width * info.height <= (
+                    DEFAULT_MAX_PAGE_PIXELS
+                ):
+                    image = image.copy_memory()
             except pyvips.Error as exc:
-                raise SlideError(f"{self.path.name}: page {page}: {_short(exc)}") from exc
+                raise SlideError(f"{self.path.name}: page {page}: {vips_error_text(exc)}") from exc
+            self._images[page] = image
         return self._images[page]
 
     def read_page(self, page: int, max_pixels: int = DEFAULT_MAX_PAGE_PIXELS) -> np.ndarray:
@@ -254,7 +266,7 @@ class Slide:
         try:
             data = image.write_to_memory()
         except pyvips.Error as exc:
-            raise SlideError(f"{self.path.name}: page {page}: {_short(exc)}") from exc
+            raise SlideError(f"{self.path.name}: page {page}: {vips_error_text(exc)}") from exc
         return np.frombuffer(data, dtype=np.uint8).reshape(info.height, info.width, 3)
 
     def read_region(self, box: Box, page: int) -> np.ndarray:
@@ -274,13 +286,15 @@ class Slide:
         try:
             data = self._regions[page].fetch(x0, y0, x1 - x0, y1 - y0)
         except pyvips.Error as exc:
-            raise SlideError(f"{self.path.name}: page {page} read failed: {_short(exc)}") from exc
+            raise SlideError(
+                f"{self.path.name}: page {page} read failed: {vips_error_text(exc)}"
+            ) from exc
         patch = np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
         out[y0 - top : y1 - top, x0 - left : x1 - left] = patch
         return out
 
 
-def _short(exc: Exception) -> str:
+def vips_error_text(exc: Exception) -> str:
     """A pyvips error (message plus libvips detail, several lines) on one line."""
     text = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return text[:300] or type(exc).__name__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,8 @@ import pyvips
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
+
+logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
 
 
 def write_tiff(

@@ -1,4 +1,4 @@
-"""Write an assets folder: ``config.json`` plus randomly initialised detector and classifier weights.
+"""Write an assets folder: ``config.json`` and randomly initialised weights for both networks.
 
 ``python -m training.assets OUT_DIR [--preset tiny|standard] [--seed S]``
 
@@ -38,7 +38,7 @@ PRESETS = {"tiny": TINY, "standard": CascadeConfig()}
 
 
 def init_assets(out: Path, config: CascadeConfig = TINY, seed: int = 0, note: str = "") -> Path:
-    """Write ``config`` and seeded random weights for both networks into ``out``; returns ``out``."""
+    """Write ``config`` and seeded random weights for both networks into ``out``; return ``out``."""
     torch.manual_seed(seed)
     config = replace(config, note=note or f"random initialisation (seed {seed}): untrained")
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,257 @@
+"""The competition's CSV formats: one-hot tables, test metadata, and the submission file.
+
+A one-hot table (``submission_format.csv``, ``train_labels.csv``, ``submission.csv``) has exactly
+the columns ``filename,0,1,2,3``; each row holds integers with a single 1 in the column of its
+class. A submission must list the format's filenames in the format's order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stages.metric import CLASSES
+
+log = logging.getLogger(__name__)
+
+CLASS_COLUMNS = tuple(str(c) for c in CLASSES)
+COLUMNS = ("filename", *CLASS_COLUMNS)
+#: How many offending filenames or rows a message lists before "… (+N more)".
+EXAMPLES = 5
+
+
+class SubmissionError(ValueError):
+    """A CSV table or submission does not have the competition's format."""
+
+
+def _examples(items: Iterable[object]) -> str:
+    """``a, b, c`` or ``a, b, c, d, e … (+7 more)`` for messages."""
+    items = [str(i) for i in items]
+    shown = ", ".join(items[:EXAMPLES])
+    return f"{shown} … (+{len(items) - EXAMPLES} more)" if len(items) > EXAMPLES else shown
+
+
+def _read_csv(path: str | Path) -> pd.DataFrame:
+    """The CSV at ``path`` with ``filename`` as strings; SubmissionError if missing or empty."""
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: no such file")
+    try:
+        return pd.read_csv(path, dtype={"filename": str})
+    except pd.errors.EmptyDataError as exc:
+        raise SubmissionError(f"{path}: empty file") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise SubmissionError(f"{path}: not a readable CSV ({str(exc).strip()})") from exc
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a one-hot ``filename,0,1,2,3`` table as written (no coercion of values).
+
+    Checks that the file exists and has rows, the five columns and unique, non-empty filenames;
+    the values are checked by :func:`validate` / :func:`classes_from_onehot`.
+    """
+    table = _read_csv(path)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise SubmissionError(
+            f"{path}: missing column(s) {', '.join(missing)}; "
+            f"a table needs {','.join(COLUMNS)}, got {','.join(map(str, table.columns))}"
+        )
+    if table.empty:
+        raise SubmissionError(f"{path}: header only, no rows")
+    blank = table.index[table["filename"].isna()]
+    if len(blank):
+        lines = [i + 2 for i in blank]  # line 1 is the header
+        raise SubmissionError(
+            f"{path}: {len(lines)} row(s) without a filename, at line(s) {_examples(lines)}"
+        )
+    duplicated = table["filename"][table["filename"].duplicated()].unique()
+    if len(duplicated):
+        raise SubmissionError(
+            f"{path}: {len(duplicated)} duplicate filename(s): {_examples(duplicated)}"
+        )
+    return table
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read ``test_metadata.csv`` as columns ``filename`` (str) and ``resolution`` (float64 µm/px).
+
+    Only ``filename`` is required. A missing ``resolution`` column, an empty cell or a
+    non-numeric value gives NaN (logged with the filenames); other columns are dropped; row order
+    is kept as in the file. Rows without a filename are dropped and duplicates keep their first
+    row, both with a warning, so that one bad row never stops a run.
+    """
+    table = _read_csv(path)
+    if "filename" not in table.columns:
+        raise SubmissionError(
+            f"{path}: no 'filename' column (columns: {', '.join(map(str, table.columns))})"
+        )
+    blank = table["filename"].isna()
+    if blank.any():
+        log.warning("%s: dropping %d row(s) without a filename", path, int(blank.sum()))
+        table = table[~blank]
+    duplicated = table["filename"].duplicated()
+    if duplicated.any():
+        log.warning(
+            "%s: %d duplicate filename(s), keeping the first row of each: %s",
+            path,
+            int(duplicated.sum()),
+            _examples(table["filename"][duplicated]),
+        )
+        table = table[~duplicated]
+    filenames = table["filename"]
+    if "resolution" in table.columns:
+        raw = table["resolution"]
+        resolution = pd.to_numeric(raw, errors="coerce").astype(np.float64)
+        empty, bad = raw.isna(), resolution.isna() & raw.notna()
+        if empty.any():
+            log.warning(
+                "%s: resolution empty for %d row(s): %s",
+                path,
+                int(empty.sum()),
+                _examples(filenames[empty]),
+            )
+        if bad.any():
+            log.warning(
+                "%s: non-numeric resolution for %d row(s), treated as missing: %s",
+                path,
+                int(bad.sum()),
+                _examples(f"{f} ({v!r})" for f, v in zip(filenames[bad], raw[bad], strict=True)),
+            )
+    else:
+        log.warning("%s: no 'resolution' column; µm/pixel will come from the slides", path)
+        resolution = pd.Series(np.nan, index=table.index, dtype=np.float64)
+    return pd.DataFrame({"filename": filenames.to_numpy(), "resolution": resolution.to_numpy()})
+
+
+def _onehot_problems(table: pd.DataFrame) -> list[str]:
+    """Faults of the class columns: non-integer columns, values other than 0/1, rows not one-hot."""
+    missing = [c for c in CLASS_COLUMNS if c not in table.columns]
+    if missing:
+        return [f"class column(s) {', '.join(missing)} missing"]
+    names = table["filename"].astype(str)
+    not_int = [
+        f"'{c}' ({table[c].dtype})"
+        for c in CLASS_COLUMNS
+        if not pd.api.types.is_integer_dtype(table[c]) or pd.api.types.is_bool_dtype(table[c])
+    ]
+    if not_int:
+        return [f"class column(s) {', '.join(not_int)} must hold integers 0/1"]
+    values = table[list(CLASS_COLUMNS)].to_numpy()
+    problems = []
+    not_binary = ~np.isin(values, (0, 1)).all(axis=1)
+    if not_binary.any():
+        problems.append(
+            f"{int(not_binary.sum())} row(s) with values other than 0 and 1: "
+            f"{_examples(names[not_binary])}"
+        )
+    sums = values.sum(axis=1)
+    for mask, what in ((sums == 0, "no class"), (sums > 1, "more than one class")):
+        mask = mask & ~not_binary
+        if mask.any():
+            problems.append(f"{int(mask.sum())} row(s) with {what}: {_examples(names[mask])}")
+    return problems
+
+
+def _structure_problems(table: pd.DataFrame) -> list[str]:
+    """Faults a submission has on its own: columns, duplicate filenames, one-hot values."""
+    if tuple(table.columns) != COLUMNS:
+        return [f"columns must be exactly {list(COLUMNS)}, got {list(table.columns)}"]
+    problems = []
+    duplicated = table["filename"][table["filename"].duplicated()].unique()
+    if len(duplicated):
+        problems.append(f"{len(duplicated)} duplicate filename(s): {_examples(duplicated)}")
+    return problems + _onehot_problems(table)
+
+
+def _order_problems(submission: pd.DataFrame, fmt: pd.DataFrame) -> list[str]:
+    """Faults against the format: missing or unexpected filenames, rows out of order."""
+    got, want = submission["filename"].astype(str), fmt["filename"].astype(str)
+    problems = []
+    missing = want[~want.isin(set(got))]
+    if len(missing):
+        problems.append(f"missing {len(missing)} filename(s) of the format: {_examples(missing)}")
+    extra = got[~got.isin(set(want))]
+    if len(extra):
+        problems.append(f"{len(extra)} filename(s) not in the format: {_examples(extra)}")
+    if len(got) != len(want):
+        problems.append(f"{len(got)} rows, the format has {len(want)}")
+    elif not problems:
+        wrong = np.flatnonzero(got.to_numpy() != want.to_numpy())
+        if len(wrong):
+            first = wrong[0]
+            problems.append(
+                f"rows not in the format's order: {len(wrong)} row(s) out of place, the first "
+                f"is {got.iloc[first]} where the format has {want.iloc[first]}"
+            )
+    return problems
+
+
+def _raise_if(problems: list[str], what: str) -> None:
+    if problems:
+        raise SubmissionError(f"{what}: " + "; ".join(problems))
+
+
+def validate(submission: pd.DataFrame, fmt: pd.DataFrame) -> None:
+    """Raise SubmissionError naming every fault of ``submission`` against the format ``fmt``.
+
+    Required: columns exactly ``filename,0,1,2,3``; the format's filenames, each once, in the
+    format's order; integer values; each row one-hot.
+    """
+    problems = _structure_problems(submission)
+    if "filename" in submission.columns:
+        problems += _order_problems(submission, fmt)
+    _raise_if(problems, "invalid submission")
+
+
+def classes_from_onehot(table: pd.DataFrame) -> np.ndarray:
+    """Class index per row, ``(N,)`` int64, of a one-hot table (SubmissionError if not one-hot)."""
+    _raise_if(_onehot_problems(table), "not a one-hot table")
+    return table[list(CLASS_COLUMNS)].to_numpy().argmax(axis=1).astype(np.int64)
+
+
+def build_submission(fmt: pd.DataFrame, classes: Mapping[str, int], fallback: int) -> pd.DataFrame:
+    """One-hot submission in the format's row order; filenames missing from ``classes`` get
+    ``fallback``. Columns ``filename,0,1,2,3``, class columns int64."""
+    invalid = [f"{f}={c!r}" for f, c in classes.items() if c not in CLASSES]
+    if fallback not in CLASSES:
+        invalid.append(f"fallback={fallback!r}")
+    if invalid:
+        raise SubmissionError(f"classes must be in {CLASSES}, got {_examples(invalid)}")
+    filenames = fmt["filename"].astype(str)
+    unknown = set(classes) - set(filenames)
+    if unknown:
+        log.warning("ignoring %d prediction(s) for files not in the format", len(unknown))
+    missing = ~filenames.isin(set(classes))
+    if missing.any():
+        log.warning(
+            "%d of %d slide(s) without a prediction get the fallback class %d: %s",
+            int(missing.sum()),
+            len(filenames),
+            fallback,
+            _examples(filenames[missing]),
+        )
+    predicted = np.array([classes.get(f, fallback) for f in filenames], dtype=np.int64)
+    onehot = np.eye(len(CLASSES), dtype=np.int64)[predicted]
+    table = pd.DataFrame(onehot, columns=list(CLASS_COLUMNS))
+    table.insert(0, "filename", filenames.to_numpy())
+    return table
+
+
+def write_submission(table: pd.DataFrame, path: str | Path) -> None:
+    """Check ``table`` on its own (columns, unique filenames, integer one-hot), then write it to
+    ``path`` atomically: a temporary file in the same folder, renamed over ``path``."""
+    _raise_if(_structure_problems(table), f"refusing to write {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("wrote %s (%d rows)", path, len(table))
