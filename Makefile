@@ -30,11 +30,13 @@ format: setup
 
 # Sample slides in the competition's test layout, graded by main.py exactly as the runtime would,
 # then scored against their labels. Heatmaps for inspection land in $(DEMO)/heatmaps.
-demo: setup
-	test -f $(DEMO)/data/submission_format.csv || \
-		$(PY) -m training.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
+demo: setup $(DEMO)/data/submission_format.csv
 	$(PY) main.py --data $(DEMO)/data --out $(DEMO)/submission.csv --save-heatmaps $(DEMO)/heatmaps
 	$(PY) -m stages.metric $(DEMO)/submission.csv $(DEMO)/data/test_labels.csv
+
+# The demo's sample slides in the competition's test layout (also test-submission's default DATA).
+$(DEMO)/data/submission_format.csv: | setup
+	$(PY) -m training.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
 
 # Per-slide seconds by stage and peak memory on generated slides, plus a real-size canvas.
 benchmark: setup
@@ -42,3 +44,24 @@ benchmark: setup
 
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache
+
+# --- Submission: pack, run as the runtime does, score (logic and tests: training/package.py) ---
+# make pack-submission [FORCE=1]                  submission/submission.zip: main.py, stages/, assets/
+# make test-submission [DATA=dir] [TIME_LIMIT=s]  unzip to a fresh root, data/ read-only, no network
+# make score [LABELS=csv]                         score submission/submission.csv
+SUBMISSION := submission
+DATA ?= $(DEMO)/data
+LABELS ?= $(DATA)/test_labels.csv
+TIME_LIMIT ?=
+
+.PHONY: pack-submission test-submission score
+
+pack-submission: setup
+	$(PY) -m training.package pack --out $(SUBMISSION)/submission.zip $(if $(FORCE),--force)
+
+test-submission: setup $(if $(filter $(DEMO)/data,$(DATA)),$(DEMO)/data/submission_format.csv)
+	$(PY) -m training.package test --zip $(SUBMISSION)/submission.zip --data $(DATA) \
+		--out-dir $(SUBMISSION) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT))
+
+score: setup
+	$(PY) -m training.package score --submission $(SUBMISSION)/submission.csv --labels $(LABELS)

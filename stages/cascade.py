@@ -62,10 +62,15 @@ class SlideResult:
     pages: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
+    def problems(self) -> list[str]:
+        """Why the result is degraded: stage errors, and a detector pass cut short."""
+        cut = self.heatmap is not None and not self.heatmap.complete
+        return [*self.errors, *(["detector stopped by the time budget"] if cut else [])]
+
     @property
     def degraded(self) -> bool:
         """True when a stage failed or the budget cut the detector short."""
-        return bool(self.errors) or (self.heatmap is not None and not self.heatmap.complete)
+        return bool(self.problems())
 
     def summary(self) -> dict:
         """JSON-friendly summary (no arrays)."""

@@ -58,11 +58,13 @@ class RunReport:
 
     results: dict[str, SlideResult] = field(default_factory=dict)
     not_started: list[str] = field(default_factory=list)
+    current: str | None = None
     timed_out: bool = False
     seconds: float = 0.0
 
-    def log_summary(self, total: int) -> None:
+    def log_summary(self, total: int, fallback: int) -> None:
         classes = Counter(r.cls for r in self.results.values())
+        classes[fallback] += total - len(self.results)
         failed = [name for name, r in self.results.items() if r.source == "fallback"]
         degraded = [n for n, r in self.results.items() if r.degraded and r.source != "fallback"]
         log.info(
@@ -174,10 +176,13 @@ def run(
     worker.join(timeout=max(0.0, budget.remaining() - reserve / 2))
     report.timed_out = worker.is_alive()
     if report.timed_out:
-        log.error("time limit: abandoning the slide in progress; writing the submission now")
+        log.error(
+            "time limit: %s; writing the submission now",
+            f"abandoning {report.current}" if report.current else "stopping before the next slide",
+        )
     checkpoint()
     report.seconds = time.monotonic() - started
-    report.log_summary(len(names))
+    report.log_summary(len(names), prior.cls)
     log.info("wrote %s", out)
     if report.timed_out:  # the worker may be stuck in native code: do not wait for it
         logging.shutdown()
@@ -222,12 +227,14 @@ def _grade_all(
             )
             return
         slide_budget = budget.start_slide()
+        report.current = name
         try:
             result = cascade.grade_slide(data / name, mpps.get(name), slide_budget, budget.costs)
         except Exception as exc:  # one bad slide costs only its own row
             result = fallback_result(name, prior, f"{type(exc).__name__}: {exc}")
         finally:
             budget.finish_slide()
+            report.current = None
         report.results[name] = result
         try:  # reporting must not stop the run either
             _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
@@ -267,7 +274,7 @@ def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elaps
         s.get("tissue", 0.0),
         s.get("detector", 0.0),
         s.get("classifier", 0.0),
-        " DEGRADED: " + "; ".join(result.errors) if result.degraded else "",
+        f" DEGRADED: {'; '.join(result.problems())}" if result.degraded else "",
         _hms(budget.remaining()),
         _hms(eta),
     )

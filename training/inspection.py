@@ -13,6 +13,7 @@ from matplotlib.patches import Rectangle
 
 from stages.cascade import SlideResult
 from stages.classifier import read_patches
+from stages.geometry import Box
 from stages.slide import Slide
 
 GRADE_NAMES = ("benign", "low-grade", "high-grade", "invasive")
@@ -88,5 +89,34 @@ def plot_patches(slide: Slide, result: SlideResult, page: int, patch: int, n: in
         axis.imshow(pixels)
         axis.set_title(f"#{i}: {GRADE_NAMES[int(probs.argmax())]} {probs.max():.2f}", fontsize=9)
     for axis in axes[0]:
+        axis.set_axis_off()
+    return figure
+
+
+def plot_overviews(
+    slides: list[Slide], boxes: dict[str, list[Box]], max_side: int = 1000
+) -> Figure:
+    """Each slide's overview page with its page-0 ``boxes`` (e.g. annotations) drawn in red."""
+    figure, axes = plt.subplots(1, len(slides), figsize=(5 * len(slides), 5), squeeze=False)
+    for axis, slide in zip(axes[0], slides, strict=True):
+        page = overview_page(slide, max_side)
+        sx, sy = slide.pages[page].scale
+        axis.imshow(slide.read_page(page))
+        for box in boxes.get(slide.path.name, []):
+            axis.add_patch(
+                Rectangle((box.x / sx, box.y / sy), box.w / sx, box.h / sy, fill=False, ec="red")
+            )
+        axis.set_title(f"{slide.path.name}: page {page}")
+        axis.set_axis_off()
+    return figure
+
+
+def plot_resolutions(slide: Slide, box: Box, target_mpps: tuple[float, ...]) -> Figure:
+    """The same page-0 ``box`` read at the page nearest each µm/pixel in ``target_mpps``."""
+    figure, axes = plt.subplots(1, len(target_mpps), figsize=(4 * len(target_mpps), 4))
+    for axis, target in zip(np.atleast_1d(axes), target_mpps, strict=True):
+        page = slide.page_for_mpp(target)
+        axis.imshow(slide.read_region(box, page), interpolation="nearest")
+        axis.set_title(f"page {page} ({slide.page_mpp(page):.2f} µm/px)")
         axis.set_axis_off()
     return figure

@@ -1,0 +1,300 @@
+"""The reliability battery: bad inputs through the PACKED submission in the local runtime.
+
+Each case ends with exit status 0, a valid ``submission.csv`` holding every row of
+``submission_format.csv`` and a log line naming the slide and the cause; only run-wide problems
+(bad assets, no format file) exit non-zero, with one clear message and before any slide is read.
+Tiny random-weight networks: these tests check mechanics, not grades.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import pyvips
+from conftest import write_tiff
+
+from stages.decision import decide_slide
+from stages.submission import read_table, validate
+from training.assets import TINY, init_assets
+from training.package import RunOutcome, check_outcome, pack, run_local
+from training.synthetic import SynthConfig, sample_specs, write_sparse_canvas
+
+pytestmark = pytest.mark.slow
+
+#: The class of a slide that cannot be graded: the prior's least-cost class.
+FALLBACK = decide_slide([], [], TINY.decision).cls
+#: Size of the largest real TissueNet slides (page 0).
+HUGE = (271_950, 294_038)
+ZEROS = {str(c): 0 for c in range(4)}
+
+
+@pytest.fixture(scope="module")
+def submission(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The zip as ``make pack-submission`` builds it, with tiny random-weight assets."""
+    root = tmp_path_factory.mktemp("submission")
+    return pack(root / "submission.zip", assets=init_assets(root / "assets")).path
+
+
+def tissue(seed: int, size: tuple[int, int] = (1200, 1600)) -> np.ndarray:
+    """``(H, W, 3)`` uint8: noisy glass with one purple-pink stained ellipse."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    pixels = rng.integers(230, 245, (h, w, 3), dtype=np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    blob = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 < 1
+    pixels[blob] = rng.integers(0, 40, (int(blob.sum()), 3)) + np.array([150, 70, 140])
+    return pixels.astype(np.uint8)
+
+
+def make_data(
+    root: Path,
+    listed: list[str],
+    files: dict[str, Path | bytes],
+    metadata: pd.DataFrame | None = None,
+) -> Path:
+    """A ``data/`` folder: ``files`` (written slides, moved in, or raw bytes), the format listing
+    ``listed`` and ``metadata`` (default: every listed slide at 0.25 µm/px)."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (data / name).write_bytes(content)
+        else:
+            shutil.move(content, data / name)
+    pd.DataFrame({"filename": listed, **ZEROS}).to_csv(data / "submission_format.csv", index=False)
+    if metadata is None:
+        metadata = pd.DataFrame({"filename": listed, "resolution": 0.25})
+    metadata.to_csv(data / "test_metadata.csv", index=False)
+    return data
+
+
+def run(submission: Path, data: Path, time_limit_s: float = 600, grace_s: float = 15) -> RunOutcome:
+    return run_local(submission, data, data.parent / "out", time_limit_s, grace_s)
+
+
+def line(outcome: RunOutcome, *parts: str) -> str:
+    """The first log line holding every one of ``parts``."""
+    text = outcome.log_text()
+    found = [x for x in text.splitlines() if all(p in x for p in parts)]
+    assert found, f"no log line with {parts}:\n{text}"
+    return found[0]
+
+
+def classes(outcome: RunOutcome) -> dict[str, int]:
+    table = read_table(outcome.submission)
+    return dict(zip(table["filename"], table[list(ZEROS)].to_numpy().argmax(axis=1), strict=True))
+
+
+def assert_valid_run(outcome: RunOutcome, data: Path) -> None:
+    """Exit 0, within the limit, every row of the format, valid."""
+    assert outcome.returncode == 0, outcome.log_text()
+    assert check_outcome(outcome, data / "submission_format.csv") == [], outcome.log_text()
+
+
+#: name → (log fragments naming the cause, class expected or None when graded by the networks)
+BAD_SLIDES = {
+    "good_1.tif": (("from patches",), None),
+    "truncated.tif": (("FAILED", "not a readable TIFF"), FALLBACK),
+    "zero.tif": (("FAILED", "empty file"), FALLBACK),
+    "png.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FALLBACK),
+    "text.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FALLBACK),
+    "missing.tif": (("FAILED", "no such file"), FALLBACK),
+    "single_page.tif": (("tissue on page 0 (1600x1200 px at 0.25 µm/px)",), None),
+    "few_pages.tif": (("tissue on page 1 (1024x1024 px at 0.50 µm/px)",), None),
+    "grey.tif": (("tissue on page", "0.0%"), FALLBACK),
+    "rgba.tif": (("from patches",), None),
+    "white.tif": (("tissue on page", "0.0%"), FALLBACK),
+    "black.tif": (("tissue on page", "0.0%"), FALLBACK),
+    "pen.tif": (("tissue on page", "0.0%"), FALLBACK),
+    "good_2.tif": (("from patches",), None),
+}
+
+
+def bad_slides(tmp: Path) -> dict[str, Path | bytes]:
+    """Every kind of odd file the runtime's ``data/`` could hold (``missing.tif`` absent)."""
+    pen = np.full((1200, 1600, 3), 250, np.uint8)
+    pen[500:560, 100:1500] = (30, 160, 40)
+    pen[150:1000, 700:740] = (40, 60, 200)
+    rgba = np.concatenate([tissue(5), np.full((1200, 1600, 1), 255, np.uint8)], axis=2)
+    good = write_tiff(tmp / "good_1.tif", tissue(1))
+    return {
+        "good_1.tif": good,
+        "truncated.tif": good.read_bytes()[: good.stat().st_size // 2],
+        "zero.tif": b"",
+        "png.tif": pyvips.Image.new_from_array(tissue(2, (200, 200))).pngsave_buffer(),
+        "text.tif": b"this is not a slide\n",
+        "unlisted.tif": write_tiff(tmp / "unlisted.tif", tissue(3, (600, 600))),
+        "single_page.tif": write_tiff(tmp / "single_page.tif", tissue(4), pyramid=False),
+        "few_pages.tif": write_tiff(tmp / "few_pages.tif", tissue(6, (2048, 2048)), tile=1024),
+        "grey.tif": write_tiff(tmp / "grey.tif", tissue(7)[..., 1]),
+        "rgba.tif": write_tiff(tmp / "rgba.tif", rgba),
+        "white.tif": write_tiff(tmp / "white.tif", np.full((1200, 1600, 3), 255, np.uint8)),
+        "black.tif": write_tiff(tmp / "black.tif", np.zeros((1200, 1600, 3), np.uint8)),
+        "pen.tif": write_tiff(tmp / "pen.tif", pen),
+        "good_2.tif": write_tiff(tmp / "good_2.tif", tissue(8)),
+    }
+
+
+def test_every_bad_slide_costs_only_its_row(submission: Path, tmp_path: Path) -> None:
+    data = make_data(tmp_path, list(BAD_SLIDES), bad_slides(tmp_path))
+    outcome = run(submission, data)
+    assert_valid_run(outcome, data)
+    got = classes(outcome)
+    for name, (causes, expected) in BAD_SLIDES.items():
+        line(outcome, f"{name}: ", *causes)
+        graded = line(outcome, f"] {name}: ")  # the slide's result line
+        if expected is None:
+            assert "FAILED" not in graded and " from prior" not in graded
+        else:
+            assert got[name] == expected
+    assert "unlisted.tif" in line(outcome, "not in submission_format.csv")
+    assert "missing.tif" in line(outcome, "listed slides are missing")
+
+
+#: Metadata variants over slides a, b (no resolution tags in the file) and c.
+METADATA = {
+    "filename only": pd.DataFrame({"filename": ["a.tif", "b.tif", "c.tif"]}),
+    "missing and non-numeric resolution": pd.DataFrame(
+        {"filename": ["a.tif", "b.tif", "c.tif"], "resolution": ["", "abc", "0.25"]}
+    ),
+    "extra columns, other order": pd.DataFrame(
+        {
+            "filename": ["c.tif", "b.tif", "a.tif"],
+            "width": [1600] * 3,
+            "height": [1200] * 3,
+            "resolution": [0.25, 0.5, 0.25],
+            "magnification": [40, 20, 40],
+            "url": ["s3://c", "s3://b", "s3://a"],
+        }
+    ),
+}
+#: What each variant must log: (slide or file, fragment).
+METADATA_LOG = {
+    "filename only": [
+        ("test_metadata.csv", "no 'resolution' column"),
+        ("b.tif", "using default 0.2500 µm/px"),
+    ],
+    "missing and non-numeric resolution": [
+        ("a.tif", "resolution empty"),
+        ("b.tif", "'abc'"),
+        ("b.tif", "using default 0.2500 µm/px"),
+    ],
+    "extra columns, other order": [
+        ("a.tif", "tissue on page 2 (400x300 px at 1.00 µm/px)"),
+        ("b.tif", "tissue on page 2 (400x300 px at 2.00 µm/px)"),
+        ("c.tif", "tissue on page 2 (400x300 px at 1.00 µm/px)"),
+    ],
+}
+
+
+@pytest.mark.parametrize("variant", list(METADATA))
+def test_odd_metadata_still_grades_every_slide(
+    submission: Path, tmp_path: Path, variant: str
+) -> None:
+    files = {
+        "a.tif": write_tiff(tmp_path / "a.tif", tissue(11)),
+        "b.tif": write_tiff(tmp_path / "b.tif", tissue(12), mpp=None),
+        "c.tif": write_tiff(tmp_path / "c.tif", tissue(13)),
+    }
+    data = make_data(tmp_path, ["a.tif", "b.tif", "c.tif"], files, METADATA[variant])
+    outcome = run(submission, data)
+    assert_valid_run(outcome, data)
+    for name, fragment in METADATA_LOG[variant]:
+        line(outcome, name, fragment)
+    for name in files:
+        assert "FAILED" not in line(outcome, f"] {name}: ")
+
+
+def test_huge_mostly_white_canvas_among_small_slides(submission: Path, tmp_path: Path) -> None:
+    spec = sample_specs(1, 3, SynthConfig(size_range=(4000, 4000)))[0]
+    canvas = write_sparse_canvas(tmp_path / "canvas.tif", *HUGE, spec.mpp, spec, (120_000, 150_000))
+    files = {
+        "small_1.tif": write_tiff(tmp_path / "small_1.tif", tissue(21)),
+        "canvas.tif": canvas,
+        "small_2.tif": write_tiff(tmp_path / "small_2.tif", tissue(22)),
+    }
+    metadata = pd.DataFrame(
+        {"filename": list(files), "width": [1600, HUGE[0], 1600], "height": [1200, HUGE[1], 1200]}
+    ).assign(resolution=[0.25, spec.mpp, 0.25])
+    data = make_data(tmp_path, list(files), files, metadata)
+    outcome = run(submission, data)
+    assert_valid_run(outcome, data)
+    assert "FAILED" not in line(outcome, "] canvas.tif: ")
+    assert line(outcome, "canvas.tif: tissue on page 6 (4249x4594 px")
+    assert outcome.peak_rss_bytes < 2.5e9, f"peak memory {outcome.peak_rss_bytes / 1e9:.2f} GB"
+
+
+def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_path: Path) -> None:
+    """20 slides needing about 2 s each (the detector on page 0 of single-page slides) in a
+    20 s run, of which start-up takes several seconds."""
+    template = write_tiff(tmp_path / "template.tif", tissue(31), pyramid=False).read_bytes()
+    names = [f"s{i:02d}.tif" for i in range(20)]
+    data = make_data(tmp_path, names, dict.fromkeys(names, template))
+    outcome = run(submission, data, time_limit_s=20, grace_s=15)
+    assert outcome.returncode == 0, outcome.log_text()
+    assert not outcome.timed_out
+    validate(read_table(outcome.submission), read_table(data / "submission_format.csv"))
+    text = outcome.log_text()
+    assert "time limit" in text or "stopped by the budget" in text, text
+
+
+def rezip(
+    source: Path, target: Path, drop: str = "", replace: dict[str, str] | None = None
+) -> Path:
+    """A copy of the zip ``source`` without entry ``drop`` and with ``replace``'s texts."""
+    replace = replace or {}
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            if info.filename != drop:
+                dst.writestr(info, replace.get(info.filename, src.read(info)))
+    return target
+
+
+WRONG_CONFIG = dataclasses.replace(
+    TINY, classifier=dataclasses.replace(TINY.classifier, encoder="resnet18")
+)
+BAD_ASSETS = {
+    "missing weight file": (
+        {"drop": "assets/detector.safetensors"},
+        ("weight file missing", "assets/detector.safetensors"),
+    ),
+    "config not matching the weights": (
+        {"replace": {"assets/config.json": json.dumps(dataclasses.asdict(WRONG_CONFIG))}},
+        ("assets/classifier.safetensors", "does not match the model in the config"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ASSETS))
+def test_bad_assets_stop_the_run_before_any_slide(
+    submission: Path, tmp_path: Path, case: str
+) -> None:
+    change, fragments = BAD_ASSETS[case]
+    broken = rezip(submission, tmp_path / "broken.zip", **change)
+    data = make_data(tmp_path, ["a.tif"], {"a.tif": write_tiff(tmp_path / "a.tif", tissue(41))})
+    outcome = run(submission=broken, data=data)
+    assert outcome.returncode == 3
+    errors = [x for x in outcome.log_text().splitlines() if " ERROR " in x]
+    assert len(errors) == 1 and all(f in errors[0] for f in fragments), outcome.log_text()
+    assert "a.tif" not in outcome.log_text()  # no slide was read
+    assert outcome.submission is None
+
+
+def test_no_submission_format_is_one_clear_error(submission: Path, tmp_path: Path) -> None:
+    data = make_data(tmp_path, ["a.tif"], {"a.tif": write_tiff(tmp_path / "a.tif", tissue(51))})
+    (data / "submission_format.csv").unlink()
+    outcome = run(submission, data)
+    assert outcome.returncode == 2
+    errors = [x for x in outcome.log_text().splitlines() if " ERROR " in x]
+    assert len(errors) == 1 and "submission_format.csv: no such file" in errors[0]
+    assert check_outcome(outcome, data / "submission_format.csv")[:2] == [
+        f"main.py exited with status 2 (see {outcome.log})",
+        "main.py wrote no submission.csv",
+    ]

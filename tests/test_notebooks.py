@@ -1,0 +1,73 @@
+"""The notebooks run top to bottom with small parameters (papermill), and are committed clean."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+from conftest import REPO
+
+from training.assets import init_assets
+from training.synthetic import generate_dataset
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_and_parameterised(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code)
+    assert any("parameters" in cell.metadata.get("tags", []) for cell in code)
+    assert path.name[:2].isdigit()
+
+
+def execute(path: Path, out: Path, **parameters: object) -> nbformat.NotebookNode:
+    papermill.execute_notebook(
+        str(path), str(out), parameters=parameters, cwd=str(out.parent), progress_bar=False
+    )
+    return nbformat.read(out, as_version=4)
+
+
+def test_sample_data_notebook(tmp_path: Path) -> None:
+    result = execute(
+        REPO / "notebooks" / "01_sample_data.ipynb",
+        tmp_path / "01.ipynb",
+        out_dir=str(tmp_path / "sample"),
+        n_slides=2,
+        seed=5,
+        split="train",
+    )
+    assert (tmp_path / "sample" / "train_annotations.csv").is_file()
+    images = [
+        o for c in result.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
+    assert len(images) >= 2
+
+
+def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate_dataset(data, 1, seed=9, split="test")
+    assets = init_assets(tmp_path / "assets")
+    result = execute(
+        REPO / "notebooks" / "02_heatmap_inspection.ipynb",
+        tmp_path / "02.ipynb",
+        data_dir=str(data),
+        assets_dir=str(assets),
+    )
+    outputs = [o for c in result.cells for o in c.get("outputs", [])]
+    summary = next(
+        o["data"]["text/plain"]
+        for o in outputs
+        if "'source'" in o.get("data", {}).get("text/plain", "")
+    )
+    assert "'class'" in summary and "'errors': []" in summary
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
+    assert json.loads(json.dumps(result.metadata["papermill"]["parameters"]))["data_dir"] == str(
+        data
+    )
