@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REAL_TISSUENET as REAL
+from conftest import needs_real
 
 from stages.geometry import Box
 from training.annotations import (
@@ -15,12 +17,6 @@ from training.annotations import (
     format_annotation,
     parse_annotations,
     parse_geometry,
-)
-
-REAL = Path(__file__).resolve().parents[2] / "shared" / "tissuenet"
-needs_real = pytest.mark.skipif(
-    not (REAL / "train_annotations.csv").is_file(),
-    reason=f"the real TissueNet CSVs are not at {REAL} (../shared is absent)",
 )
 
 

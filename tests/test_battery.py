@@ -21,7 +21,7 @@ import pyvips
 from conftest import write_tiff
 
 from stages.decision import decide_slide
-from stages.submission import read_table, validate
+from stages.submission import read_table
 from training.assets import TINY, init_assets
 from training.package import RunOutcome, check_outcome, pack, run_local
 from training.synthetic import SynthConfig, sample_specs, write_sparse_canvas
@@ -238,9 +238,8 @@ def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_p
     names = [f"s{i:02d}.tif" for i in range(20)]
     data = make_data(tmp_path, names, dict.fromkeys(names, template))
     outcome = run(submission, data, time_limit_s=20, grace_s=15)
-    assert outcome.returncode == 0, outcome.log_text()
-    assert not outcome.timed_out
-    validate(read_table(outcome.submission), read_table(data / "submission_format.csv"))
+    # ended within the limit, exit 0, every row valid: what the runtime accepts
+    assert check_outcome(outcome, data / "submission_format.csv") == [], outcome.log_text()
     text = outcome.log_text()
     assert "time limit" in text or "stopped by the budget" in text, text
 

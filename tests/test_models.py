@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +14,10 @@ from stages.classifier import ClassifierConfig, PatchClassifier, grade, patch_bo
 from stages.detector import DetectorConfig, build_detector, predict_heatmap, tissue_windows
 from stages.nets import AssetsError, load_weights, save_weights, to_input
 from stages.slide import Slide
+from training.assets import TINY
 
-TINY_DETECTOR = DetectorConfig(
-    encoder="tu-mobilenetv3_small_050",
-    decoder_channels=(32, 16, 16, 8, 8),
-    window=128,
-    overlap=32,
-    stride=4,
-    target_mpp=2.0,
-)
-TINY_CLASSIFIER = ClassifierConfig(encoder="tu-mobilenetv3_small_050", patch=64)
+TINY_DETECTOR = replace(TINY.detector, window=128, overlap=32, target_mpp=2.0)
+TINY_CLASSIFIER = replace(TINY.classifier, patch=64)
 
 
 def test_tissue_windows_exact() -> None:
@@ -120,7 +115,7 @@ def test_weights_round_trip_and_mismatch(tmp_path: Path) -> None:
     again = load_weights(PatchClassifier(TINY_CLASSIFIER), tmp_path / "c.safetensors")
     for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b)
-    other = PatchClassifier(ClassifierConfig(encoder="tu-mobilenetv3_small_050", classes=3))
+    other = PatchClassifier(replace(TINY_CLASSIFIER, classes=3))
     with pytest.raises(AssetsError, match="does not match"):
         load_weights(other, tmp_path / "c.safetensors")
     with pytest.raises(AssetsError, match="missing"):

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REAL_TISSUENET as REAL
+from conftest import needs_real
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -40,11 +42,6 @@ from training.synthetic import (
     write_sparse_canvas,
 )
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "tissuenet"
-needs_real = pytest.mark.skipif(
-    not (REAL / "train_annotations.csv").is_file(),
-    reason=f"the real TissueNet CSVs are not at {REAL} (../shared is absent)",
-)
 SMALL = SynthConfig(size_range=(3000, 4000))
 ONE_HOT = ["filename", "0", "1", "2", "3"]
 

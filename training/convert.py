@@ -102,22 +102,37 @@ def _save(image: pyvips.Image, dst: Path, mpp: float) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.part")
     try:
-        image.tiffsave(
-            str(tmp),
-            tile=True,
-            tile_width=TILE_SIZE,
-            tile_height=TILE_SIZE,
-            pyramid=True,
-            compression="jpeg",
-            Q=JPEG_QUALITY,
-            xres=1000.0 / mpp,
-            yres=1000.0 / mpp,
-            resunit="cm",
-            bigtiff=image.width * image.height > BIGTIFF_ABOVE_PIXELS,
-        )
+        save_competition_tiff(image, tmp, mpp)
         tmp.replace(dst)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_competition_tiff(image: pyvips.Image, path: str | Path, mpp: float) -> None:
+    """Write RGB uint8 ``image`` in the competition's format: pyramidal, 512 x 512 JPEG Q75 tiles,
+    each page half the previous (libvips rounds down) until it fits one tile, µm/pixel in the
+    resolution tags (xres = yres = 1000 / mpp px/mm, stored per cm); BigTIFF when it must be."""
+    image.tiffsave(
+        str(path),
+        pyramid=True,
+        bigtiff=image.width * image.height > BIGTIFF_ABOVE_PIXELS,
+        **tile_options(mpp),
+    )
+
+
+def tile_options(mpp: float) -> dict[str, object]:
+    """libvips ``tiffsave`` options of one competition page: 512 x 512 JPEG Q75 tiles and the
+    µm/pixel as resolution tags (libvips takes px/mm and stores px/cm)."""
+    return {
+        "tile": True,
+        "tile_width": TILE_SIZE,
+        "tile_height": TILE_SIZE,
+        "compression": "jpeg",
+        "Q": JPEG_QUALITY,
+        "xres": 1000.0 / mpp,
+        "yres": 1000.0 / mpp,
+        "resunit": "cm",
+    }
 
 
 def _log_progress(image: pyvips.Image, name: str) -> None:

@@ -54,6 +54,7 @@ import pyvips
 
 from stages.geometry import Box
 from training.annotations import Annotation, annotations_frame, parse_annotations
+from training.convert import TILE_SIZE, save_competition_tiff, tile_options
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,6 @@ LABEL_UM = 2.0
 MAX_LABEL_PIXELS = 8_000_000
 #: Texture tile side, µm (each type adds a few pixels so that the periods do not line up).
 TEXTURE_UM = 256.0
-TILE = 512
-JPEG_Q = 75
 SPLITS = ("train", "test")
 
 
@@ -869,27 +868,10 @@ def compose(spec: SlideSpec) -> pyvips.Image:
     return image
 
 
-def save_pyramid(image: pyvips.Image, path: str | Path, mpp: float) -> None:
-    """Write ``image`` as the competition's TIFF: pyramidal, 512 x 512 JPEG Q75 tiles, every page
-    half the previous (libvips rounds down) until it fits one tile, resolution tags in px/cm."""
-    image.tiffsave(
-        str(path),
-        tile=True,
-        tile_width=TILE,
-        tile_height=TILE,
-        pyramid=True,
-        compression="jpeg",
-        Q=JPEG_Q,
-        xres=1000.0 / mpp,
-        yres=1000.0 / mpp,
-        resunit="cm",
-    )
-
-
 def write_slide(path: str | Path, spec: SlideSpec) -> Path:
     """Render ``spec`` and write it to ``path`` (a pyramidal JPEG TIFF); returns ``path``."""
     path = Path(path)
-    save_pyramid(compose(spec), path, spec.mpp)
+    save_competition_tiff(compose(spec), path, spec.mpp)
     log.info("wrote %s (%dx%d px, class %d)", path.name, spec.width, spec.height, spec.label)
     return path
 
@@ -1315,7 +1297,7 @@ _PAGE_TAGS = {254, 256, 257, 324, 325}
 def pyramid_sizes(width: int, height: int) -> list[tuple[int, int]]:
     """Page sizes of a libvips pyramid: halved (rounded down) until a page fits one tile."""
     sizes = [(width, height)]
-    while sizes[-1][0] > TILE or sizes[-1][1] > TILE:
+    while sizes[-1][0] > TILE_SIZE or sizes[-1][1] > TILE_SIZE:
         w, h = sizes[-1]
         sizes.append((max(w // 2, 1), max(h // 2, 1)))
     return sizes
@@ -1345,16 +1327,7 @@ def place(spec: SlideSpec, width: int, height: int, x: float, y: float) -> Slide
 def _encode(image: pyvips.Image, mpp: float) -> tuple[dict[int, tuple[int, int, bytes]], list]:
     """Tiles of ``image`` as libvips writes them (512 x 512 JPEG Q75, one page): the page's TIFF
     entries (tag → (type, count, value bytes)) and the tiles' bytes in row-major order."""
-    data = image.tiffsave_buffer(
-        tile=True,
-        tile_width=TILE,
-        tile_height=TILE,
-        compression="jpeg",
-        Q=JPEG_Q,
-        xres=1000.0 / mpp,
-        yres=1000.0 / mpp,
-        resunit="cm",
-    )
+    data = image.tiffsave_buffer(**tile_options(mpp))
     if data[:4] != b"II*\0":
         raise RuntimeError("libvips wrote an unexpected TIFF flavour (need little-endian classic)")
     (ifd,) = struct.unpack_from("<I", data, 4)
@@ -1396,7 +1369,7 @@ def _halve(image: pyvips.Image) -> pyvips.Image:
 def _tissue_levels(spec: SlideSpec, scratch: Path) -> Iterator[pyvips.Image]:
     """``spec`` rendered and written once as a pyramid at ``scratch``, then its pages one after
     the other (page 0 first), halved further once the file's pages run out."""
-    save_pyramid(compose(spec), scratch, spec.mpp)
+    save_competition_tiff(compose(spec), scratch, spec.mpp)
     n_pages = pyvips.Image.new_from_file(str(scratch)).get("n-pages")
     for page in range(n_pages):
         patch = pyvips.Image.tiffload(str(scratch), page=page)
@@ -1439,10 +1412,11 @@ def _patch_tiles(
 ) -> dict[int, bytes]:
     """JPEG tiles of a page (``across`` x ``down`` tiles) that ``patch`` touches when placed at
     page pixel ``(x, y)`` on glass: page tile index (row-major) → tile bytes."""
-    tx0, ty0 = x // TILE, y // TILE
-    tx1 = min(math.ceil((x + patch.width) / TILE), across)
-    ty1 = min(math.ceil((y + patch.height) / TILE), down)
-    region = patch.embed(x - tx0 * TILE, y - ty0 * TILE, (tx1 - tx0) * TILE, (ty1 - ty0) * TILE,
+    tx0, ty0 = x // TILE_SIZE, y // TILE_SIZE
+    tx1 = min(math.ceil((x + patch.width) / TILE_SIZE), across)
+    ty1 = min(math.ceil((y + patch.height) / TILE_SIZE), down)
+    t = TILE_SIZE
+    region = patch.embed(x - tx0 * t, y - ty0 * t, (tx1 - tx0) * t, (ty1 - ty0) * t,
                          extend="background", background=glass)  # fmt: skip
     entries, tiles = _encode(region, mpp)
     if entries[347] != template[347]:
@@ -1461,10 +1435,11 @@ def write_sparse_canvas(
 ) -> Path:
     """A huge, mostly glass slide in the competition's format, written in seconds.
 
-    Same layout as :func:`save_pyramid` (classic TIFF, a page per level, 512 x 512 JPEG Q75
-    tiles), but every all-glass tile of every page points at one shared compressed tile; only
-    the tiles that touch ``tissue`` (rendered by :func:`compose` into a temporary pyramid, its
-    top-left at page-0 ``origin``) are encoded. The file is a few MB plus the tissue.
+    Same layout as :func:`training.convert.save_competition_tiff` (classic TIFF, a page per
+    level, 512 x 512 JPEG Q75 tiles), but every all-glass tile of every page points at one
+    shared compressed tile; only the tiles that touch ``tissue`` (rendered by :func:`compose`
+    into a temporary pyramid, its top-left at page-0 ``origin``) are encoded. The file is a few
+    MB plus the tissue.
     Returns ``path``.
     """
     path = Path(path)
@@ -1475,14 +1450,14 @@ def write_sparse_canvas(
     seed = tissue.seed if tissue is not None else 0
     stain = Stain.sample(np.random.default_rng([seed, 0]))
     glass = [float(v) for v in 255 * np.exp(-np.asarray(stain.glass))]
-    blank = (pyvips.Image.black(TILE, TILE, bands=3) + glass).cast("uchar")
+    blank = (pyvips.Image.black(TILE_SIZE, TILE_SIZE, bands=3) + glass).cast("uchar")
     template, (glass_tile,) = _encode(blank.copy(interpretation="srgb"), mpp)
     blob = bytearray(glass_tile)  # tile data, written right after the 8-byte header
     with tempfile.TemporaryDirectory() as tmp:
         levels = _tissue_levels(tissue, Path(tmp) / "tissue.tif") if tissue is not None else None
         pages = []
         for level, (w, h) in enumerate(pyramid_sizes(width, height)):
-            across, down = math.ceil(w / TILE), math.ceil(h / TILE)
+            across, down = math.ceil(w / TILE_SIZE), math.ceil(h / TILE_SIZE)
             offsets = np.full(across * down, 8, np.uint32)
             counts = np.full(across * down, len(glass_tile), np.uint32)
             if levels is not None:
