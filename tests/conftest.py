@@ -11,12 +11,8 @@ import pyvips
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
-#: The real TissueNet CSVs beside the checkout (../shared); CI has them, a user's clone may not.
-REAL_TISSUENET = REPO.parent / "shared" / "tissuenet"
-needs_real = pytest.mark.skipif(
-    not (REAL_TISSUENET / "train_annotations.csv").is_file(),
-    reason=f"the real TissueNet CSVs are not at {REAL_TISSUENET} (../shared is absent)",
-)
+#: Real TissueNet CSVs (62 training slides, the 1,527-row test format); see data/PROVENANCE.md.
+REAL_TISSUENET = DATA / "tissuenet"
 
 logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
 

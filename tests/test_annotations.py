@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import REAL_TISSUENET as REAL
-from conftest import needs_real
 
 from stages.geometry import Box
 from training.annotations import (
@@ -25,7 +24,6 @@ def metadata() -> pd.DataFrame:
     return pd.read_csv(REAL / "train_metadata.csv").set_index("filename", drop=False)
 
 
-@needs_real
 def test_every_real_row_is_a_300um_square_inside_its_slide(metadata: pd.DataFrame) -> None:
     annotations = parse_annotations(REAL / "train_annotations.csv", metadata)
     assert len(annotations) == len(pd.read_csv(REAL / "train_annotations.csv"))
@@ -41,7 +39,6 @@ def test_every_real_row_is_a_300um_square_inside_its_slide(metadata: pd.DataFram
         assert a.annotation_class in (0, 1, 2, 3)
 
 
-@needs_real
 def test_the_y_axis_is_flipped(metadata: pd.DataFrame) -> None:
     # first row: POLYGON ((14771.83 54427.83, 14771.83 55732.17, 16076.17 55732.17, ...)),
     # slide height 71424: the box's top row is 71424 - 55732.17
@@ -52,7 +49,6 @@ def test_the_y_axis_is_flipped(metadata: pd.DataFrame) -> None:
     assert first.box.bottom == pytest.approx(71424 - 54427.82998602344, abs=1e-9)
 
 
-@needs_real
 def test_slide_label_is_the_highest_annotation_class(metadata: pd.DataFrame) -> None:
     annotations = parse_annotations(REAL / "train_annotations.csv", metadata)
     labels = pd.read_csv(REAL / "train_labels.csv").set_index("filename")
@@ -64,7 +60,6 @@ def test_slide_label_is_the_highest_annotation_class(metadata: pd.DataFrame) -> 
         assert labels.loc[filename, ["0", "1", "2", "3"]].to_numpy().argmax() == cls
 
 
-@needs_real
 def test_formatting_reproduces_the_real_rows(metadata: pd.DataFrame) -> None:
     raw = pd.read_csv(REAL / "train_annotations.csv")
     annotations = parse_annotations(REAL / "train_annotations.csv", metadata)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, REPO
+from conftest import REAL_TISSUENET, REPO
 
 from stages.metric import ERROR_MATRIX, confusion_matrix, main, score
 from stages.submission import build_submission, read_table, write_submission
@@ -111,7 +111,7 @@ def test_cli_rejects_an_invalid_submission(tmp_path: Path, capsys: pytest.Captur
 def test_cli_module_on_the_real_labels(tmp_path: Path) -> None:
     # 62 real labels, 16 / 15 / 16 / 15 of classes 0 / 1 / 2 / 3, all predicted 1:
     # score = 1 - (16 * 0.1 + 16 * 0.3 + 15 * 0.7) / 62 = 1 - 16.9 / 62 = 0.7274
-    labels = DATA / "train_labels.csv"
+    labels = REAL_TISSUENET / "train_labels.csv"
     sub = tmp_path / "sub.csv"
     write_submission(build_submission(read_table(labels), {}, fallback=1), sub)
     run = [sys.executable, "-m", "stages.metric", str(sub), str(labels)]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA
+from conftest import REAL_TISSUENET
 
 from stages.submission import (
     SubmissionError,
@@ -95,7 +95,7 @@ def test_read_table_missing_file(tmp_path: Path) -> None:
 
 
 def test_real_submission_format() -> None:
-    fmt = read_table(DATA / "submission_format.csv")
+    fmt = read_table(REAL_TISSUENET / "submission_format.csv")
     assert len(fmt) == 1527
     assert fmt["filename"].iloc[[0, -1]].tolist() == ["VVGJOSTC.tif", "5P5V02F5.tif"]
     assert (fmt[["0", "1", "2", "3"]].to_numpy() == 0).all()
@@ -109,7 +109,7 @@ def test_real_submission_format() -> None:
 
 
 def test_real_labels_read_as_classes() -> None:
-    labels = read_table(DATA / "train_labels.csv")
+    labels = read_table(REAL_TISSUENET / "train_labels.csv")
     assert np.bincount(classes_from_onehot(labels)).tolist() == [16, 15, 16, 15]
     assert classes_from_onehot(labels).dtype == np.int64
 

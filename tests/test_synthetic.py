@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REAL_TISSUENET as REAL
-from conftest import needs_real
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -244,7 +243,6 @@ def test_lesions_change_the_label_map() -> None:
     assert not np.isin(render_maps(benign).labels, [Tissue.LSIL, Tissue.HSIL]).any()
 
 
-@needs_real
 def test_layout_reproduces_the_real_slides() -> None:
     metadata = pd.read_csv(REAL / "train_metadata.csv")
     real = parse_annotations(REAL / "train_annotations.csv", metadata)
@@ -264,7 +262,6 @@ def test_layout_reproduces_the_real_slides() -> None:
             assert got == pytest.approx(want, abs=1e-6)
 
 
-@needs_real
 def test_cli_layout_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     metadata = pd.read_csv(REAL / "train_metadata.csv")
     small = metadata[metadata["filename"].isin(["C12_B058_S12.tif", "C20_B007_S20_pyr.tif"])]

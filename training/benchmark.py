@@ -3,8 +3,9 @@
 ``python -m training.benchmark OUT_DIR [--slides 6] [--assets assets] [--device cpu]``
 
 1. generates ``--slides`` synthetic test slides (``training.synthetic``) and one real-size canvas:
-   the largest slide of ``--layout`` (default ``../shared/tissuenet/train_metadata.csv``,
-   271,950 × 294,038 px) as a mostly-glass sparse TIFF holding one generated tissue patch;
+   the largest slide of ``--layout`` (default: the real TissueNet metadata copied into
+   ``tests/data/tissuenet/``, 271,950 × 294,038 px) as a mostly-glass sparse TIFF holding one
+   generated tissue patch;
 2. runs ``main.py`` on each set in its own process (``--save-heatmaps`` gives the per-stage
    seconds), measuring that process's peak resident memory (``wait4`` rusage);
 3. prints a table per slide and a summary per run. Nothing here is asserted: it is a measurement.
@@ -25,7 +26,7 @@ import pandas as pd
 from training.synthetic import sample_specs, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_LAYOUT = REPO.parent / "shared" / "tissuenet" / "train_metadata.csv"
+DEFAULT_LAYOUT = REPO / "tests" / "data" / "tissuenet" / "train_metadata.csv"
 
 
 def run_main(data: Path, out: Path, assets: Path, device: str) -> tuple[int, float, float]:
