@@ -105,6 +105,18 @@ def test_jpeg2000_svs_needs_openslide(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("openslide") is None,
+    reason="needs the optional extra: pip install -r requirements-openslide.txt",
+)
+def test_jpeg2000_svs_converts_with_openslide(tmp_path: Path) -> None:
+    slide = Slide(convert(J2K, tmp_path / "out.tif", mpp=0.25))
+    assert [p.size for p in slide.pages] == [(4443, 3567), (2221, 1783), (1110, 891), (555, 445),
+                                             (277, 222)]  # fmt: skip
+    assert (slide.mpp, slide.mpp_source) == (pytest.approx(0.25), "tiff-tags")
+    assert slide.read_page(2).mean() < 230  # tissue, not an empty page
+
+
 def test_openslide_only_suffix_needs_openslide(tmp_path: Path) -> None:
     if importlib.util.find_spec("openslide") is not None:
         pytest.skip("openslide is installed here")
