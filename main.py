@@ -17,8 +17,16 @@ STARTED = time.monotonic()
 ROOT = Path(__file__).resolve().parent
 
 
+def seconds(text: str) -> float:
+    """argparse type: a positive number of seconds."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from stages.runtime import TIME_LIMIT_ENV, time_limit_from_env
+    from stages.runtime import DEFAULT_TIME_LIMIT_S, TIME_LIMIT_ENV
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=ROOT / "data", help="slides and CSVs")
@@ -26,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--assets", type=Path, default=ROOT / "assets", help="weights + config")
     parser.add_argument(
         "--time-limit",
-        type=float,
-        default=time_limit_from_env(),
+        type=seconds,
+        default=os.environ.get(TIME_LIMIT_ENV) or str(DEFAULT_TIME_LIMIT_S),  # argparse converts
         help=f"seconds for the whole run (default 16 h, or ${TIME_LIMIT_ENV})",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")

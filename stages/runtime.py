@@ -61,8 +61,23 @@ class RunReport:
     current: str | None = None
     timed_out: bool = False
     seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, result: SlideResult) -> None:
+        """Record a graded slide (called by the worker while the main thread may read)."""
+        with self.lock:
+            self.results[result.filename] = result
+
+    def classes(self) -> dict[str, int]:
+        """Filename → class of every slide recorded so far (a consistent snapshot)."""
+        with self.lock:
+            return {name: r.cls for name, r in self.results.items()}
 
     def log_summary(self, total: int, fallback: int) -> None:
+        with self.lock:
+            self._log_summary(total, fallback)
+
+    def _log_summary(self, total: int, fallback: int) -> None:
         classes = Counter(r.cls for r in self.results.values())
         classes[fallback] += total - len(self.results)
         failed = [name for name, r in self.results.items() if r.source == "fallback"]
@@ -103,12 +118,6 @@ def _resolutions(data: Path, names: list[str]) -> dict[str, float | None]:
         for n, r in zip(metadata["filename"], metadata["resolution"], strict=True)
     }
     return {name: known.get(name) for name in names}
-
-
-def time_limit_from_env(default: float = DEFAULT_TIME_LIMIT_S) -> float:
-    """The run's time limit in seconds from ``$TISSUENET_TIME_LIMIT``, else ``default``."""
-    value = os.environ.get(TIME_LIMIT_ENV)
-    return float(value) if value else default
 
 
 def run(
@@ -158,12 +167,11 @@ def run(
         replace(config.budget, reserve_s=reserve),
     )
     report = RunReport()
-    lock = threading.Lock()
+    writing = threading.Lock()
 
     def checkpoint() -> None:
-        with lock:
-            classes = {n: r.cls for n, r in report.results.items()}
-            write_submission(build_submission(fmt, classes, prior.cls), out)
+        with writing:
+            write_submission(build_submission(fmt, report.classes(), prior.cls), out)
 
     worker = threading.Thread(
         target=_grade_all,
@@ -235,7 +243,7 @@ def _grade_all(
         finally:
             budget.finish_slide()
             report.current = None
-        report.results[name] = result
+        report.add(result)
         try:  # reporting must not stop the run either
             _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
             if save_heatmaps is not None:
