@@ -80,11 +80,6 @@ def to_page0(u: float, v: float, scale: tuple[float, float]) -> tuple[float, flo
     return (u * scale[0], v * scale[1])
 
 
-def from_page0(x: float, y: float, scale: tuple[float, float]) -> tuple[float, float]:
-    """Map a page-0 point ``(x, y)`` to fractional pixel units of a page with ``scale``."""
-    return (x / scale[0], y / scale[1])
-
-
 def nearest_index(values: Sequence[float], target: float) -> int:
     """Index of the value nearest ``target`` in log space (ties go to the lower index).
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stages.geometry import Box
 from stages.slide import DEFAULT_MAX_PAGE_PIXELS, Slide, SlideError
 
 log = logging.getLogger(__name__)
@@ -102,25 +101,6 @@ def tissue_mask(rgb: np.ndarray, mpp: float, config: TissueConfig | None = None)
 def tissue_fraction(mask: np.ndarray) -> float:
     """Fraction of the mask's pixels that are tissue (0.0 for an empty array)."""
     return float(mask.mean()) if mask.size else 0.0
-
-
-def tissue_bbox(mask: np.ndarray, scale: tuple[float, float]) -> Box | None:
-    """Bounding box of the tissue in page-0 pixels, or None without tissue.
-
-    ``mask`` is on a page grid whose page-0 pixels per page pixel are ``scale`` (``Page.scale``);
-    the box covers the tissue pixels whole.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    sx, sy = scale
-    return Box(
-        float(cols[0] * sx),
-        float(rows[0] * sy),
-        float((cols[-1] + 1 - cols[0]) * sx),
-        float((rows[-1] + 1 - rows[0]) * sy),
-    )
 
 
 def mask_for_slide(slide: Slide, config: TissueConfig | None = None) -> tuple[np.ndarray, int]:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from stages.geometry import Box, from_page0, nearest_index, page_scale, to_page0
+from stages.geometry import Box, nearest_index, page_scale, to_page0
 
 
 def test_page_scale_uses_real_sizes() -> None:
@@ -18,10 +18,9 @@ def test_page_scale_rejects_empty_pages() -> None:
         page_scale((100, 100), (0, 10))
 
 
-def test_point_round_trip() -> None:
+def test_point_to_page0() -> None:
     scale = (16.25, 15.9)
     assert to_page0(10, 20, scale) == (162.5, 318.0)
-    assert from_page0(162.5, 318.0, scale) == (10.0, 20.0)
 
 
 def test_box_to_page_exact() -> None:

@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 from conftest import DATA, write_tiff
 
-from stages.geometry import Box
 from stages.slide import Slide, SlideError
 from stages.tissue import (
     TissueConfig,
     mask_for_slide,
-    tissue_bbox,
     tissue_fraction,
     tissue_mask,
 )
@@ -212,12 +210,10 @@ def test_pen_stroke_over_tissue_is_cut_out(colour: tuple[int, int, int]) -> None
 # -- helpers and configuration ------------------------------------------------------------------
 
 
-def test_fraction_and_bbox_in_page0_pixels() -> None:
+def test_fraction() -> None:
     mask = np.zeros((10, 12), bool)
     mask[2:5, 3:7] = True
     assert tissue_fraction(mask) == 12 / 120
-    assert tissue_bbox(mask, (4.0, 2.0)) == Box(12.0, 4.0, 16.0, 6.0)
-    assert tissue_bbox(np.zeros((10, 12), bool), (4.0, 2.0)) is None
     assert tissue_fraction(np.zeros((0, 0), bool)) == 0.0
 
 
@@ -267,9 +263,6 @@ def test_mask_for_slide_reads_the_page_nearest_the_target(tmp_path: Path) -> Non
     mask, index = mask_for_slide(slide)
     assert index == 3 and mask.shape == (192, 256)
     assert _iou(mask, _disk(mask.shape, (1000 / 8, 700 / 8), 400 / 8)) > 0.95
-    box = tissue_bbox(mask, slide.pages[index].scale)
-    assert box is not None
-    assert (box.x, box.y, box.w, box.h) == pytest.approx((600, 300, 800, 800), abs=16)
 
 
 def test_mask_for_slide_goes_coarser_than_a_page_above_the_cap(tmp_path: Path) -> None:
