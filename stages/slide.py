@@ -18,6 +18,7 @@ import numpy as np
 import pyvips
 
 from stages.geometry import Box, nearest_index, page_scale
+from stages.tiffjpeg import ycbcr_mislabelled, ycbcr_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ class Slide:
                 f"{self.path.name}: not a readable TIFF ({vips_error_text(exc)})"
             ) from exc
         self.pages = self._discover_pages(first)
+        self.ycbcr_tagged_rgb = ycbcr_mislabelled(self.path)
+        if self.ycbcr_tagged_rgb:
+            log.warning("%s: JPEG tiles hold YCbCr but are tagged RGB; converting", self.path.name)
         self._images: dict[int, pyvips.Image] = {}
         self._regions: dict[int, pyvips.Region] = {}
         self.mpp, self.mpp_source = self._resolve_mpp(first, mpp, default_mpp)
@@ -241,6 +245,8 @@ class Slide:
             info = self.pages[page]
             try:
                 image = to_rgb_uint8(_load(self.path, info.tiff_page, info.subifd))
+                if self.ycbcr_tagged_rgb:
+                    image = ycbcr_to_rgb(image)
                 # A strip (untiled) page, such as an SVS thumbnail, reads only top to bottom; keep
                 # small ones in memory so that regions can be fetched in any order.
                 if "tile-width" not in image.get_fields() and info.width * info.height <= (

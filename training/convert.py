@@ -34,6 +34,7 @@ from stages.slide import (
     to_rgb_uint8,
     vips_error_text,
 )
+from stages.tiffjpeg import ycbcr_mislabelled, ycbcr_to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,11 @@ def _level0(src: Path) -> Iterator[tuple[pyvips.Image, float | None, str]]:
         reason = _vips_failure(src)
     if reason is None:
         page0 = pyvips.Image.tiffload(str(src), page=0, access="sequential", fail_on="error")
-        yield (to_rgb_uint8(page0), *mpp_from_header(page0))
+        rgb = to_rgb_uint8(page0)
+        if ycbcr_mislabelled(src):
+            log.warning("%s: JPEG tiles hold YCbCr but are tagged RGB; converting", src.name)
+            rgb = ycbcr_to_rgb(rgb)
+        yield (rgb, *mpp_from_header(page0))
         return
     log.info("%s: libvips cannot read it (%s); trying OpenSlide", src.name, reason)
     with _openslide_level0(src, reason) as opened:
