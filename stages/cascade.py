@@ -31,6 +31,7 @@ from stages.classifier import grade, read_patches
 from stages.config import Assets
 from stages.decision import Decision, decide_slide
 from stages.detector import Heatmap, predict_heatmap, tissue_windows
+from stages.geometry import Box
 from stages.hotspots import Hotspot, select_hotspots
 from stages.slide import Slide
 from stages.tissue import mask_for_slide
@@ -107,13 +108,58 @@ class SlideResult:
         if self.heatmap is not None:
             arrays |= {
                 "heatmap": self.heatmap.probs,
+                "heatmap_tissue": self.heatmap.tissue,
                 "heatmap_visited": self.heatmap.visited,
                 "heatmap_scale": np.array(self.heatmap.scale),
+                "heatmap_page_complete": np.array([self.heatmap.page, self.heatmap.complete]),
             }
         path = directory / f"{stem}.npz"
         np.savez_compressed(path, **arrays)
         (directory / f"{stem}.json").write_text(json.dumps(self.summary(), indent=2) + "\n")
         return path
+
+    @classmethod
+    def load(cls, path: Path) -> SlideResult:
+        """The result :meth:`save` wrote as ``path`` (``<stem>.npz``, with ``<stem>.json``)."""
+        summary = json.loads(path.with_suffix(".json").read_text())
+        with np.load(path) as saved:
+            arrays = {name: saved[name] for name in saved.files}
+        hotspots = [
+            Hotspot(Box(*map(float, box)), float(score), tuple(map(float, probs)), rank)
+            for rank, (box, score, probs) in enumerate(
+                zip(
+                    arrays["hotspot_boxes"],
+                    arrays["hotspot_scores"],
+                    arrays["hotspot_heat_probs"],
+                    strict=True,
+                )
+            )
+        ]
+        heatmap = None
+        if "heatmap" in arrays:
+            page, complete = arrays["heatmap_page_complete"]
+            heatmap = Heatmap(
+                probs=arrays["heatmap"],
+                tissue=arrays["heatmap_tissue"],
+                visited=arrays["heatmap_visited"],
+                scale=tuple(map(float, arrays["heatmap_scale"])),
+                page=int(page),
+                complete=bool(complete),
+            )
+        return cls(
+            filename=summary["filename"],
+            cls=summary["class"],
+            probs=tuple(summary["probs"]),
+            source=summary["source"],
+            hotspots=hotspots,
+            grades=arrays["grades"],
+            heatmap=heatmap,
+            tissue=arrays.get("tissue"),
+            tissue_scale=tuple(map(float, arrays.get("tissue_scale", (1.0, 1.0)))),
+            seconds=summary["seconds"],
+            pages=summary["pages"],
+            errors=summary["errors"],
+        )
 
 
 def fallback_result(filename: str, decision: Decision, error: str) -> SlideResult:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade
+from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.slide import SlideError
 from training.assets import init_assets
@@ -94,3 +94,22 @@ def test_unreadable_slide_raises_slide_error(cascade: Cascade, tmp_path: Path) -
     budget = RunBudget(3600, 1, cascade.config.budget)
     with pytest.raises(SlideError, match=r"bad\.tif"):
         cascade.grade_slide(path, None, budget.start_slide(), budget.costs)
+
+
+def test_saved_result_loads_back_equal(cascade: Cascade, slide_path: Path, tmp_path: Path) -> None:
+    budget = RunBudget(3600, 1, cascade.config.budget)
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    loaded = SlideResult.load(result.save(tmp_path))
+    assert loaded.summary() == result.summary()
+    assert loaded.hotspots == result.hotspots
+    np.testing.assert_array_equal(loaded.grades, result.grades)
+    np.testing.assert_array_equal(loaded.tissue, result.tissue)
+    assert loaded.tissue_scale == result.tissue_scale
+    assert result.heatmap is not None and loaded.heatmap is not None
+    for name in ("probs", "tissue", "visited"):
+        np.testing.assert_array_equal(getattr(loaded.heatmap, name), getattr(result.heatmap, name))
+    assert (loaded.heatmap.scale, loaded.heatmap.page, loaded.heatmap.complete) == (
+        result.heatmap.scale,
+        result.heatmap.page,
+        result.heatmap.complete,
+    )

@@ -8,8 +8,12 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
+import torch
 from conftest import REPO
 
+from stages.budget import RunBudget
+from stages.cascade import Cascade
+from stages.config import load_assets
 from training.assets import init_assets
 from training.synthetic import generate_dataset
 
@@ -71,3 +75,25 @@ def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
     assert json.loads(json.dumps(result.metadata["papermill"]["parameters"]))["data_dir"] == str(
         data
     )
+
+
+def test_run_inspection_notebook(tmp_path: Path) -> None:
+    data, maps = tmp_path / "data", tmp_path / "maps"
+    generate_dataset(data, 2, seed=10, split="test")
+    assets = load_assets(init_assets(tmp_path / "assets"), torch.device("cpu"))
+    cascade = Cascade(assets)
+    budget = RunBudget(600, 2, assets.config.budget)
+    for path in sorted(data.glob("*.tif")):
+        cascade.grade_slide(path, None, budget.start_slide(), budget.costs).save(maps)
+        budget.finish_slide()
+    result = execute(
+        REPO / "notebooks" / "03_run_inspection.ipynb",
+        tmp_path / "03.ipynb",
+        heatmaps_dir=str(maps),
+        data_dir=str(data),
+        labels_csv=str(data / "test_labels.csv"),
+    )
+    outputs = [o for c in result.cells for o in c.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "on 2 slides" in printed and "true\\pred" in printed
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2

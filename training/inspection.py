@@ -6,8 +6,12 @@ Everything is drawn on a low-resolution page of the slide; boxes come in page-0 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -120,3 +124,24 @@ def plot_resolutions(slide: Slide, box: Box, target_mpps: tuple[float, ...]) -> 
         axis.set_title(f"page {page} ({slide.page_mpp(page):.2f} µm/px)")
         axis.set_axis_off()
     return figure
+
+
+def run_table(directory: Path) -> pd.DataFrame:
+    """One row per slide of a ``main.py --save-heatmaps`` folder: decision, hotspots graded,
+    seconds by stage, pages used, and problems (from the ``<stem>.json`` summaries)."""
+    rows = []
+    for path in sorted(directory.glob("*.json")):
+        summary = json.loads(path.read_text())
+        rows.append(
+            {
+                "filename": summary["filename"],
+                "class": summary["class"],
+                "source": summary["source"],
+                "graded": f"{summary['graded']}/{summary['hotspots']}",
+                **{f"{k}_s": v for k, v in summary["seconds"].items()},
+                **{f"{k}_page": v for k, v in summary["pages"].items()},
+                "problems": "; ".join(summary["errors"])
+                or ("degraded" if summary["degraded"] else ""),
+            }
+        )
+    return pd.DataFrame(rows)
