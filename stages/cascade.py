@@ -111,7 +111,9 @@ class SlideResult:
                 "heatmap_tissue": self.heatmap.tissue,
                 "heatmap_visited": self.heatmap.visited,
                 "heatmap_scale": np.array(self.heatmap.scale),
-                "heatmap_page_complete": np.array([self.heatmap.page, self.heatmap.complete]),
+                "heatmap_page_complete_windows": np.array(
+                    [self.heatmap.page, self.heatmap.complete, self.heatmap.windows]
+                ),
             }
         path = directory / f"{stem}.npz"
         np.savez_compressed(path, **arrays)
@@ -137,7 +139,7 @@ class SlideResult:
         ]
         heatmap = None
         if "heatmap" in arrays:
-            page, complete = arrays["heatmap_page_complete"]
+            page, complete, windows = arrays["heatmap_page_complete_windows"]
             heatmap = Heatmap(
                 probs=arrays["heatmap"],
                 tissue=arrays["heatmap_tissue"],
@@ -145,6 +147,7 @@ class SlideResult:
                 scale=tuple(map(float, arrays["heatmap_scale"])),
                 page=int(page),
                 complete=bool(complete),
+                windows=int(windows),
             )
         return cls(
             filename=summary["filename"],
@@ -192,6 +195,7 @@ class Cascade:
             seconds["tissue"] = time.perf_counter() - t0
             pages = {"tissue": mask_page}
 
+            classifier_page = slide.page_for_mpp(cfg.classifier.target_mpp)
             heatmap = None
             hotspots: list[Hotspot] = []
             if mask.any():
@@ -199,7 +203,7 @@ class Cascade:
                 try:
                     heatmap = self._detect(slide, mask, mask_scale, budget, costs)
                     pages["detector"] = heatmap.page
-                    hotspots = self._hotspots(slide, heatmap)
+                    hotspots = self._hotspots(slide, heatmap, classifier_page)
                 except Exception as exc:  # a stage failure costs the stage, not the slide
                     errors.append(_describe("detector", exc))
                     log.exception("%s: detector failed", path.name)
@@ -208,9 +212,9 @@ class Cascade:
             t2 = time.perf_counter()
             grades = np.zeros((0, cfg.classifier.classes), np.float32)
             if hotspots:
-                pages["classifier"] = slide.page_for_mpp(cfg.classifier.target_mpp)
+                pages["classifier"] = classifier_page
                 try:
-                    grades = self._grade(slide, hotspots, pages["classifier"], budget, costs)
+                    grades = self._grade(slide, hotspots, classifier_page, budget, costs)
                 except Exception as exc:
                     errors.append(_describe("classifier", exc))
                     log.exception("%s: classifier failed", path.name)
@@ -267,15 +271,13 @@ class Cascade:
             self.assets.device,
             should_stop=lambda: budget.time_left() <= 0,
         )
-        visited = int(heatmap.visited.sum()) * cfg.stride**2
-        if visited:
-            costs.observe_detector(visited, time.perf_counter() - start)
+        if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
+            costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
         return heatmap
 
-    def _hotspots(self, slide: Slide, heatmap: Heatmap) -> list[Hotspot]:
+    def _hotspots(self, slide: Slide, heatmap: Heatmap, classifier_page: int) -> list[Hotspot]:
         cfg = self.config
-        page = slide.page_for_mpp(cfg.classifier.target_mpp)
-        sx, sy = slide.pages[page].scale
+        sx, sy = slide.pages[classifier_page].scale
         patch = (cfg.classifier.patch * sx, cfg.classifier.patch * sy)
         return select_hotspots(
             heatmap.probs,

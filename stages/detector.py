@@ -67,7 +67,8 @@ class Heatmap:
 
     ``probs``: ``(C, H, W)`` float32 class probabilities; ``tissue``: ``(H, W)`` bool on the same
     grid; ``visited``: ``(H, W)`` bool, cells the network saw; ``scale``: page-0 pixels per heatmap
-    cell ``(sx, sy)``; ``page``: the detector page; ``complete``: False when stopped early.
+    cell ``(sx, sy)``; ``page``: the detector page; ``complete``: False when stopped early;
+    ``windows``: how many windows the network ran on (its cost is ``windows × window²`` pixels).
     """
 
     probs: np.ndarray
@@ -76,6 +77,7 @@ class Heatmap:
     scale: tuple[float, float]
     page: int
     complete: bool
+    windows: int
 
 
 def build_detector(config: DetectorConfig) -> torch.nn.Module:
@@ -149,6 +151,7 @@ def predict_heatmap(
     corners = tissue_windows(info.size, info.scale, mask, mask_scale, window, config.overlap)
     sx, sy = info.scale
     complete = True
+    done = 0
     model.eval()
     for start in range(0, len(corners), config.batch_size):
         if should_stop():
@@ -176,6 +179,7 @@ def predict_heatmap(
             h, w = min(cells, grid_h - gy), min(cells, grid_w - gx)
             total[:, gy : gy + h, gx : gx + w] += out[:, :h, :w]
             weight[gy : gy + h, gx : gx + w] += 1.0
+        done += len(batch)
     visited = weight > 0
     probs = np.zeros_like(total)
     probs[0] = 1.0
@@ -188,4 +192,5 @@ def predict_heatmap(
         scale=(sx * stride, sy * stride),
         page=page,
         complete=complete,
+        windows=done,
     )

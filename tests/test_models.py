@@ -83,10 +83,14 @@ def test_heatmap_over_tissue_windows(tmp_path: Path) -> None:
     assert (heatmap.probs[0][~heatmap.visited] == 1.0).all()
     assert heatmap.tissue.shape == (64, 96) and heatmap.tissue.sum() == mask.sum()
     assert heatmap.complete
+    expected = tissue_windows(
+        slide.pages[page].size, slide.pages[page].scale, mask, (32.0, 32.0), 128, 32
+    )
+    assert heatmap.windows == len(expected) > 0
     stopped = predict_heatmap(
         model, slide, page, mask, (32.0, 32.0), TINY_DETECTOR, torch.device("cpu"), lambda: True
     )
-    assert not stopped.complete and not stopped.visited.any()
+    assert not stopped.complete and not stopped.visited.any() and stopped.windows == 0
 
 
 def test_patches_and_grades(tmp_path: Path) -> None:
