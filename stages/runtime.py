@@ -111,8 +111,6 @@ def _resolutions(data: Path, names: list[str]) -> dict[str, float | None]:
     except SubmissionError as exc:
         log.warning("metadata unusable, using the slides' own resolution tags: %s", exc)
         return dict.fromkeys(names)
-    if "resolution" not in metadata.columns:
-        return dict.fromkeys(names)
     known = {
         str(n): (float(r) if math.isfinite(r) else None)
         for n, r in zip(metadata["filename"], metadata["resolution"], strict=True)

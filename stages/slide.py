@@ -260,15 +260,13 @@ class Slide:
 
     def read_page(self, page: int, max_pixels: int = DEFAULT_MAX_PAGE_PIXELS) -> np.ndarray:
         """Whole ``page`` as ``(H, W, 3)`` uint8. Refuses pages above ``max_pixels``."""
-        info = self.pages[page] if 0 <= page < len(self.pages) else None
-        if info is None:
-            raise SlideError(f"{self.path.name}: page {page} out of range 0..{len(self.pages) - 1}")
+        image = self.image(page)  # checks the index; a page above any cap stays lazy here
+        info = self.pages[page]
         if info.width * info.height > max_pixels:
             raise SlideError(
                 f"{self.path.name}: refusing to read page {page} whole "
                 f"({info.width}x{info.height} px > cap of {max_pixels} px); read regions instead"
             )
-        image = self.image(page)
         try:
             data = image.write_to_memory()
         except pyvips.Error as exc:
