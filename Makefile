@@ -36,16 +36,16 @@ demo: setup $(DEMO)/data/submission_format.csv
 
 # The demo's sample slides in the competition's test layout (also test-submission's default DATA).
 $(DEMO)/data/submission_format.csv: | setup
-	$(PY) -m training.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
+	$(PY) -m training.data.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
 
 # Per-slide seconds by stage and peak memory on generated slides, plus a real-size canvas.
 benchmark: setup
-	$(PY) -m training.benchmark build/benchmark
+	$(PY) -m training.evaluate.benchmark build/benchmark
 
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache
 
-# --- Submission: pack, run as the runtime does, score (logic and tests: training/package.py) ---
+# --- Submission: pack, run as the runtime does, score (logic and tests: training/pack/package.py) ---
 # make pack-submission [FORCE=1]                  submission/submission.zip: main.py, stages/, assets/
 # make test-submission [DATA=dir] [TIME_LIMIT=s]  unzip to a fresh root, data/ read-only, no network
 # make score [LABELS=csv]                         score submission/submission.csv
@@ -57,11 +57,11 @@ TIME_LIMIT ?=
 .PHONY: pack-submission test-submission score
 
 pack-submission: setup
-	$(PY) -m training.package pack --out $(SUBMISSION)/submission.zip $(if $(FORCE),--force)
+	$(PY) -m training.pack.package pack --out $(SUBMISSION)/submission.zip $(if $(FORCE),--force)
 
 test-submission: setup $(if $(filter $(DEMO)/data,$(DATA)),$(DEMO)/data/submission_format.csv)
-	$(PY) -m training.package test --zip $(SUBMISSION)/submission.zip --data $(DATA) \
+	$(PY) -m training.pack.package test --zip $(SUBMISSION)/submission.zip --data $(DATA) \
 		--out-dir $(SUBMISSION) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT))
 
 score: setup
-	$(PY) -m training.package score --submission $(SUBMISSION)/submission.csv --labels $(LABELS)
+	$(PY) -m training.pack.package score --submission $(SUBMISSION)/submission.csv --labels $(LABELS)

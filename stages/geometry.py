@@ -12,7 +12,7 @@ Convention (used everywhere, stated only here):
 * Page-``p`` pixel ``(u, v)`` covers page-0 ``[u * sx, (u + 1) * sx) x [v * sy, (v + 1) * sy)``.
 
 The only convention that differs is the TissueNet annotation file, whose polygons have the y axis
-flipped (origin at the bottom); ``training.annotations`` converts it on read.
+flipped (origin at the bottom); ``training.data.annotations`` converts it on read.
 """
 
 from __future__ import annotations

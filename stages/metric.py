@@ -17,8 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-N_CLASSES = 4
-CLASSES = (0, 1, 2, 3)
+from stages.submission import (
+    CLASSES,
+    SubmissionError,
+    classes_from_onehot,
+    read_table,
+    validate,
+)
+
+N_CLASSES = len(CLASSES)
 
 #: ERROR_MATRIX[true, predicted], float64 (4, 4), as published by the competition.
 ERROR_MATRIX = np.array(
@@ -73,8 +80,6 @@ def format_confusion(matrix: np.ndarray) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.submission import SubmissionError, classes_from_onehot, read_table, validate
-
     parser = argparse.ArgumentParser(prog="python -m stages.metric", description=__doc__)
     parser.add_argument("submission", type=Path)
     parser.add_argument("labels", type=Path)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.metric import CLASSES
-
 log = logging.getLogger(__name__)
 
+#: The slide classes (0 benign … 3 invasive) and their one-hot columns, as the format names them.
+CLASSES = (0, 1, 2, 3)
 CLASS_COLUMNS = tuple(str(c) for c in CLASSES)
 COLUMNS = ("filename", *CLASS_COLUMNS)
 #: How many offending filenames or rows a message lists before "… (+N more)".

@@ -9,7 +9,7 @@ import pytest
 from conftest import REAL_TISSUENET as REAL
 
 from stages.geometry import Box
-from training.annotations import (
+from training.data.annotations import (
     COLUMNS,
     Annotation,
     annotations_frame,

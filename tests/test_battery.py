@@ -22,9 +22,9 @@ from conftest import write_tiff
 
 from stages.decision import decide_slide
 from stages.submission import read_table
-from training.assets import TINY, init_assets
-from training.package import RunOutcome, check_outcome, pack, run_local
-from training.synthetic import SynthConfig, sample_specs, write_sparse_canvas
+from training.data.synthetic import SynthConfig, sample_specs, write_sparse_canvas
+from training.pack.export import TINY, init_assets
+from training.pack.package import RunOutcome, check_outcome, pack, run_local
 
 pytestmark = pytest.mark.slow
 

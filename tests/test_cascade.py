@@ -12,8 +12,8 @@ from stages.budget import RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.slide import SlideError
-from training.assets import init_assets
-from training.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.pack.export import init_assets
 
 
 class FakeClock:

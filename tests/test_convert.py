@@ -1,4 +1,4 @@
-"""training.convert on real slides: competition layout, µm/pixel, pixels, and its clear errors."""
+"""training.data.convert on real slides: competition layout, µm/pixel, pixels, clear errors."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from conftest import DATA, REPO, write_tiff
 from PIL import Image
 
 from stages.slide import Slide
-from training import convert as convert_module
-from training.convert import OPENSLIDE_EXTRA, ConvertError, convert, main
+from training.data import convert as convert_module
+from training.data.convert import OPENSLIDE_EXTRA, ConvertError, convert, main
 
 CMU = DATA / "cmu_small_region.svs"
 OS1 = DATA / "OS-1-detail.ome.tif"
@@ -160,7 +160,7 @@ def test_errors_exit_non_zero_with_the_reason(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "training.convert",
+            "training.data.convert",
             str(tmp_path / "none.svs"),
             str(tmp_path / "out.tif"),
         ],
@@ -192,7 +192,7 @@ class FakeOpenSlideError(Exception):
 
 
 class FakeOpenSlide:
-    """What training.convert uses of ``openslide.OpenSlide``, serving ``fake_level0()``."""
+    """What training.data.convert uses of ``openslide.OpenSlide``, serving ``fake_level0()``."""
 
     pixels: ClassVar[np.ndarray] = fake_level0()
     properties: ClassVar[dict[str, str]] = {"openslide.mpp-x": "0.2431"}

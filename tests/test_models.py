@@ -14,7 +14,7 @@ from stages.classifier import ClassifierConfig, PatchClassifier, grade, patch_bo
 from stages.detector import DetectorConfig, build_detector, predict_heatmap, tissue_windows
 from stages.nets import AssetsError, load_weights, save_weights, to_input
 from stages.slide import Slide
-from training.assets import TINY
+from training.pack.export import TINY
 
 TINY_DETECTOR = replace(TINY.detector, window=128, overlap=32, target_mpp=2.0)
 TINY_CLASSIFIER = replace(TINY.classifier, patch=64)

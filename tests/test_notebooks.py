@@ -14,8 +14,8 @@ from conftest import REPO
 from stages.budget import RunBudget
 from stages.cascade import Cascade
 from stages.config import load_assets
-from training.assets import init_assets
-from training.synthetic import generate_dataset
+from training.data.synthetic import generate_dataset
+from training.pack.export import init_assets
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 

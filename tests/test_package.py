@@ -1,4 +1,4 @@
-"""Packing, the runtime package set, and the local runtime's isolation (training/package.py).
+"""Packing, the runtime package set, and the local runtime's isolation (training/pack/package.py).
 
 Runs here use small stdlib-only ``main.py`` probes; the real submission goes through the local
 runtime in test_battery.py.
@@ -18,9 +18,9 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from training import package
-from training.assets import init_assets
-from training.package import (
+from training.pack import package
+from training.pack.export import init_assets
+from training.pack.package import (
     PackageError,
     RunOutcome,
     check_outcome,
@@ -117,7 +117,7 @@ def test_pack_refuses_code_outside_the_runtime_set(tmp_path: Path, assets: Path)
 def test_unresolved_imports_names_each_file_and_line() -> None:
     sources = {
         "main.py": "import os\nfrom stages import runtime\nimport numpy as np\n",
-        "stages/a.py": "from . import b\nfrom training.synthetic import x\nimport pip, torch\n",
+        "stages/a.py": "from . import b\nfrom training.data import x\nimport pip, torch\n",
     }
     assert unresolved_imports(sources, {"pip": "pip"}) == [
         "stages/a.py:2: imports training (neither packed, standard library nor installed)",

@@ -13,8 +13,8 @@ import pytest
 from conftest import REPO
 
 from stages.submission import read_table, validate
-from training.assets import init_assets
-from training.synthetic import generate_dataset
+from training.data.synthetic import generate_dataset
+from training.pack.export import init_assets
 
 pytestmark = pytest.mark.slow
 

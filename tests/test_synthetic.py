@@ -18,8 +18,8 @@ from conftest import REAL_TISSUENET as REAL
 
 from stages.geometry import Box
 from stages.slide import Slide
-from training.annotations import parse_annotations
-from training.synthetic import (
+from training.data.annotations import parse_annotations
+from training.data.synthetic import (
     ANNOTATION_UM,
     BALANCED,
     Artefact,
@@ -30,7 +30,6 @@ from training.synthetic import (
     compose,
     generate_dataset,
     layout_specs,
-    main,
     pyramid_sizes,
     render_maps,
     sample_specs,
@@ -40,6 +39,7 @@ from training.synthetic import (
     write_slide,
     write_sparse_canvas,
 )
+from training.data.synthetic.__main__ import main
 
 SMALL = SynthConfig(size_range=(3000, 4000))
 ONE_HOT = ["filename", "0", "1", "2", "3"]

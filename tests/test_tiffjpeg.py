@@ -13,7 +13,7 @@ from conftest import DATA, write_tiff
 from stages.slide import Slide
 from stages.tiffjpeg import jpeg_is_ycbcr, ycbcr_mislabelled, ycbcr_to_rgb
 from stages.tissue import mask_for_slide
-from training.convert import convert
+from training.data.convert import convert
 
 
 def segment(marker: int, payload: bytes) -> bytes:

@@ -1,6 +1,6 @@
 """Convert a native whole-slide image into the TissueNet competition format.
 
-``python -m training.convert SRC DST.tif [--mpp X]`` (or :func:`convert`) writes level 0 of
+``python -m training.data.convert SRC DST.tif [--mpp X]`` (or :func:`convert`) writes level 0 of
 ``SRC`` as a pyramidal TIFF like the competition's: JPEG Q75, 512 × 512 tiles, every page half the
 previous one until a page fits one tile, µm/pixel in the resolution tags, and no image
 description (libvips would otherwise copy an Aperio description, and readers would then take the
@@ -284,7 +284,7 @@ class _PngStream:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m training.convert",
+        prog="python -m training.data.convert",
         description="Convert a whole-slide image to the TissueNet format (pyramidal JPEG TIFF).",
     )
     parser.add_argument("src", type=Path, help="source slide (SVS, OME-TIFF, TIFF, NDPI, …)")

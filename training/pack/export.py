@@ -1,6 +1,6 @@
 """Write an assets folder: ``config.json`` and randomly initialised weights for both networks.
 
-``python -m training.assets OUT_DIR [--preset tiny|standard] [--seed S]``
+``python -m training.pack.export OUT_DIR [--preset tiny|standard] [--seed S]``
 
 Random weights exercise every mechanism of the cascade (tests, demo, packing) but grade nothing
 meaningfully; the config's ``note`` says so, and the runtime logs it. Trained weights are written
@@ -51,7 +51,7 @@ def init_assets(out: Path, config: CascadeConfig = TINY, seed: int = 0, note: st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.assets", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.pack.export", description=__doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,9 +1,9 @@
 """Benchmark the runtime job: per-slide seconds by stage and peak memory, as main.py runs it.
 
-``python -m training.benchmark OUT_DIR [--slides 6] [--assets assets] [--device cpu]``
+``python -m training.evaluate.benchmark OUT_DIR [--slides 6] [--assets assets] [--device cpu]``
 
-1. generates ``--slides`` synthetic test slides (``training.synthetic``) and one real-size canvas:
-   the largest slide of ``--layout`` (default: the real TissueNet metadata copied into
+1. generates ``--slides`` synthetic test slides (``training.data.synthetic``) and one real-size
+   canvas: the largest slide of ``--layout`` (default: the real TissueNet metadata copied into
    ``tests/data/tissuenet/``, 271,950 × 294,038 px) as a mostly-glass sparse TIFF holding one
    generated tissue patch;
 2. runs ``main.py`` on each set in its own process (``--save-heatmaps`` gives the per-stage
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.synthetic import sample_specs, write_dataset
+from training.data.synthetic import sample_specs, write_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_LAYOUT = REPO / "tests" / "data" / "tissuenet" / "train_metadata.csv"
 
 
@@ -77,7 +77,9 @@ def largest_layout(metadata_csv: Path) -> tuple[str, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.benchmark", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate.benchmark", description=__doc__
+    )
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--slides", type=int, default=6)
     parser.add_argument("--seed", type=int, default=11)

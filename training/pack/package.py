@@ -19,9 +19,9 @@ takes ``submission.csv`` from that folder. :func:`run_local` does the same on th
 
 CLI (what ``make pack-submission``, ``make test-submission`` and ``make score`` call)::
 
-    python -m training.package pack [--out submission/submission.zip] [--assets DIR] [--force]
-    python -m training.package test [--zip Z] [--data DIR] [--time-limit S] [--out-dir DIR]
-    python -m training.package score [--submission CSV] --labels CSV
+    python -m training.pack.package pack [--out submission/submission.zip] [--assets DIR] [--force]
+    python -m training.pack.package test [--zip Z] [--data DIR] [--time-limit S] [--out-dir DIR]
+    python -m training.pack.package score [--submission CSV] --labels CSV
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ from stages.submission import (
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 #: The runtime image's package set (exact pins); nothing else may be imported at run time.
 RUNTIME_REQUIREMENTS = REPO / "requirements.txt"
 ENTRY = "main.py"
@@ -173,7 +173,7 @@ def unresolved_imports(sources: Mapping[str, str], blocked: Mapping[str, str]) -
 #: The run's ``sitecustomize``: drops ``sys.path`` entries outside the interpreter (a ``.pth``
 #: may put the checkout there), refuses imports outside the runtime set; optionally no sockets.
 _GUARD = '''\
-"""Written by training.package: the local runtime's import guard (and network block)."""
+"""Written by training.pack.package: the local runtime's import guard (and network block)."""
 import os
 import socket
 import sys
@@ -194,22 +194,39 @@ NO_NETWORK = {no_network!r}
 
 
 class RuntimeSetGuard:
+    """A meta-path finder that finds no module of a blocked distribution, as in the runtime
+    image where they are absent (``importlib.util.find_spec`` returns None for them too)."""
+
+    def __init__(self, finder):
+        self.finder = finder
+
     def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        if top in BLOCKED:
-            raise ModuleNotFoundError(
-                f"{{top}} (distribution {{BLOCKED[top]}}) is not in the runtime package set "
-                "({requirements}): the runtime image does not have it",
-                name=top,
-            )
-        return None
+        if name.partition(".")[0] in BLOCKED or not hasattr(self.finder, "find_spec"):
+            return None
+        return self.finder.find_spec(name, path, target)
+
+    def __getattr__(self, name):  # find_distributions, invalidate_caches, …
+        return getattr(self.finder, name)
+
+
+def _explain(kind, exc, tb):
+    """An uncaught import of a blocked module names its distribution and the requirements."""
+    top = (getattr(exc, "name", None) or "").partition(".")[0]
+    if isinstance(exc, ModuleNotFoundError) and top in BLOCKED:
+        exc.msg = (
+            f"{{top}} (distribution {{BLOCKED[top]}}) is not in the runtime package set "
+            "({requirements}): the runtime image does not have it"
+        )
+        exc.args = (exc.msg,)
+    sys.__excepthook__(kind, exc, tb)
 
 
 def _no_network(*args, **kwargs):
     raise OSError(101, "network disabled by the local runtime check")
 
 
-sys.meta_path.insert(0, RuntimeSetGuard())
+sys.meta_path[:] = [RuntimeSetGuard(finder) for finder in sys.meta_path]
+sys.excepthook = _explain
 if NO_NETWORK:
     socket.socket.connect = socket.socket.connect_ex = socket.socket.sendto = _no_network
     socket.getaddrinfo = socket.create_connection = _no_network
@@ -573,7 +590,7 @@ def _test_report(outcome: RunOutcome, problems: list[str], fmt_path: Path) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.package", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training.pack.package", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("pack", help="write the submission zip")
     p.add_argument("--out", type=Path, default=SUBMISSION_DIR / ZIP_NAME)

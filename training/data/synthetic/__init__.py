@@ -1,0 +1,91 @@
+"""Synthetic TissueNet slides: pyramidal JPEG TIFFs and the competition's CSVs.
+
+A slide is described by a frozen :class:`SlideSpec` (size, µm/pixel, tissue fragments, lesions,
+look-alikes, artefacts; every position in page-0 pixels, y down, every physical size in µm) and
+rendered in two scales:
+
+* a low-resolution **label map** (numpy, one label pixel = ``zoom`` page-0 pixels, about 2 µm):
+  tissue type per pixel (:class:`Tissue`), a soft tissue alpha, an artefact colour/alpha overlay
+  and a blur mask;
+* a small bank of seamless **texture tiles**, one per tissue type, drawn cell by cell with OpenCV
+  at the slide's µm/pixel (nuclei 5–18 µm) in haematoxylin/eosin optical density.
+
+Page 0 is composed lazily in pyvips (label map zoomed, textures replicated, ``case`` picks a
+texture per pixel, blends add the tissue edge, blur patches and artefacts) and streamed to a
+pyramidal TIFF (512 × 512 JPEG Q75 tiles, each page half the previous until it fits one tile,
+resolution tags in px/cm), so a 20k × 20k slide takes seconds.
+
+Lesion grade (1 low-grade, 2 high-grade, 3 invasive) lives in cellular detail only: nuclear
+size, density, shape, chromatin and arrangement. Lesion and look-alike (dense inflammation)
+textures are colour-balanced to one mean, a little darker than normal epithelium, so at
+4–8 µm/pixel they look alike and only pages 0–1 tell them apart.
+
+Slides come from :func:`sample_specs` (random, class mix configurable, deterministic per seed)
+or :func:`layout_specs` (real slides' sizes, resolutions and annotated boxes, optionally scaled
+down). :func:`write_sparse_canvas` writes huge mostly-glass slides (e.g. 271,950 × 294,038 px)
+in seconds as a few MB: every glass tile points at one shared JPEG tile.
+
+Modules, in the order a slide is made: :mod:`.spec` (what a slide holds), :mod:`.sampling`
+(random and layout-driven specs), :mod:`.shapes`, :mod:`.maps`, :mod:`.textures`, :mod:`.render`
+(page 0 and the TIFF), :mod:`.canvas` (sparse canvases), :mod:`.dataset` (a competition folder).
+
+CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}``
+(``--class-mix``, ``--size-range``, ``--layout META ANN --scale F``, ``--sparse-canvas W H``,
+``--benchmark``; see ``--help``). The output directory has the competition's files
+(``{split}_metadata.csv``, ``{split}_labels.csv``, ``train_annotations.csv`` or
+``submission_format.csv`` and ``test_labels.csv``).
+"""
+
+from training.data.synthetic.canvas import place, pyramid_sizes, write_sparse_canvas
+from training.data.synthetic.dataset import SPLITS, generate_dataset, posix_cksum, write_dataset
+from training.data.synthetic.maps import Maps, label_zoom, render_maps
+from training.data.synthetic.render import compose, write_slide
+from training.data.synthetic.sampling import SynthConfig, layout_specs, random_spec, sample_specs
+from training.data.synthetic.spec import (
+    ANNOTATION_UM,
+    EPITHELIAL,
+    MPP_RANGE,
+    Artefact,
+    Fragment,
+    Lesion,
+    LookAlike,
+    SlideSpec,
+    Tissue,
+    annotation_box,
+    slide_annotations,
+)
+from training.data.synthetic.textures import BALANCED, CELL_STYLES, Stain, texture_bank
+
+__all__ = [
+    "ANNOTATION_UM",
+    "BALANCED",
+    "CELL_STYLES",
+    "EPITHELIAL",
+    "MPP_RANGE",
+    "SPLITS",
+    "Artefact",
+    "Fragment",
+    "Lesion",
+    "LookAlike",
+    "Maps",
+    "SlideSpec",
+    "Stain",
+    "SynthConfig",
+    "Tissue",
+    "annotation_box",
+    "compose",
+    "generate_dataset",
+    "label_zoom",
+    "layout_specs",
+    "place",
+    "posix_cksum",
+    "pyramid_sizes",
+    "random_spec",
+    "render_maps",
+    "sample_specs",
+    "slide_annotations",
+    "texture_bank",
+    "write_dataset",
+    "write_slide",
+    "write_sparse_canvas",
+]

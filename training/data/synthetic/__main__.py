@@ -1,0 +1,112 @@
+"""CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from training.data.synthetic.dataset import SPLITS, write_dataset
+from training.data.synthetic.sampling import SynthConfig, layout_specs, sample_specs
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _class_mix(text: str) -> tuple[float, float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--class-mix wants 4 numbers, got {text!r}") from exc
+    if len(values) != 4 or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--class-mix wants 4 non-negative numbers: {text!r}")
+    total = sum(values)
+    return tuple(v / total for v in values)  # type: ignore[return-value]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.data.synthetic",
+        description="Write synthetic TissueNet slides and CSVs in the competition's layout.",
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--slides", type=int, help="number of slides (with --layout: at most)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", choices=SPLITS, default="train")
+    parser.add_argument(
+        "--class-mix",
+        type=_class_mix,
+        default=SynthConfig().class_mix,
+        metavar="P0,P1,P2,P3",
+        help="class shares (normalised)",
+    )
+    parser.add_argument(
+        "--size-range",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=SynthConfig().size_range,
+        help="page-0 width/height range, px",
+    )
+    parser.add_argument(
+        "--layout",
+        type=Path,
+        nargs=2,
+        metavar=("METADATA.csv", "ANNOTATIONS.csv"),
+        help="reproduce real slides: sizes, resolutions, labels, boxes",
+    )
+    parser.add_argument(
+        "--scale",
+        type=int,
+        default=1,
+        help="with --layout: divide sizes (multiply µm/px) by this integer",
+    )
+    parser.add_argument(
+        "--sparse-canvas",
+        type=int,
+        nargs=2,
+        metavar=("WIDTH", "HEIGHT"),
+        help="write each slide as a huge mostly-glass canvas of this size",
+    )
+    parser.add_argument(
+        "--benchmark", action="store_true", help="print generation seconds and Mpx/s per slide"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = SynthConfig(class_mix=args.class_mix, size_range=tuple(args.size_range))
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.layout:
+        if args.sparse_canvas:
+            parser.error("--sparse-canvas works with random slides, not --layout")
+        specs = layout_specs(*args.layout, scale=args.scale, seed=args.seed, config=config)
+        specs = specs[: args.slides] if args.slides is not None else specs
+    elif args.slides is None or args.slides < 1:
+        parser.error("--slides N (N >= 1) is required without --layout")
+    else:
+        specs = sample_specs(args.slides, args.seed, config)
+    canvas = tuple(args.sparse_canvas) if args.sparse_canvas else None
+    metadata = write_dataset(args.out_dir, specs, args.split, canvas)
+    megapixels = metadata["width"] * metadata["height"] / 1e6
+    if args.benchmark:
+        for row, mpx in zip(metadata.itertuples(index=False), megapixels, strict=True):
+            print(
+                f"{row.filename}\t{row.width}x{row.height}\t{row.seconds:.2f} s\t"
+                f"{mpx / row.seconds:.1f} Mpx/s"
+            )
+        total = metadata["seconds"].sum()
+        print(
+            f"total\t{len(metadata)} slides\t{total:.2f} s\t{megapixels.sum() / total:.1f} Mpx/s"
+            f"\t{total / len(metadata):.2f} s/slide"
+        )
+    counts = np.bincount([s.label for s in specs], minlength=4).tolist()
+    print(f"wrote {len(specs)} {args.split} slides to {args.out_dir} (classes 0-3: {counts})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

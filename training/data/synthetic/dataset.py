@@ -1,0 +1,106 @@
+"""Synthetic slides written as a competition folder: TIFs plus the split's CSVs."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.data.annotations import annotations_frame
+from training.data.synthetic.canvas import place, write_sparse_canvas
+from training.data.synthetic.render import write_slide
+from training.data.synthetic.sampling import SynthConfig, sample_specs
+from training.data.synthetic.spec import SlideSpec, slide_annotations
+
+SPLITS = ("train", "test")
+
+# -- dataset ------------------------------------------------------------------------------------
+
+
+def posix_cksum(path: str | Path) -> int:
+    """The POSIX ``cksum`` CRC of a file (the real metadata's ``tif_cksum``)."""
+    try:
+        out = subprocess.run(["cksum", str(path)], check=True, capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise RuntimeError(f"{path}: cksum failed ({exc})") from exc
+    return int(out.stdout.split()[0])
+
+
+def _one_hot(specs: Sequence[SlideSpec], zeros: bool = False) -> pd.DataFrame:
+    rows = [[s.filename] + [int(not zeros and s.label == k) for k in range(4)] for s in specs]
+    return pd.DataFrame(rows, columns=["filename", "0", "1", "2", "3"])
+
+
+def write_dataset(
+    out_dir: str | Path,
+    specs: Sequence[SlideSpec],
+    split: str,
+    canvas: tuple[int, int] | None = None,
+) -> pd.DataFrame:
+    """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``.
+
+    ``test``: ``test_metadata.csv`` (filename, width, height, resolution, magnification),
+    ``submission_format.csv`` (all zeros) and ``test_labels.csv`` (one-hot, for scoring).
+    ``train``: ``train_metadata.csv`` (plus tif_cksum, tif_size), ``train_labels.csv`` and
+    ``train_annotations.csv``. With ``canvas = (width, height)`` every slide is a huge sparse
+    canvas (:func:`write_sparse_canvas`) holding its spec at a random place. Returns the metadata
+    table with a ``seconds`` column (time to render and write each TIF) the CSV does not have.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if len({s.filename for s in specs}) != len(specs):
+        raise ValueError("slide filenames must be unique")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, written = [], []
+    for spec in specs:
+        start = time.perf_counter()
+        if canvas is None:
+            slide = spec
+            path = write_slide(out / spec.filename, spec)
+        else:
+            rng = np.random.default_rng([spec.seed, 6])
+            x, y = (
+                int(rng.integers(0, max(c - s, 0) + 1))
+                for c, s in zip(canvas, (spec.width, spec.height), strict=True)
+            )
+            slide = place(spec, *canvas, x, y)
+            path = write_sparse_canvas(out / spec.filename, *canvas, spec.mpp, spec, (x, y))
+        seconds = time.perf_counter() - start
+        row = {
+            "filename": slide.filename,
+            "width": slide.width,
+            "height": slide.height,
+            "resolution": slide.mpp,
+            "magnification": slide.magnification,
+        }
+        if split == "train":
+            row |= {"tif_cksum": posix_cksum(path), "tif_size": path.stat().st_size}
+        rows.append(row | {"seconds": seconds})
+        written.append(slide)
+    metadata = pd.DataFrame(rows)
+    metadata.drop(columns="seconds").to_csv(out / f"{split}_metadata.csv", index=False)
+    _one_hot(written).to_csv(out / f"{split}_labels.csv", index=False)
+    if split == "test":
+        _one_hot(written, zeros=True).to_csv(out / "submission_format.csv", index=False)
+    else:
+        annotations = [a for slide in written for a in slide_annotations(slide)]
+        heights = {slide.filename: slide.height for slide in written}
+        annotations_frame(annotations, heights).to_csv(out / "train_annotations.csv", index=False)
+    return metadata
+
+
+def generate_dataset(
+    out_dir: str | Path,
+    n_slides: int,
+    seed: int,
+    split: str = "train",
+    config: SynthConfig | None = None,
+) -> pd.DataFrame:
+    """``n_slides`` random slides of ``seed`` written as a ``split`` directory; see
+    :func:`write_dataset`."""
+    return write_dataset(out_dir, sample_specs(n_slides, seed, config or SynthConfig()), split)
