@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from stages.budget import CostModel, SlideBudget
 from stages.classifier import grade, read_patches
-from stages.config import Assets
+from stages.config import Assets, CascadeConfig
 from stages.decision import Decision, decide_slide
 from stages.detector import Heatmap, predict_heatmap, tissue_windows
 from stages.geometry import Box
@@ -170,6 +171,61 @@ def fallback_result(filename: str, decision: Decision, error: str) -> SlideResul
     return SlideResult(filename, decision.cls, decision.probs, "fallback", errors=[error])
 
 
+def detect(
+    slide: Slide,
+    mask: np.ndarray,
+    mask_scale: tuple[float, float],
+    model: torch.nn.Module,
+    config: CascadeConfig,
+    device: torch.device,
+    budget: SlideBudget,
+    costs: CostModel,
+) -> Heatmap:
+    """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
+    (the page nearest ``detector.target_mpp``, or coarser), stopped at the slide's deadline;
+    records its measured cost in ``costs``. ``mask``: tissue, ``mask_scale`` page-0 px/pixel."""
+    cfg = config.detector
+    base = slide.page_for_mpp(cfg.target_mpp)
+    info = slide.pages[base]
+    n_windows = len(
+        tissue_windows(info.size, info.scale, mask, mask_scale, cfg.window, cfg.overlap)
+    )
+    pixels = n_windows * cfg.window**2
+    page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels))
+    start = time.perf_counter()
+    heatmap = predict_heatmap(
+        model,
+        slide,
+        page,
+        mask,
+        mask_scale,
+        cfg,
+        device,
+        should_stop=lambda: budget.time_left() <= 0,
+    )
+    if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
+        costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
+    return heatmap
+
+
+def locate_hotspots(
+    slide: Slide, heatmap: Heatmap, config: CascadeConfig, classifier_page: int
+) -> list[Hotspot]:
+    """The top ``budget.max_k`` hotspots of ``heatmap`` (tissue cells the detector saw), as
+    page-0 boxes of one classifier patch on ``classifier_page``, best first."""
+    sx, sy = slide.pages[classifier_page].scale
+    patch = (config.classifier.patch * sx, config.classifier.patch * sy)
+    return select_hotspots(
+        heatmap.probs,
+        heatmap.tissue & heatmap.visited,
+        heatmap.scale,
+        slide.mpp,
+        patch,
+        config.hotspots,
+        k=config.budget.max_k,
+    )
+
+
 class Cascade:
     """The loaded networks and config, grading one slide at a time."""
 
@@ -201,9 +257,12 @@ class Cascade:
             if mask.any():
                 t1 = time.perf_counter()
                 try:
-                    heatmap = self._detect(slide, mask, mask_scale, budget, costs)
+                    heatmap = detect(
+                        slide, mask, mask_scale, self.assets.detector, cfg, self.assets.device,
+                        budget, costs,
+                    )  # fmt: skip
                     pages["detector"] = heatmap.page
-                    hotspots = self._hotspots(slide, heatmap, classifier_page)
+                    hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
                 except Exception as exc:  # a stage failure costs the stage, not the slide
                     errors.append(_describe("detector", exc))
                     log.exception("%s: detector failed", path.name)
@@ -238,57 +297,6 @@ class Cascade:
             errors=errors,
         )
 
-    def _detect(
-        self,
-        slide: Slide,
-        mask: np.ndarray,
-        mask_scale: tuple[float, float],
-        budget: SlideBudget,
-        costs: CostModel,
-    ) -> Heatmap:
-        cfg = self.config.detector
-        base = slide.page_for_mpp(cfg.target_mpp)
-        n_windows = len(
-            tissue_windows(
-                slide.pages[base].size,
-                slide.pages[base].scale,
-                mask,
-                mask_scale,
-                cfg.window,
-                cfg.overlap,
-            )
-        )
-        pixels = n_windows * cfg.window**2
-        page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels))
-        start = time.perf_counter()
-        heatmap = predict_heatmap(
-            self.assets.detector,
-            slide,
-            page,
-            mask,
-            mask_scale,
-            cfg,
-            self.assets.device,
-            should_stop=lambda: budget.time_left() <= 0,
-        )
-        if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
-            costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
-        return heatmap
-
-    def _hotspots(self, slide: Slide, heatmap: Heatmap, classifier_page: int) -> list[Hotspot]:
-        cfg = self.config
-        sx, sy = slide.pages[classifier_page].scale
-        patch = (cfg.classifier.patch * sx, cfg.classifier.patch * sy)
-        return select_hotspots(
-            heatmap.probs,
-            heatmap.tissue & heatmap.visited,
-            heatmap.scale,
-            slide.mpp,
-            patch,
-            cfg.hotspots,
-            k=cfg.budget.max_k,
-        )
-
     def _grade(
         self,
         slide: Slide,
@@ -307,7 +315,9 @@ class Cascade:
             start = time.perf_counter()
             centers = [h.box.center for h in hotspots[done : done + n]]
             patches = read_patches(slide, centers, page, self.config.classifier.patch)
-            graded.append(grade(self.assets.classifier, patches, self.assets.device))
+            graded.append(
+                grade(self.assets.classifier, patches, self.config.classifier, self.assets.device)
+            )
             costs.observe_patches(n, time.perf_counter() - start)
             done += n
         if not graded:

@@ -8,6 +8,7 @@ encoder (built with ``weights=None``) with global average pooling and a linear h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,13 +18,15 @@ import torch
 from torch import nn
 
 from stages.geometry import Box
-from stages.nets import to_input
+from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, to_input
 from stages.slide import Slide
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
-    """Patch classifier network and sampling. ``patch`` is in classifier-page pixels."""
+    """Patch classifier network and sampling. ``patch`` is in classifier-page pixels;
+    ``temperature`` divides the logits (calibration, fitted on validation patches); ``mean`` /
+    ``std`` are the input normalisation the weights were trained with (RGB in [0, 1])."""
 
     encoder: str = "resnet18"
     classes: int = 4
@@ -31,6 +34,9 @@ class ClassifierConfig:
     patch: int = 256
     batch_size: int = 16
     dropout: float = 0.2
+    temperature: float = 1.0
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     weights: str = "classifier.safetensors"
 
     def __post_init__(self) -> None:
@@ -42,6 +48,9 @@ class ClassifierConfig:
             )
         if self.target_mpp <= 0 or self.batch_size <= 0 or not 0 <= self.dropout < 1:
             raise ValueError("classifier.target_mpp, batch_size > 0 and dropout in [0, 1) needed")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"classifier.temperature must be > 0, got {self.temperature}")
+        check_normalisation(self.mean, self.std, "classifier")
 
 
 class PatchClassifier(nn.Module):
@@ -76,8 +85,12 @@ def read_patches(
     return np.stack([slide.read_region(patch_box(c, patch, scale), page) for c in centers])
 
 
-def grade(model: nn.Module, patches: np.ndarray, device: torch.device) -> np.ndarray:
-    """Class probabilities ``(N, classes)`` float32 of ``(N, P, P, 3)`` uint8 patches."""
+def grade(
+    model: nn.Module, patches: np.ndarray, config: ClassifierConfig, device: torch.device
+) -> np.ndarray:
+    """Class probabilities ``(N, classes)`` float32 of ``(N, P, P, 3)`` uint8 patches: softmax of
+    the logits divided by ``config.temperature``."""
     model.eval()
     with torch.inference_mode():
-        return model(to_input(patches, device)).float().softmax(dim=1).cpu().numpy()
+        logits = model(to_input(patches, device, config.mean, config.std)).float()
+        return (logits / config.temperature).softmax(dim=1).cpu().numpy()

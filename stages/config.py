@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,37 @@ CONFIG_NAME = "config.json"
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Where the weights come from, written by the export (``training.pack.export``).
+
+    ``data``: the training data (a folder, or the generator's seed and slide count);
+    ``command``: the command line that trained them; ``commit``: the code's git commit (or
+    ``"unknown"``); ``date``: ISO 8601 time of the export; ``metrics``: validation figures by
+    name (finite numbers).
+    """
+
+    data: str = ""
+    command: str = ""
+    commit: str = ""
+    date: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.date:
+            try:
+                datetime.fromisoformat(self.date)
+            except ValueError as exc:
+                raise ValueError(f"provenance.date is not ISO 8601: {self.date!r}") from exc
+        bad = {k: v for k, v in self.metrics.items() if not math.isfinite(v)}
+        if bad:
+            raise ValueError(f"provenance.metrics must be finite numbers, got {bad}")
+
+
+@dataclass(frozen=True)
 class CascadeConfig:
     """Everything the cascade needs besides the weights. ``default_mpp`` is used (and logged)
     for a slide whose µm/pixel is in neither the metadata nor the file. ``note`` says what the
-    weights are (e.g. how they were trained)."""
+    weights are in a line, ``provenance`` how they were made."""
 
     tissue: TissueConfig = field(default_factory=TissueConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -46,6 +75,7 @@ class CascadeConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     default_mpp: float = 0.25
     note: str = ""
+    provenance: Provenance = field(default_factory=Provenance)
 
     def __post_init__(self) -> None:
         if not 0.05 <= self.default_mpp <= 100:
@@ -66,6 +96,14 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         if value not in typing.get_args(hint):
             raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {
+            _check(k, key_hint, f"{where} key"): _check(v, value_hint, f"{where}.{k}")
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ValueError(f"{where}: expected a list, got {type(value).__name__}")

@@ -18,13 +18,16 @@ distribution of a **maximum**. Classes 0..3 (benign, low-grade, high-grade, inva
    say; a confident source overrules the prior, and a confidently benign patch source can veto an
    uncertain heatmap. Adding a patch to a non-empty source only lowers ``F_patch``, hence ``F``:
    the result moves up in stochastic order and ``P(3) = 1 − F(2)`` never drops (a first patch
-   does the same whenever its tempered ``F_i(c) ** w ≤ ½``, e.g. a confident grade-3 patch).
-3. So with no graded patches the heatmap hotspots decide (with the prior), and with neither the
-   result is the prior itself. :func:`decide` picks the class of least expected competition cost
+   does the same whenever its tempered ``F_i(c) ** w ≤ ½``, e.g. a confident grade-3 patch, and
+   the heatmap-only weight and temper are the heatmap's own).
+3. So with no graded patches the heatmap hotspots decide (with the prior, and their own weight
+   and temper ``heat_only_*`` when set), and with neither the result is the prior itself.
+   :func:`decide` picks the class of least expected competition cost
    ``Σ_t P(t) · ERROR_MATRIX[t, c]`` (not the most probable one).
 
-The prior, weights ``a_*``, tempers ``w_*`` and ``ε`` are meant to be fitted on labelled slides
-(a weight on the prior would be redundant: any such weighting is another prior).
+The prior, weights ``a_*`` and tempers ``w_*`` are fitted on labelled slides
+(:mod:`training.fit.decision`); a weight on the prior would be redundant, as any such weighting
+is another prior.
 """
 
 from __future__ import annotations
@@ -51,7 +54,10 @@ class DecisionConfig:
 
     ``prior``: class prior π (positive, sums to 1), the answer without evidence; ``*_weight``:
     pooling weights a (≥ 0, 0 = no say); ``*_temper``: tempers w of each source's max-grade
-    product (> 0); ``eps``: clip ε of each source's CDF before the logit, so none is ever certain.
+    product (> 0); ``heat_only_*``: the heatmap's weight and temper when no patch was graded
+    (stage 2 off, failed or out of time; None: the same as with patches), fitted on their own
+    because alone the heatmap has to carry the evidence the patches would; ``eps``: clip ε of
+    each source's CDF before the logit, so none is ever certain.
     """
 
     prior: tuple[float, ...] = DEFAULT_PRIOR
@@ -59,6 +65,8 @@ class DecisionConfig:
     heat_weight: float = 0.5
     patch_temper: float = 1.0
     heat_temper: float = 1.0
+    heat_only_weight: float | None = None
+    heat_only_temper: float | None = None
     eps: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -69,13 +77,13 @@ class DecisionConfig:
             )
         if abs(prior.sum() - 1.0) > 1e-6:
             raise ValueError(f"decision.prior must sum to 1, got {prior.sum()}")
-        for name in ("patch_weight", "heat_weight"):
+        for name in ("patch_weight", "heat_weight", "heat_only_weight"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value >= 0):
+            if value is not None and not (np.isfinite(value) and value >= 0):
                 raise ValueError(f"decision.{name} must be finite and >= 0, got {value}")
-        for name in ("patch_temper", "heat_temper"):
+        for name in ("patch_temper", "heat_temper", "heat_only_temper"):
             value = getattr(self, name)
-            if not (np.isfinite(value) and value > 0):
+            if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"decision.{name} must be finite and > 0, got {value}")
         if not 0 < self.eps < 0.5:
             raise ValueError(f"decision.eps must be in (0, 0.5), got {self.eps}")
@@ -139,9 +147,13 @@ def slide_probabilities(
     prior = np.asarray(config.prior, dtype=np.float64)
     prior /= prior.sum()
     logits = _logit(np.cumsum(prior)[:-1])
+    heat_weight, heat_temper = config.heat_weight, config.heat_temper
+    if not len(patches):
+        heat_weight = heat_weight if config.heat_only_weight is None else config.heat_only_weight
+        heat_temper = heat_temper if config.heat_only_temper is None else config.heat_only_temper
     for items, temper, weight in (
         (patches, config.patch_temper, config.patch_weight),
-        (heat, config.heat_temper, config.heat_weight),
+        (heat, heat_temper, heat_weight),
     ):
         if len(items):
             cdf = np.clip(max_grade_cdf(items, temper), config.eps, 1 - config.eps)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from stages.geometry import Box
-from stages.nets import to_input
+from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, to_input
 from stages.slide import Slide
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ ARCHS = ("Unet", "UnetPlusPlus")
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Detector network and windowing. Sizes are detector-page pixels."""
+    """Detector network and windowing. Sizes are detector-page pixels; ``mean`` / ``std`` are the
+    input normalisation the weights were trained with (RGB in [0, 1])."""
 
     arch: str = "Unet"
     encoder: str = "resnet18"
@@ -42,6 +43,8 @@ class DetectorConfig:
     overlap: int = 64
     stride: int = 4
     batch_size: int = 4
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     weights: str = "detector.safetensors"
 
     def __post_init__(self) -> None:
@@ -59,6 +62,7 @@ class DetectorConfig:
             raise ValueError("detector.stride must divide window and overlap")
         if self.target_mpp <= 0 or self.batch_size <= 0:
             raise ValueError("detector.target_mpp and batch_size must be positive")
+        check_normalisation(self.mean, self.std, "detector")
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,7 @@ def predict_heatmap(
             ]
         )
         with torch.inference_mode():
-            logits = model(to_input(pixels, device))
+            logits = model(to_input(pixels, device, config.mean, config.std))
             pooled = F.avg_pool2d(logits.float().softmax(dim=1), stride).cpu().numpy()
         cells = window // stride
         for (x, y), out in zip(batch, pooled, strict=True):

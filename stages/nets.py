@@ -7,6 +7,7 @@ Weights are safetensors files in ``assets/``; models are always built with
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ log = logging.getLogger(__name__)
 #: ImageNet statistics, the usual input normalisation of smp/timm encoders.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_normalisation(mean: tuple[float, ...], std: tuple[float, ...], where: str) -> None:
+    """ValueError naming ``where`` unless ``mean`` / ``std`` are 3 finite numbers, std > 0
+    (the per-channel input normalisation of RGB in [0, 1], saved with a stage's weights)."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"{where}.mean and .std need 3 values each, got {mean}, {std}")
+    if not all(math.isfinite(v) for v in (*mean, *std)) or min(std) <= 0:
+        raise ValueError(f"{where}.mean must be finite and .std positive, got {mean}, {std}")
 
 
 class AssetsError(RuntimeError):

@@ -105,7 +105,7 @@ def test_patches_and_grades(tmp_path: Path) -> None:
     assert patches.shape == (3, 64, 64, 3)
     assert patches[0].min() > 240 and patches[1].max() < 15
     assert (patches[2][:32] == 255).all()  # the part above the slide is white padding
-    probs = grade(PatchClassifier(TINY_CLASSIFIER), patches, torch.device("cpu"))
+    probs = grade(PatchClassifier(TINY_CLASSIFIER), patches, TINY_CLASSIFIER, torch.device("cpu"))
     assert probs.shape == (3, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert read_patches(slide, [], page, 64).shape == (0, 64, 64, 3)

@@ -1,0 +1,433 @@
+"""Decode each training slide once into an on-disk cache, so that epochs never read a TIFF.
+
+``python -m training.data.cache DATA_DIR CACHE_DIR [--folds 4] [--by-centre] [--config FILE]``
+
+Per slide, in ``CACHE_DIR/<stem>/`` (written to temporary names, then renamed; ``slide.json``
+last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
+
+* ``detector.npy`` ``(H, W, 3)`` uint8: the tissue's bounding box (plus half a window) on the
+  detector page, the page nearest ``detector.target_mpp`` chosen as the cascade chooses it;
+  ``tissue.npy`` ``(H, W)`` bool and ``target.npy`` ``(H, W)`` uint8
+  (:func:`training.data.targets.detector_target`) on the same grid;
+* ``mask.npy``: the cascade's tissue mask (:func:`stages.tissue.mask_for_slide`);
+* ``patches.npy`` ``(N, S, S, 3)`` uint8 on the classifier page, ``S = crop_factor × patch``:
+  jittered inside each annotation square (its class) and, on label-0 slides, on random tissue
+  (class 0); ``patches.csv`` says which is which (kind, class, page-0 centre);
+* ``hard.npy`` / ``hard.csv``: hard negatives, added later by
+  :mod:`training.data.hard_negatives`.
+
+``slides.csv`` (one row per cached slide, with its fold) and ``patches.csv`` (every patch) index
+the cache; ``cache.json`` holds the settings, and a rerun with other settings is refused.
+A slide that cannot be read is skipped and named in the log; the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stages.cascade import locate_hotspots
+from stages.config import CascadeConfig
+from stages.detector import Heatmap, predict_heatmap
+from stages.geometry import Box
+from stages.hotspots import Hotspot
+from stages.slide import Page, Slide
+from stages.tissue import mask_for_slide
+from training.cli import command_parser, setup_logging
+from training.data.dataset import TrainSlide, assign_folds, read_training_set
+from training.data.targets import detector_target, jittered_centres, tissue_points
+
+log = logging.getLogger(__name__)
+
+SETTINGS = "cache.json"
+SLIDES = "slides.csv"
+PATCHES = "patches.csv"
+SQUARES = "squares.csv"
+HARD = "hard.csv"
+DONE = "slide.json"
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """What the cache holds. Counts are per slide (``square_patches`` per annotation square);
+    ``crop_factor``: windows and patches are cut this much larger than the networks' inputs, so
+    that augmentation (rotation, scale) is centre-cropped without borders; ``max_pixels``: the
+    largest detector-page crop kept (a bigger tissue box is refused, naming the slide)."""
+
+    square_patches: int = 12
+    benign_patches: int = 32
+    hard_negatives: int = 16
+    crop_factor: float = 1.25
+    max_pixels: int = 200_000_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.square_patches, self.benign_patches, self.hard_negatives) < 0:
+            raise ValueError("patch counts must be >= 0")
+        if not 1.0 <= self.crop_factor <= 2.0:
+            raise ValueError(f"crop_factor must be in [1, 2], got {self.crop_factor}")
+
+
+def crop_size(size: int, factor: float) -> int:
+    """``size × factor`` rounded up to an even number of pixels."""
+    return 2 * math.ceil(size * factor / 2)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _tissue_box(mask: np.ndarray, mask_scale: tuple[float, float]) -> Box | None:
+    """Page-0 bounding box of the mask's tissue, None without tissue."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return None
+    sx, sy = mask_scale
+    x0, y0 = cols.min() * sx, rows.min() * sy
+    return Box(x0, y0, (cols.max() + 1) * sx - x0, (rows.max() + 1) * sy - y0)
+
+
+def resample_mask(
+    mask: np.ndarray,
+    mask_scale: tuple[float, float],
+    scale: tuple[float, float],
+    offset: tuple[int, int],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """``mask`` (``mask_scale`` page-0 px per pixel) on the grid of an ``shape`` array cut from a
+    page of ``scale`` at ``offset``: each pixel takes the mask pixel under its centre."""
+    rows = ((np.arange(shape[0]) + offset[1] + 0.5) * scale[1] / mask_scale[1]).astype(int)
+    cols = ((np.arange(shape[1]) + offset[0] + 0.5) * scale[0] / mask_scale[0]).astype(int)
+    rows = np.clip(rows, 0, mask.shape[0] - 1)
+    cols = np.clip(cols, 0, mask.shape[1] - 1)
+    return mask[np.ix_(rows, cols)]
+
+
+def read_patches(slide: Slide, centres: np.ndarray, page: int, size: int) -> np.ndarray:
+    """``(N, size, size, 3)`` uint8 squares of ``page`` centred on page-0 ``centres``."""
+    sx, sy = slide.pages[page].scale
+    out = np.zeros((len(centres), size, size, 3), np.uint8)
+    for i, (cx, cy) in enumerate(centres):
+        out[i] = slide.read_region(Box.centered(cx, cy, size * sx, size * sy), page)
+    return out
+
+
+def cache_slide(
+    item: TrainSlide, fold: int, out: Path, cascade: CascadeConfig, config: CacheConfig
+) -> dict:
+    """Decode one slide into ``out/<stem>/`` (see the module doc); returns its index row.
+
+    Raises what the reader raises for an unreadable slide (:class:`stages.slide.SlideError`).
+    """
+    folder = out / item.stem
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([config.seed, *item.stem.encode()])
+    with Slide(item.path, mpp=item.mpp, default_mpp=cascade.default_mpp) as slide:
+        mask, mask_page = mask_for_slide(slide, cascade.tissue)
+        mask_scale = slide.pages[mask_page].scale
+        det_page = slide.page_for_mpp(cascade.detector.target_mpp)
+        info = slide.pages[det_page]
+        box = _tissue_box(mask, mask_scale)
+        margin = cascade.detector.window // 2
+        if box is None:
+            left, top, width, height = 0, 0, 1, 1
+        else:
+            left, top, width, height = box.to_page(info.scale)
+            left, top = max(left - margin, 0), max(top - margin, 0)
+            width = min(width + 2 * margin, info.width - left)
+            height = min(height + 2 * margin, info.height - top)
+        if width * height > config.max_pixels:
+            raise ValueError(
+                f"{item.filename}: tissue box of {width}x{height} px on page {det_page} exceeds "
+                f"max_pixels={config.max_pixels}"
+            )
+        sx, sy = info.scale
+        image = slide.read_region(Box(left * sx, top * sy, width * sx, height * sy), det_page)
+        tissue = resample_mask(mask, mask_scale, info.scale, (left, top), image.shape[:2])
+        if box is None:
+            tissue[:] = False
+        target = detector_target(tissue, info.scale, (left, top), item.annotations, item.label)
+
+        cls_page = slide.page_for_mpp(cascade.classifier.target_mpp)
+        csx, csy = slide.pages[cls_page].scale
+        size = crop_size(cascade.classifier.patch, config.crop_factor)
+        patch = (cascade.classifier.patch * csx, cascade.classifier.patch * csy)
+        rows, centres = [], []
+        for a in item.annotations:
+            points = jittered_centres(rng, a.box, config.square_patches, patch)
+            centres.append(points)
+            rows += [("square", a.annotation_class, a.annotation_id)] * len(points)
+        if item.label == 0:
+            points = tissue_points(rng, mask, mask_scale, config.benign_patches)
+            centres.append(points)
+            rows += [("benign", 0, "")] * len(points)
+        centres_xy = np.concatenate(centres) if centres else np.zeros((0, 2))
+        patches = read_patches(slide, centres_xy, cls_page, size)
+        mpp = slide.mpp
+        n_pages = len(slide.pages)
+        cls_info = slide.pages[cls_page]
+
+    _save(folder / "detector.npy", image)
+    _save(folder / "tissue.npy", tissue)
+    _save(folder / "target.npy", target)
+    _save(folder / "mask.npy", mask)
+    _save(folder / "patches.npy", patches)
+    table = pd.DataFrame(rows, columns=["kind", "cls", "annotation_id"])
+    table["x"], table["y"] = centres_xy[:, 0], centres_xy[:, 1]
+    table.insert(0, "index", np.arange(len(table)))
+    table.to_csv(folder / PATCHES, index=False)
+    squares = pd.DataFrame(
+        [
+            (a.annotation_id, a.annotation_class, a.box.x, a.box.y, a.box.w, a.box.h)
+            for a in item.annotations
+        ],
+        columns=["annotation_id", "cls", "x", "y", "w", "h"],
+    )
+    squares.to_csv(folder / SQUARES, index=False)
+    row = {
+        "filename": item.filename,
+        "stem": item.stem,
+        "label": item.label,
+        "fold": fold,
+        "centre": item.centre or "",
+        "mpp": mpp,
+        "pages": n_pages,
+        "mask_page": mask_page,
+        "mask_sx": mask_scale[0],
+        "mask_sy": mask_scale[1],
+        "detector_page": det_page,
+        "detector_sx": sx,
+        "detector_sy": sy,
+        "detector_page_width": info.width,
+        "detector_page_height": info.height,
+        "left": left,
+        "top": top,
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "classifier_page": cls_page,
+        "classifier_sx": cls_info.scale[0],
+        "classifier_sy": cls_info.scale[1],
+        "squares": len(item.annotations),
+        "patches": len(table),
+    }
+    (folder / DONE).write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
+def _settings(cascade: CascadeConfig, config: CacheConfig) -> dict:
+    return {
+        "cache": dataclasses.asdict(config),
+        "tissue": dataclasses.asdict(cascade.tissue),
+        "detector": {k: getattr(cascade.detector, k) for k in ("target_mpp", "window")},
+        "classifier": {k: getattr(cascade.classifier, k) for k in ("target_mpp", "patch")},
+        "default_mpp": cascade.default_mpp,
+    }
+
+
+def build_cache(
+    data: Path,
+    out: Path,
+    cascade: CascadeConfig,
+    config: CacheConfig = CacheConfig(),
+    folds: int = 4,
+    by_centre: bool = False,
+) -> pd.DataFrame:
+    """Cache every slide of the training folder ``data`` into ``out`` (resuming after the slides
+    already done), write the index tables and return ``slides.csv`` as a frame."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = json.loads(json.dumps(_settings(cascade, config)))  # tuples as lists
+    path = out / SETTINGS
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise ValueError(f"{path}: the cache was built with other settings; use a new folder")
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+    slides = read_training_set(data)
+    fold_of = assign_folds(slides, folds, config.seed, by_centre)
+    failed = []
+    for item in tqdm(slides, desc="cache", unit="slide"):
+        done = out / item.stem / DONE
+        if done.is_file():
+            continue
+        try:
+            cache_slide(item, fold_of[item.filename], out, cascade, config)
+        except Exception as exc:  # one unreadable slide never stops the others
+            failed.append(item.filename)
+            log.error(
+                "%s: skipped, cannot be cached: %s: %s", item.filename, type(exc).__name__, exc
+            )
+    if failed:
+        log.warning("%d slide(s) skipped: %s", len(failed), ", ".join(failed))
+    return write_index(out, fold_of)
+
+
+def write_index(out: Path, fold_of: dict[str, int] | None = None) -> pd.DataFrame:
+    """Rebuild ``slides.csv`` and ``patches.csv`` from the per-slide files (``fold_of`` updates
+    the folds); returns the slides frame."""
+    rows, tables = [], {PATCHES: [], SQUARES: []}
+    for done in sorted(out.glob(f"*/{DONE}")):
+        row = json.loads(done.read_text())
+        if fold_of is not None and row["filename"] in fold_of:
+            row["fold"] = fold_of[row["filename"]]
+        rows.append(row)
+        for name, source, index in (
+            (PATCHES, "patches", PATCHES),
+            (HARD, "hard", PATCHES),
+            (SQUARES, "", SQUARES),
+        ):
+            if (done.parent / name).is_file():
+                table = pd.read_csv(done.parent / name, keep_default_na=False)
+                if source:
+                    table.insert(0, "source", source)
+                table.insert(0, "stem", row["stem"])
+                table.insert(0, "filename", row["filename"])
+                table["fold"] = row["fold"]
+                tables[index].append(table)
+    slides = pd.DataFrame(rows)
+    slides.to_csv(out / SLIDES, index=False)
+    for name, parts in tables.items():
+        if parts:
+            pd.concat(parts, ignore_index=True).to_csv(out / name, index=False)
+    log.info("%s: %d slides, %d patches", out, len(slides), sum(map(len, tables[PATCHES])))
+    return slides
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A built cache: its folder, settings and index tables (slides, patches, squares)."""
+
+    root: Path
+    settings: dict
+    slides: pd.DataFrame
+    patches: pd.DataFrame
+    squares: pd.DataFrame
+
+    @classmethod
+    def open(cls, root: Path) -> Cache:
+        """Open the cache at ``root``; ValueError when it is not one."""
+        if not (root / SLIDES).is_file():
+            raise ValueError(f"{root}: no {SLIDES}; build it with python -m training.data.cache")
+
+        def table(name: str, columns: list[str]) -> pd.DataFrame:
+            path = root / name
+            if path.is_file():
+                return pd.read_csv(path, keep_default_na=False)
+            return pd.DataFrame(columns=columns)
+
+        return cls(
+            root,
+            json.loads((root / SETTINGS).read_text()),
+            table(SLIDES, []),
+            table(PATCHES, ["filename", "stem", "source", "index", "kind", "cls", "fold"]),
+            table(SQUARES, ["filename", "stem", "annotation_id", "cls", "x", "y", "w", "h"]),
+        )
+
+    def boxes(self, filename: str, min_class: int = 0) -> list[Box]:
+        """Page-0 boxes of the annotation squares of ``filename`` of class ≥ ``min_class``."""
+        rows = self.squares[(self.squares["filename"] == filename)]
+        rows = rows[rows["cls"].astype(int) >= min_class]
+        return [Box(r.x, r.y, r.w, r.h) for r in rows.itertuples(index=False)]
+
+    def array(self, stem: str, name: str) -> np.ndarray:
+        """A cached array of slide ``stem`` (``detector``, ``tissue``, ``target``, ``mask``,
+        ``patches``, ``hard``), memory-mapped."""
+        return np.load(self.root / stem / f"{name}.npy", mmap_mode="r")
+
+    def row(self, filename: str) -> pd.Series:
+        """The ``slides.csv`` row of ``filename``."""
+        return self.slides.set_index("filename").loc[filename]
+
+
+class CachedSlide:
+    """A cached slide read like :class:`stages.slide.Slide` on its detector page (what
+    :func:`stages.detector.predict_heatmap` and :func:`stages.cascade.locate_hotspots` use):
+    ``pages`` holds the detector and classifier pages, ``read_region`` serves the cached crop,
+    white outside it (glass)."""
+
+    def __init__(self, cache: Cache, filename: str) -> None:
+        row = cache.row(filename)
+        self.path = Path(filename)
+        self.mpp = float(row["mpp"])
+        self.detector_page = int(row["detector_page"])
+        self.classifier_page = int(row["classifier_page"])
+        det_scale = (float(row["detector_sx"]), float(row["detector_sy"]))
+        cls_scale = (float(row["classifier_sx"]), float(row["classifier_sy"]))
+        width, height = int(row["detector_page_width"]), int(row["detector_page_height"])
+        self.pages = {
+            self.detector_page: Page(self.detector_page, -1, None, width, height, det_scale),
+            self.classifier_page: Page(
+                self.classifier_page,
+                -1,
+                None,
+                round(width * det_scale[0] / cls_scale[0]),
+                round(height * det_scale[1] / cls_scale[1]),
+                cls_scale,
+            ),
+        }
+        self.offset = (int(row["left"]), int(row["top"]))
+        self.image = cache.array(str(row["stem"]), "detector")
+        self.mask = np.asarray(cache.array(str(row["stem"]), "mask"))
+        self.mask_scale = (float(row["mask_sx"]), float(row["mask_sy"]))
+
+    def hotspots(
+        self, model: torch.nn.Module, cascade: CascadeConfig, device: torch.device
+    ) -> tuple[Heatmap, list[Hotspot]]:
+        """The cascade's heatmap and hotspots of this slide, computed on the cached page by the
+        cascade's own functions (no budget: the whole tissue)."""
+        heatmap = predict_heatmap(
+            model, self, self.detector_page, self.mask, self.mask_scale, cascade.detector, device
+        )
+        return heatmap, locate_hotspots(self, heatmap, cascade, self.classifier_page)
+
+    def read_region(self, box: Box, page: int) -> np.ndarray:
+        """``(h, w, 3)`` uint8 pixels of page-0 ``box`` on the detector page."""
+        if page != self.detector_page:
+            raise ValueError(f"{self.path}: only the detector page {self.detector_page} is cached")
+        left, top, width, height = box.to_page(self.pages[page].scale)
+        out = np.full((height, width, 3), 255, np.uint8)
+        x0, y0 = left - self.offset[0], top - self.offset[1]
+        h, w = self.image.shape[:2]
+        sx0, sy0 = max(x0, 0), max(y0, 0)
+        sx1, sy1 = min(x0 + width, w), min(y0 + height, h)
+        if sx1 > sx0 and sy1 > sy0:
+            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self.image[sy0:sy1, sx0:sx1]
+        return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.pack.export import load_recipe
+
+    parser = command_parser("training.data.cache", __doc__)
+    parser.add_argument("data", type=Path, help="training folder (train_*.csv and the TIFs)")
+    parser.add_argument("out", type=Path, help="cache folder (resumed when it exists)")
+    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--square-patches", type=int, default=CacheConfig.square_patches)
+    parser.add_argument("--benign-patches", type=int, default=CacheConfig.benign_patches)
+    args = parser.parse_args(argv)
+    setup_logging()
+    config = CacheConfig(
+        square_patches=args.square_patches, benign_patches=args.benign_patches, seed=args.seed
+    )
+    slides = build_cache(
+        args.data, args.out, load_recipe(args.config), config, args.folds, args.by_centre
+    )
+    counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
+    print(f"cached {len(slides)} slides in {args.out}; slides per fold and label:\n{counts}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

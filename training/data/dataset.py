@@ -1,0 +1,161 @@
+"""The competition's training layout, read as it is, and slide-level folds.
+
+A training folder holds ``train_metadata.csv`` (filename, width, height, resolution, …; the URL,
+checksum and size columns are ignored), ``train_labels.csv`` (one-hot ``filename,0,1,2,3``),
+``train_annotations.csv`` (WKT squares with the y axis flipped; :mod:`training.data.annotations`)
+and the TIFs, possibly only some of them: users often download part of the ~1 TB. Generated
+folders (``python -m training.data.synthetic … --split train``) have the same layout.
+
+:func:`read_training_set` returns the listed slides whose TIF is present (the absent ones are
+counted in one warning); :func:`assign_folds` splits them by slide into k folds, stratified by
+label and, on request, grouped by the centre encoded in real filenames (``C06_B111_S21.tif``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from stages.submission import SubmissionError, classes_from_onehot, read_metadata, read_table
+from training.data.annotations import Annotation, parse_annotations
+
+log = logging.getLogger(__name__)
+
+METADATA = "train_metadata.csv"
+LABELS = "train_labels.csv"
+ANNOTATIONS = "train_annotations.csv"
+#: A real TissueNet filename: centre, block, slide (``C06_B111_S21.tif``).
+CENTRE_PATTERN = re.compile(r"^(C\d+)_B\d+_S\d+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class TrainSlide:
+    """One labelled slide: its TIF, class (0–3), page-0 µm/pixel from the metadata (None when
+    missing or not a number), its annotation squares (page-0 px, y down) and centre (None when
+    the filename carries none)."""
+
+    filename: str
+    path: Path
+    label: int
+    mpp: float | None
+    annotations: tuple[Annotation, ...]
+    centre: str | None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.filename).stem
+
+
+def centre_of(filename: str) -> str | None:
+    """The centre code of a real TissueNet filename (``"C06"``), None for other names."""
+    match = CENTRE_PATTERN.match(filename)
+    return match.group(1).upper() if match else None
+
+
+def read_training_set(data: Path) -> list[TrainSlide]:
+    """The slides of a training folder whose TIF is present, in metadata order.
+
+    Every slide of ``train_metadata.csv`` must have a row in ``train_labels.csv``; annotation
+    rows of slides the metadata does not list are an error (ValueError naming the file). Slides
+    listed but absent are skipped with one warning that counts them.
+    """
+    try:
+        metadata = read_metadata(data / METADATA)
+        labels = read_table(data / LABELS)
+    except SubmissionError as exc:
+        raise ValueError(f"not a training folder: {exc}") from exc
+    classes = dict(zip(labels["filename"], classes_from_onehot(labels).tolist(), strict=True))
+    unlabelled = sorted(set(metadata["filename"]) - set(classes))
+    if unlabelled:
+        raise ValueError(
+            f"{data / LABELS}: no label for {len(unlabelled)} slide(s), e.g. {unlabelled[:3]}"
+        )
+    path = data / ANNOTATIONS
+    boxes: dict[str, list[Annotation]] = {}
+    if path.is_file():
+        for annotation in parse_annotations(path, data / METADATA):
+            boxes.setdefault(annotation.filename, []).append(annotation)
+    else:
+        log.warning("%s: missing; training with slide labels only", path)
+    slides, absent = [], []
+    for row in metadata.itertuples(index=False):
+        name = str(row.filename)
+        if not (data / name).is_file():
+            absent.append(name)
+            continue
+        mpp = float(row.resolution)
+        slides.append(
+            TrainSlide(
+                filename=name,
+                path=data / name,
+                label=int(classes[name]),
+                mpp=mpp if np.isfinite(mpp) else None,
+                annotations=tuple(boxes.get(name, ())),
+                centre=centre_of(name),
+            )
+        )
+    if absent:
+        log.warning(
+            "%d of %d listed slides are not in %s and are skipped (e.g. %s)",
+            len(absent),
+            len(metadata),
+            data,
+            ", ".join(absent[:3]),
+        )
+    log.info(
+        "%s: %d slides, %d annotation squares",
+        data,
+        len(slides),
+        sum(len(s.annotations) for s in slides),
+    )
+    return slides
+
+
+def assign_folds(
+    slides: list[TrainSlide], k: int, seed: int = 0, by_centre: bool = False
+) -> dict[str, int]:
+    """Filename → fold in ``0..k-1``: slides split into ``k`` folds stratified by label.
+
+    ``by_centre`` keeps each centre's slides in one fold (``StratifiedGroupKFold``), so that a
+    fold's score shows whether a model learned a centre's stain; it needs centres in the
+    filenames (ValueError otherwise). Classes with fewer than ``k`` slides are spread as far as
+    they go (scikit-learn warns).
+    """
+    if k < 2 or k > len(slides):
+        raise ValueError(f"need 2 <= k <= {len(slides)} slides, got k={k}")
+    labels = np.array([s.label for s in slides])
+    order = np.zeros(len(slides))
+    if by_centre:
+        centres = [s.centre for s in slides]
+        if any(c is None for c in centres):
+            missing = [s.filename for s in slides if s.centre is None][:3]
+            raise ValueError(f"grouping by centre needs Cxx_Byyy_Szz filenames, e.g. not {missing}")
+        if len(set(centres)) < k:
+            raise ValueError(f"{len(set(centres))} centres cannot fill {k} folds")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        splits = splitter.split(order, labels, groups=centres)
+    else:
+        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(order, labels)
+    folds = {}
+    for fold, (_, held) in enumerate(splits):
+        folds |= {slides[i].filename: fold for i in held}
+    return folds
+
+
+def folds_frame(slides: list[TrainSlide], folds: dict[str, int]) -> pd.DataFrame:
+    """One row per slide: filename, label, centre, fold, annotation squares."""
+    return pd.DataFrame(
+        {
+            "filename": [s.filename for s in slides],
+            "label": [s.label for s in slides],
+            "centre": [s.centre or "" for s in slides],
+            "fold": [folds[s.filename] for s in slides],
+            "squares": [len(s.annotations) for s in slides],
+        }
+    )

@@ -1,0 +1,98 @@
+"""Hard negatives from stage 1: what the trained detector would send stage 2 on benign slides.
+
+``python -m training.data.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16]``
+
+For every cached label-0 slide, the trained detector runs over the cached detector page with
+the cascade's own code (:meth:`training.data.cache.CachedSlide.hotspots`); the top
+``per_slide`` hotspots are then cut from the slide's classifier page (the one TIFF read of this
+step) and stored as ``hard.npy`` / ``hard.csv`` (kind ``hard``, class 0) beside the slide's other
+patches. Stage 2 thus learns on what stage 1 actually sends it. A rerun with the same detector
+weights skips the slides already mined; new weights mine again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stages.detector import build_detector
+from stages.slide import Slide
+from training.cli import command_parser, setup_logging
+from training.data.cache import HARD, Cache, CachedSlide, crop_size, read_patches, write_index
+from training.fit.common import load_stage_model, stage_cascade
+
+log = logging.getLogger(__name__)
+
+
+def _weights_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def mine_hard_negatives(
+    cache_root: Path, data: Path, detector_dir: Path, per_slide: int = 16
+) -> int:
+    """Add hard negatives to every label-0 slide of the cache; returns how many patches."""
+    cache = Cache.open(cache_root)
+    cascade = stage_cascade(detector_dir, "detector")
+    model = load_stage_model(detector_dir, "detector", build_detector(cascade.detector))
+    digest = _weights_digest(detector_dir / "detector.safetensors")
+    size = crop_size(cascade.classifier.patch, cache.settings["cache"]["crop_factor"])
+    benign = cache.slides[cache.slides["label"] == 0]
+    total = 0
+    for row in tqdm(list(benign.itertuples(index=False)), desc="hard negatives", unit="slide"):
+        folder = cache.root / row.stem
+        marker = folder / "hard.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("detector") == digest:
+            total += json.loads(marker.read_text())["patches"]
+            continue
+        cached = CachedSlide(cache, row.filename)
+        _, hotspots = cached.hotspots(model, cascade, torch.device("cpu"))
+        centres = np.array([h.box.center for h in hotspots[:per_slide]]).reshape(-1, 2)
+        try:
+            with Slide(data / row.filename, float(row.mpp), cascade.default_mpp) as slide:
+                patches = read_patches(slide, centres, int(row.classifier_page), size)
+        except Exception as exc:  # an unreadable slide loses its hard negatives only
+            log.error("%s: no hard negatives: %s: %s", row.filename, type(exc).__name__, exc)
+            continue
+        np.save(folder / "hard.npy", patches)
+        table = pd.DataFrame(
+            {
+                "index": np.arange(len(centres)),
+                "kind": "hard",
+                "cls": 0,
+                "annotation_id": "",
+                "x": centres[:, 0],
+                "y": centres[:, 1],
+                "score": [h.score for h in hotspots[: len(centres)]],
+            }
+        )
+        table.to_csv(folder / HARD, index=False)
+        marker.write_text(json.dumps({"detector": digest, "patches": len(table)}) + "\n")
+        total += len(table)
+    write_index(cache.root)
+    log.info("hard negatives: %d patches from %d benign slides", total, len(benign))
+    return total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("training.data.hard_negatives", __doc__)
+    parser.add_argument("cache", type=Path)
+    parser.add_argument("data", type=Path, help="the training folder the cache was built from")
+    parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")
+    parser.add_argument("--per-slide", type=int, default=16)
+    args = parser.parse_args(argv)
+    setup_logging()
+    n = mine_hard_negatives(args.cache, args.data, args.detector, args.per_slide)
+    print(f"{n} hard negatives in {args.cache}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,285 @@
+"""Train stage 2, the patch classifier, on the cached classifier-page patches.
+
+``python -m training.fit.classifier CACHE OUT [--config tiny] [--epochs 10] [--val-fold 0] …``
+
+Patches (:mod:`training.data.cache`): jittered inside annotation squares (the square's class),
+random tissue of label-0 slides (class 0) and hard negatives, the detector's top hotspots on
+label-0 slides (class 0, :mod:`training.data.hard_negatives`). Each is cut ``crop_factor``
+larger, augmented and centre-cropped (:mod:`training.data.augment`).
+
+Loss: plain cross-entropy on class-balanced draws (each training item picks a class uniformly,
+then a patch of it). The error matrix is ordinal, but it is applied once, where it decides: the
+slide decision takes the class of least expected cost under calibrated probabilities. Weighting
+the patch loss by the matrix as well would count the costs twice and skew the probabilities the
+decision needs; class balance only keeps the rare classes from being drowned by class 0. The
+temperature that calibrates the probabilities is fitted afterwards on the validation patches
+(natural class mix) by minimising their log-loss.
+
+Logged per epoch (``OUT/logs``): losses, per-class accuracy, the weighted patch score (the
+competition metric on patches) and the confusion matrix (``OUT/confusion.json``). Writes
+``OUT/classifier.safetensors``, ``OUT/classifier.json`` and ``OUT/validation.npz`` (logits,
+labels and the patches' cache rows, for the notebook's worst-misgraded gallery).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import minimize_scalar
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from stages.classifier import ClassifierConfig, PatchClassifier
+from stages.config import CascadeConfig
+from stages.metric import ERROR_MATRIX, N_CLASSES, confusion_matrix
+from stages.nets import to_input
+from training.cli import command_parser, setup_logging
+from training.data.augment import pipeline
+from training.data.cache import Cache, crop_size
+from training.fit.common import (
+    TrainOptions,
+    add_options,
+    best_state,
+    command_line,
+    make_trainer,
+    options_from,
+    resume_path,
+    save_stage,
+    start_weights,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = TrainOptions(epochs=12, batch_size=64, lr=3e-3, samples=4096)
+
+
+class PatchSet(Dataset):
+    """Patches of the cache rows ``rows`` as ``(image (3, p, p) float32, class int64)``.
+
+    With ``train``, item ``i`` of epoch ``epoch`` draws a class uniformly and a random patch of
+    it (seeded by ``(seed, epoch, i)``), augmented; otherwise item ``i`` is row ``i``,
+    centre-cropped only.
+    """
+
+    def __init__(
+        self,
+        cache: Cache,
+        rows: pd.DataFrame,
+        config: ClassifierConfig,
+        samples: int,
+        train: bool,
+        seed: int,
+    ) -> None:
+        self.cache, self.config, self.train, self.seed, self.epoch = cache, config, train, seed, 0
+        self.rows = rows.reset_index(drop=True)
+        self.samples = samples
+        self.transform = pipeline(config.patch, train)
+        self.by_class = [np.flatnonzero(self.rows["cls"].to_numpy() == c) for c in range(4)]
+        self.present = [c for c in range(N_CLASSES) if len(self.by_class[c])]
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+        size = crop_size(config.patch, cache.settings["cache"]["crop_factor"])
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.samples if self.train else len(self.rows)
+
+    def image(self, j: int) -> np.ndarray:
+        """The cached ``(S, S, 3)`` uint8 crop of row ``j``."""
+        row = self.rows.iloc[j]
+        key = (str(row["stem"]), str(row["source"]))
+        if key not in self._arrays:
+            self._arrays[key] = self.cache.array(*key)
+        return np.asarray(self._arrays[key][int(row["index"])])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            members = self.by_class[self.present[int(rng.integers(len(self.present)))]]
+            j = int(members[rng.integers(len(members))])
+        else:
+            j = i
+        image = self.transform(image=self.image(j))["image"]
+        cfg = self.config
+        tensor = to_input(image[None], torch.device("cpu"), cfg.mean, cfg.std)[0]
+        return tensor, int(self.rows.iloc[j]["cls"])
+
+
+def patch_score(confusion: np.ndarray) -> float:
+    """The competition metric on patches: 1 − mean error-matrix entry, from a 4 × 4 confusion
+    matrix (rows true, columns predicted); NaN when it is empty."""
+    total = confusion.sum()
+    return float(1 - (confusion * ERROR_MATRIX).sum() / total) if total else float("nan")
+
+
+class ClassifierModule(pl.LightningModule):
+    """The patch classifier with its loss and validation confusion matrix."""
+
+    def __init__(self, config: ClassifierConfig, lr: float, weight_decay: float, epochs: int):
+        super().__init__()
+        self.config, self.lr, self.weight_decay, self.epochs = config, lr, weight_decay, epochs
+        self.model = PatchClassifier(config)
+        self.loss = nn.CrossEntropyLoss()
+        self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
+        self.confusion_file: Path | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.model(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.log("val_loss", self.loss(logits, y), on_epoch=True, sync_dist=True)
+        pred = logits.argmax(1)
+        self.confusion += torch.from_numpy(
+            confusion_matrix(y.cpu().numpy(), pred.cpu().numpy())
+        ).float()
+
+    def on_validation_epoch_end(self) -> None:
+        matrix = self.trainer.strategy.reduce(self.confusion.to(self.device), reduce_op="sum")
+        matrix = matrix.cpu().numpy()
+        recall = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+        metrics = {f"val_acc_{c}": float(recall[c]) for c in range(N_CLASSES)}
+        metrics["val_score"] = patch_score(matrix)
+        self.log_dict(metrics)
+        if self.confusion_file is not None and self.trainer.is_global_zero:
+            self.confusion_file.write_text(json.dumps(matrix.astype(int).tolist()) + "\n")
+
+    def on_train_epoch_start(self) -> None:
+        self.trainer.train_dataloader.dataset.epoch = self.current_epoch
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 minimising the mean log-loss of ``softmax(logits / T)`` for
+    ``(N, C)`` logits and ``(N,)`` integer labels (1.0 without data)."""
+    if not len(labels):
+        return 1.0
+    z = torch.from_numpy(np.asarray(logits, np.float64))
+    y = torch.from_numpy(np.asarray(labels, np.int64))
+
+    def loss(log_t: float) -> float:
+        return float(nn.functional.cross_entropy(z / math.exp(log_t), y))
+
+    result = minimize_scalar(loss, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(result.x))
+
+
+def predict_logits(
+    model: nn.Module, data: PatchSet, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """``(N, C)`` float32 logits of every item of an evaluation :class:`PatchSet`."""
+    model.eval().to(device)
+    out = []
+    with torch.inference_mode():
+        for x, _ in DataLoader(data, batch_size=batch_size):
+            out.append(model(x.to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
+
+
+def train_classifier(
+    cache_root: Path, out: Path, cascade: CascadeConfig, options: TrainOptions = DEFAULTS
+) -> dict:
+    """Train the classifier of ``cascade`` on the cache, fit its temperature on the validation
+    patches and write the stage to ``out``; returns its validation metrics."""
+    started = time.perf_counter()
+    pl.seed_everything(options.seed, workers=True, verbose=False)
+    cache = Cache.open(cache_root)
+    config = replace(cascade.classifier)
+    patches = cache.patches
+    train_rows = patches[patches["fold"] != options.val_fold]
+    val_rows = patches[patches["fold"] == options.val_fold]
+    counts = {
+        name: rows.groupby(["kind", "cls"]).size().to_dict()
+        for name, rows in (("train", train_rows), ("val", val_rows))
+    }
+    log.info("classifier patches (kind, class): %s", counts)
+    train = PatchSet(cache, train_rows, config, options.samples, True, options.seed)
+    val = PatchSet(cache, val_rows, config, 0, False, options.seed)
+    module = ClassifierModule(config, options.lr, options.weight_decay, options.epochs)
+    start_weights(module.model, options, config.encoder)
+    out.mkdir(parents=True, exist_ok=True)
+    module.confusion_file = out / "confusion.json"
+    loader = dict(batch_size=options.batch_size, num_workers=options.workers)
+    trainer = make_trainer(options, out, "val_score", "max")
+    trainer.fit(
+        module,
+        DataLoader(train, drop_last=True, **loader),
+        DataLoader(val, **loader),
+        ckpt_path=resume_path(options, out),
+    )
+    metrics: dict = {}
+    if trainer.is_global_zero:
+        model = PatchClassifier(config)
+        model.load_state_dict(best_state(out))
+        logits = predict_logits(model, val, options.batch_size, torch.device("cpu"))
+        labels = val.rows["cls"].to_numpy(np.int64)
+        temperature = fit_temperature(logits, labels)
+        config = replace(config, temperature=temperature)
+        matrix = confusion_matrix(labels, logits.argmax(1))
+        recall = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
+        metrics = {f"val_acc_{c}": float(recall[c]) for c in range(N_CLASSES)}
+        metrics |= {"val_score": patch_score(matrix), "temperature": temperature}
+        np.savez_compressed(
+            out / "validation.npz",
+            logits=logits,
+            labels=labels,
+            stems=val.rows["stem"].to_numpy(str),
+            sources=val.rows["source"].to_numpy(str),
+            indices=val.rows["index"].to_numpy(np.int64),
+            kinds=val.rows["kind"].to_numpy(str),
+        )
+        info = {
+            "metrics": metrics,
+            "confusion": matrix.tolist(),
+            "data": str(cache_root),
+            "command": command_line(),
+            "val_fold": options.val_fold,
+            "seconds": time.perf_counter() - started,
+        }
+        save_stage(out, "classifier", model, replace(cascade, classifier=config), info)
+        log.info(
+            "classifier: %s; confusion %s",
+            {k: round(v, 4) for k, v in metrics.items()},
+            matrix.tolist(),
+        )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.pack.export import load_recipe
+
+    parser = command_parser("training.fit.classifier", __doc__)
+    parser.add_argument("cache", type=Path, help="cache folder (python -m training.data.cache)")
+    parser.add_argument("out", type=Path, help="output folder of the stage")
+    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
+    add_options(parser, DEFAULTS)
+    args = parser.parse_args(argv)
+    setup_logging()
+    train_classifier(args.cache, args.out, load_recipe(args.config), options_from(args))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

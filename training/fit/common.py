@@ -1,0 +1,210 @@
+"""What the two stage trainers share: options, the Lightning trainer, stage outputs, weights.
+
+Training uses PyTorch Lightning for what loops otherwise hand-write: checkpoints (``last.ckpt``
+and ``best.ckpt``) and ``--resume``, mixed precision on a GPU, multi-GPU / multi-node DDP with
+the same command (``--devices N --num-nodes M``), early stopping, CSV logs
+(``OUT/logs/metrics.csv``) and a progress bar. The same commands run on a CPU.
+
+A trained stage is written to its output folder as ``<stage>.safetensors`` plus ``<stage>.json``
+(the stage's config, as the cascade will load it, and its validation metrics); the export
+(:mod:`training.pack.export`) assembles those into ``assets/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import segmentation_models_pytorch as smp
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from stages.config import CascadeConfig, from_dict
+from stages.nets import load_weights, save_weights
+
+log = logging.getLogger(__name__)
+
+ENCODER_WEIGHTS = ("none", "imagenet")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """How a stage is trained. ``samples``: training items drawn per epoch; ``val_fold``: the
+    fold held out for validation (the others train); ``encoder_weights``: ``imagenet`` downloads
+    smp's pretrained encoder (online users only; never in tests); ``init``: a local state dict
+    (safetensors or ``torch.save`` file) to start from; ``accelerator`` / ``devices`` /
+    ``num_nodes`` / ``precision`` go to Lightning (``auto`` precision: 16-bit mixed on a GPU,
+    32-bit on a CPU)."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    samples: int = 2048
+    val_fold: int = 0
+    workers: int = 2
+    patience: int = 5
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    resume: bool = False
+    encoder_weights: str = "none"
+    init: str = ""
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.batch_size, self.samples, self.num_nodes) < 1:
+            raise ValueError("epochs, batch_size, samples and num_nodes must be >= 1")
+        if self.encoder_weights not in ENCODER_WEIGHTS:
+            raise ValueError(f"encoder_weights must be one of {ENCODER_WEIGHTS}")
+
+
+def add_options(parser: argparse.ArgumentParser, defaults: TrainOptions) -> None:
+    """Add one ``--flag`` per :class:`TrainOptions` field, with ``defaults``."""
+    for f in dataclasses.fields(TrainOptions):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help="resume from last.ckpt")
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=default, help=f"default {default}")
+
+
+def options_from(args: argparse.Namespace) -> TrainOptions:
+    """The :class:`TrainOptions` of parsed arguments (see :func:`add_options`)."""
+    return TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
+
+
+def _devices(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def make_trainer(options: TrainOptions, out: Path, monitor: str, mode: str) -> pl.Trainer:
+    """A Lightning trainer writing checkpoints and logs under ``out``; it keeps ``best.ckpt`` by
+    ``monitor`` (``mode`` ``min`` or ``max``) and stops after ``patience`` epochs without gain."""
+    gpu = options.accelerator in ("gpu", "cuda") or (
+        options.accelerator == "auto" and torch.cuda.is_available()
+    )
+    precision = (
+        options.precision if options.precision != "auto" else ("16-mixed" if gpu else "32-true")
+    )
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode, save_last=True
+    )
+    return pl.Trainer(
+        max_epochs=options.epochs,
+        accelerator=options.accelerator,
+        devices=_devices(options.devices),
+        num_nodes=options.num_nodes,
+        precision=precision,
+        callbacks=[checkpoints, EarlyStopping(monitor, patience=options.patience, mode=mode)],
+        logger=CSVLogger(out, name="logs", version=""),
+        default_root_dir=out,
+        enable_model_summary=False,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+
+
+def resume_path(options: TrainOptions, out: Path) -> str | None:
+    """``last.ckpt`` when resuming and it exists (else a fresh start, logged)."""
+    last = out / "checkpoints" / "last.ckpt"
+    if not options.resume:
+        return None
+    if last.is_file():
+        log.info("resuming from %s", last)
+        return str(last)
+    log.warning("--resume: no %s; starting afresh", last)
+    return None
+
+
+def best_state(out: Path) -> dict[str, torch.Tensor]:
+    """The network's state dict from ``best.ckpt`` (the module's ``model.`` prefix removed)."""
+    checkpoint = torch.load(
+        out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
+    )
+    state = checkpoint["state_dict"]
+    return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+
+
+def start_weights(model: torch.nn.Module, options: TrainOptions, encoder: str) -> None:
+    """Fill ``model`` (with an ``encoder`` attribute, smp-style) from ``--encoder-weights`` or
+    ``--init``; leaves it as built otherwise."""
+    if options.encoder_weights == "imagenet":
+        pretrained = smp.encoders.get_encoder(encoder, in_channels=3, weights="imagenet")
+        model.encoder.load_state_dict(pretrained.state_dict())
+        log.info("encoder %s: ImageNet weights (smp download)", encoder)
+    if options.init:
+        path = Path(options.init)
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        result = model.load_state_dict(state, strict=False)
+        loaded = len(state) - len(result.unexpected_keys)
+        if loaded == 0:
+            raise ValueError(f"--init {path}: no key matches the model")
+        log.info(
+            "--init %s: %d tensors loaded, %d of the model's missing",
+            path,
+            loaded,
+            len(result.missing_keys),
+        )
+
+
+def command_line() -> str:
+    """The command that is running, as one shell line."""
+    return shlex.join(["python", *sys.orig_argv[1:]])
+
+
+def save_stage(
+    out: Path, name: str, model: torch.nn.Module | None, cascade: CascadeConfig, info: dict
+) -> Path:
+    """Write ``out/<name>.safetensors`` (unless ``model`` is None) and ``out/<name>.json``: the
+    stage's config (``cascade.<name>``), the whole ``cascade`` it belongs to, and ``info``
+    (metrics, data, command), each atomically; returns the JSON path."""
+    out.mkdir(parents=True, exist_ok=True)
+    if model is not None:
+        tmp = out / f".{name}.tmp.safetensors"
+        save_weights(model, tmp)
+        os.replace(tmp, out / f"{name}.safetensors")
+    path = out / f"{name}.json"
+    payload = {
+        "config": dataclasses.asdict(getattr(cascade, name)),
+        "cascade": dataclasses.asdict(cascade),
+    } | info
+    tmp_json = out / f".{name}.tmp.json"
+    tmp_json.write_text(json.dumps(payload, indent=2) + "\n")
+    os.replace(tmp_json, path)
+    return path
+
+
+def read_stage(out: Path, name: str) -> dict:
+    """What :func:`save_stage` wrote as ``out/<name>.json``."""
+    path = out / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: stage not trained (no {path.name})")
+    return json.loads(path.read_text())
+
+
+def stage_cascade(out: Path, name: str) -> CascadeConfig:
+    """The cascade config a stage was trained within (its own config in place)."""
+    return from_dict(CascadeConfig, read_stage(out, name)["cascade"], f"{out / name}.json")
+
+
+def load_stage_model(out: Path, name: str, model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` filled from ``out/<name>.safetensors``, in eval mode."""
+    return load_weights(model, out / f"{name}.safetensors").eval()

@@ -1,0 +1,326 @@
+"""Fit the slide decision, and the budget's cost guesses, on the real cascade's validation runs.
+
+``python -m training.fit.decision DATA_DIR CACHE DETECTOR_DIR CLASSIFIER_DIR OUT [--folds 4]``
+
+1. The trained stages are assembled into staging assets and the real cascade
+   (:class:`stages.cascade.Cascade`) grades the validation slides (the cache's ``--val-fold``,
+   never seen by either network) with an unlimited budget, so that ``budget.max_k`` hotspots
+   are graded. Each :class:`~stages.cascade.SlideResult` is saved under ``OUT/results``.
+2. :class:`~stages.decision.DecisionConfig` (prior, weights, tempers; and the heatmap-only
+   weight and temper, fitted on the same slides with the patches removed) is fitted by
+   minimising the slides' log-loss (a proper scoring rule: calibrated slide probabilities make
+   the least-expected-cost class the right answer), lightly pulled toward the defaults.
+3. The score of that recipe is measured by cross-validation over the validation slides: fitted on
+   all folds but one, scored on the one left out; the final fit uses them all.
+4. The measured costs (seconds per graded patch, per detector megapixel) become the budget's
+   starting guesses.
+
+Writes ``OUT/decision.json`` (the decision and budget configs, the cascade they belong to, the
+metrics) for :mod:`training.pack.export`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize
+from sklearn.model_selection import StratifiedKFold
+from tqdm import tqdm
+
+from stages.budget import RunBudget
+from stages.cascade import Cascade, SlideResult, fallback_result
+from stages.classifier import PatchClassifier
+from stages.config import load_assets
+from stages.decision import DecisionConfig, decide, decide_slide, slide_probabilities
+from stages.detector import build_detector
+from stages.metric import N_CLASSES, score
+from training.cli import command_parser, setup_logging
+from training.data.cache import Cache
+from training.fit.common import (
+    command_line,
+    load_stage_model,
+    read_stage,
+    save_stage,
+    stage_cascade,
+)
+from training.pack.export import write_assets
+
+log = logging.getLogger(__name__)
+
+#: Strength of the pull toward the default parameters (per parameter, in log units).
+RIDGE = 0.01
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the cascade gave on one slide: ``grades`` ``(k, 4)`` (graded patches) and ``heat``
+    ``(m, 4)`` (heatmap class probabilities at the hotspots), and the true ``label``."""
+
+    filename: str
+    grades: np.ndarray
+    heat: np.ndarray
+    label: int
+
+    @classmethod
+    def of(cls, result: SlideResult, label: int) -> Evidence:
+        heat = np.array([h.heat_probs for h in result.hotspots], np.float64).reshape(-1, 4)
+        return cls(result.filename, np.asarray(result.grades, np.float64), heat, label)
+
+
+def run_cascade(
+    assets: Path,
+    paths: Sequence[Path],
+    mpps: Sequence[float | None],
+    out: Path,
+    device: torch.device,
+) -> tuple[list[SlideResult], dict[str, float]]:
+    """Grade ``paths`` with the cascade of ``assets`` and an unlimited budget (every slide gets
+    ``budget.max_k`` hotspots graded); save each result under ``out``. Returns the results and
+    the measured costs (``patch_s``, ``detector_mpx_s``)."""
+    loaded = load_assets(assets, device)
+    cascade = Cascade(loaded)
+    budget = RunBudget(1e9, len(paths), loaded.config.budget)
+    prior = decide_slide([], [], loaded.config.decision)
+    results = []
+    for path, mpp in tqdm(list(zip(paths, mpps, strict=True)), desc="cascade", unit="slide"):
+        slide_budget = budget.start_slide()
+        try:
+            result = cascade.grade_slide(path, mpp, slide_budget, budget.costs)
+        except Exception as exc:  # graded like main.py: the slide gets the fallback
+            log.error("%s: %s: %s", path.name, type(exc).__name__, exc)
+            result = fallback_result(path.name, prior, f"{type(exc).__name__}: {exc}")
+        budget.finish_slide()
+        result.save(out)
+        results.append(result)
+    costs = {"patch_s": budget.costs.patch.value, "detector_mpx_s": budget.costs.detector.value}
+    return results, costs
+
+
+# -- the fit -----------------------------------------------------------------------------------
+
+
+def _pack(config: DecisionConfig, heat_only: bool) -> np.ndarray:
+    prior = np.log(np.asarray(config.prior))
+    if heat_only:
+        weight, temper = config.heat_only_weight, config.heat_only_temper
+        weight = config.heat_weight if weight is None else weight
+        temper = config.heat_temper if temper is None else temper
+        return np.concatenate([prior[1:] - prior[0], np.log([weight, temper])])
+    values = [config.patch_weight, config.heat_weight, config.patch_temper, config.heat_temper]
+    return np.concatenate([prior[1:] - prior[0], np.log(values)])
+
+
+def _unpack(theta: np.ndarray, base: DecisionConfig, heat_only: bool) -> DecisionConfig:
+    prior = np.exp(np.concatenate([[0.0], theta[:3]]))
+    prior = tuple(float(p) for p in prior / prior.sum())
+    values = [float(v) for v in np.exp(np.clip(theta[3:], -8, 8))]
+    if heat_only:
+        return replace(base, prior=prior, heat_only_weight=values[0], heat_only_temper=values[1])
+    return replace(
+        base,
+        prior=prior,
+        patch_weight=values[0],
+        heat_weight=values[1],
+        patch_temper=values[2],
+        heat_temper=values[3],
+    )
+
+
+def probabilities(
+    evidence: Sequence[Evidence], config: DecisionConfig, heat_only: bool = False
+) -> np.ndarray:
+    """``(N, 4)`` slide probabilities under ``config``; ``heat_only`` drops the patches (stage 2
+    off)."""
+    none = np.zeros((0, N_CLASSES))
+    return np.array(
+        [slide_probabilities(none if heat_only else e.grades, e.heat, config) for e in evidence]
+    )
+
+
+def decisions(probs: np.ndarray) -> np.ndarray:
+    """``(N,)`` least-expected-cost classes of ``(N, 4)`` probabilities."""
+    return np.array([decide(p) for p in probs], np.int64)
+
+
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-probability of the true classes."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1))))
+
+
+def fit_decision(
+    evidence: Sequence[Evidence], base: DecisionConfig, heat_only: bool = False
+) -> DecisionConfig:
+    """``base`` with prior, weights and tempers (only the prior and the heatmap-only pair with
+    ``heat_only``) fitted to ``evidence`` by penalised log-loss (see the module doc)."""
+    labels = np.array([e.label for e in evidence])
+    start = _pack(base, heat_only)
+
+    def objective(theta: np.ndarray) -> float:
+        config = _unpack(theta, base, heat_only)
+        probs = probabilities(evidence, config, heat_only)
+        return log_loss(probs, labels) + RIDGE * float(np.sum((theta - start) ** 2))
+
+    result = minimize(
+        objective,
+        start,
+        method="Nelder-Mead",
+        options={"maxiter": 3000, "xatol": 1e-3, "fatol": 1e-6},
+    )
+    return _unpack(result.x, base, heat_only)
+
+
+def cross_validate(
+    evidence: Sequence[Evidence],
+    base: DecisionConfig,
+    folds: int,
+    seed: int = 0,
+    heat_only: bool = False,
+    fit: bool = True,
+) -> np.ndarray:
+    """``(N,)`` out-of-fold decisions: each slide decided by a config fitted on the other folds
+    (or ``base`` itself without ``fit``). Folds are stratified by label."""
+    labels = np.array([e.label for e in evidence])
+    out = np.zeros(len(evidence), np.int64)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for train, held in splitter.split(np.zeros(len(labels)), labels):
+        config = fit_decision([evidence[i] for i in train], base, heat_only) if fit else base
+        out[held] = decisions(probabilities([evidence[i] for i in held], config, heat_only))
+    return out
+
+
+def sweep(
+    evidence: Sequence[Evidence], config: DecisionConfig, name: str, values: Sequence[float]
+) -> np.ndarray:
+    """Scores of ``config`` with parameter ``name`` set to each of ``values`` (on the
+    ``evidence`` it was fitted on: shows how flat the optimum is, not a held-out score)."""
+    labels = np.array([e.label for e in evidence])
+    heat_only = name.startswith("heat_only")
+    return np.array(
+        [
+            score(
+                labels, decisions(probabilities(evidence, replace(config, **{name: v}), heat_only))
+            )
+            for v in values
+        ]
+    )
+
+
+def reliability(
+    probs: np.ndarray, labels: np.ndarray, bins: int = 5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibration of ``(N, 4)`` probabilities, every class pooled: per bin of predicted
+    probability, its mean, the observed frequency and the count (``(bins,)`` each)."""
+    predicted = probs.ravel()
+    observed = (labels[:, None] == np.arange(N_CLASSES)[None, :]).ravel().astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(predicted, edges) - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins)
+    mean = np.bincount(index, predicted, bins) / np.maximum(count, 1)
+    freq = np.bincount(index, observed, bins) / np.maximum(count, 1)
+    return mean, freq, count
+
+
+def fit_all(evidence: Sequence[Evidence], base: DecisionConfig, folds: int) -> tuple:
+    """The final config (fitted on all the evidence) and the metrics of the recipe."""
+    labels = np.array([e.label for e in evidence])
+    folds = max(2, min(folds, int(np.bincount(labels, minlength=4)[np.unique(labels)].min())))
+    fitted = fit_decision(evidence, base)
+    fitted = fit_decision(evidence, fitted, heat_only=True)
+    metrics = {
+        "slides": float(len(evidence)),
+        "cv_score": score(labels, cross_validate(evidence, base, folds)),
+        "cv_score_unfitted": score(labels, cross_validate(evidence, base, folds, fit=False)),
+        "cv_score_heat_only": score(labels, cross_validate(evidence, base, folds, heat_only=True)),
+        "fit_score": score(labels, decisions(probabilities(evidence, fitted))),
+        "fit_log_loss": log_loss(probabilities(evidence, fitted), labels),
+        "always_1_score": score(labels, np.ones_like(labels)),
+    }
+    return fitted, metrics
+
+
+def fit_stage(
+    data: Path,
+    cache_root: Path,
+    detector_dir: Path,
+    classifier_dir: Path,
+    out: Path,
+    folds: int = 4,
+    device: str = "cpu",
+) -> dict:
+    """Steps 1–4 of the module doc; writes ``OUT/decision.json`` and returns its metrics."""
+    started = time.perf_counter()
+    cache = Cache.open(cache_root)
+    detector = read_stage(detector_dir, "detector")
+    classifier = read_stage(classifier_dir, "classifier")
+    if detector["val_fold"] != classifier["val_fold"]:
+        raise ValueError("the detector and the classifier were validated on different folds")
+    fold = detector["val_fold"]
+    cascade = replace(
+        stage_cascade(classifier_dir, "classifier"),
+        detector=stage_cascade(detector_dir, "detector").detector,
+    )
+    rows = cache.slides[cache.slides["fold"] == fold]
+    with tempfile.TemporaryDirectory(prefix="decision-assets-") as tmp:
+        staging = write_assets(
+            Path(tmp) / "assets",
+            cascade,
+            load_stage_model(detector_dir, "detector", build_detector(cascade.detector)),
+            load_stage_model(classifier_dir, "classifier", PatchClassifier(cascade.classifier)),
+        )
+        results, costs = run_cascade(
+            staging,
+            [data / f for f in rows["filename"]],
+            [float(m) for m in rows["mpp"]],
+            out / "results",
+            torch.device(device),
+        )
+    labels = dict(zip(rows["filename"], rows["label"].astype(int), strict=True))
+    evidence = [Evidence.of(r, labels[r.filename]) for r in results]
+    fitted, metrics = fit_all(evidence, cascade.decision, folds)
+    budget = replace(
+        cascade.budget,
+        prior_patch_s=float(costs["patch_s"]),
+        prior_detector_mpx_s=float(costs["detector_mpx_s"]),
+    )
+    final = replace(cascade, decision=fitted, budget=budget)
+    info = {
+        "metrics": metrics | {f"cost_{k}": float(v) for k, v in costs.items()},
+        "data": str(data),
+        "command": command_line(),
+        "val_fold": fold,
+        "labels": labels,
+        "seconds": time.perf_counter() - started,
+    }
+    save_stage(out, "decision", None, final, info)
+    log.info("decision: %s", {k: round(v, 4) for k, v in metrics.items()})
+    log.info("fitted: %s", dataclasses.asdict(fitted))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("training.fit.decision", __doc__)
+    parser.add_argument("data", type=Path, help="the training folder (TIFs)")
+    parser.add_argument("cache", type=Path)
+    parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")
+    parser.add_argument("classifier", type=Path, help="output folder of training.fit.classifier")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--folds", type=int, default=4, help="cross-validation folds")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    setup_logging()
+    fit_stage(
+        args.data, args.cache, args.detector, args.classifier, args.out, args.folds, args.device
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
