@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -105,6 +106,7 @@ class PatchSet(Dataset):
             rng = np.random.default_rng([self.seed, self.epoch, i])
             members = self.by_class[self.present[int(rng.integers(len(self.present)))]]
             j = int(members[rng.integers(len(members))])
+            self.transform.set_random_seed(int(rng.integers(2**31)))
         else:
             j = i
         image = self.transform(image=self.image(j))["image"]
@@ -199,7 +201,11 @@ def predict_logits(
 
 
 def train_classifier(
-    cache_root: Path, out: Path, cascade: CascadeConfig, options: TrainOptions = DEFAULTS
+    cache_root: Path,
+    out: Path,
+    cascade: CascadeConfig,
+    options: TrainOptions = DEFAULTS,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> dict:
     """Train the classifier of ``cascade`` on the cache, fit its temperature on the validation
     patches and write the stage to ``out``; returns its validation metrics."""
@@ -222,7 +228,7 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
     loader = dict(batch_size=options.batch_size, num_workers=options.workers)
-    trainer = make_trainer(options, out, "val_score", "max")
+    trainer = make_trainer(options, out, "val_score", "max", callbacks)
     trainer.fit(
         module,
         DataLoader(train, drop_last=True, **loader),

@@ -3,7 +3,8 @@
 Training uses PyTorch Lightning for what loops otherwise hand-write: checkpoints (``last.ckpt``
 and ``best.ckpt``) and ``--resume``, mixed precision on a GPU, multi-GPU / multi-node DDP with
 the same command (``--devices N --num-nodes M``), early stopping, CSV logs
-(``OUT/logs/metrics.csv``) and a progress bar. The same commands run on a CPU.
+(``OUT/logs/version_N/metrics.csv``, one per run) and a progress bar. The same commands run on
+a CPU.
 
 A trained stage is written to its output folder as ``<stage>.safetensors`` plus ``<stage>.json``
 (the stage's config, as the cascade will load it, and its validation metrics); the export
@@ -19,10 +20,13 @@ import logging
 import os
 import shlex
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pandas as pd
 import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -90,17 +94,56 @@ def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
-def make_trainer(options: TrainOptions, out: Path, monitor: str, mode: str) -> pl.Trainer:
+class EpochLog(pl.Callback):
+    """One log line per epoch: its validation metrics, the time spent and the ETA (the progress
+    bar is for terminals; logs redirected to a file get these lines)."""
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys, self.started = keys, time.monotonic()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        done = trainer.current_epoch + 1
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / done * (trainer.max_epochs - done)
+        metrics = trainer.callback_metrics
+        shown = " ".join(f"{k} {float(metrics[k]):.4f}" for k in self.keys if k in metrics)
+        log.info(
+            "epoch %d/%d: %s; %.0f s, ETA %.0f s", done, trainer.max_epochs, shown, elapsed, eta
+        )
+
+
+def make_trainer(
+    options: TrainOptions,
+    out: Path,
+    monitor: str,
+    mode: str,
+    callbacks: Sequence[pl.Callback] = (),
+) -> pl.Trainer:
     """A Lightning trainer writing checkpoints and logs under ``out``; it keeps ``best.ckpt`` by
-    ``monitor`` (``mode`` ``min`` or ``max``) and stops after ``patience`` epochs without gain."""
+    ``monitor`` (``mode`` ``min`` or ``max``), stops after ``patience`` epochs without gain and
+    logs each epoch (:class:`EpochLog`) besides ``callbacks``."""
     gpu = options.accelerator in ("gpu", "cuda") or (
         options.accelerator == "auto" and torch.cuda.is_available()
     )
     precision = (
         options.precision if options.precision != "auto" else ("16-mixed" if gpu else "32-true")
     )
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode, save_last=True
+    best = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        enable_version_counter=False,
+    )
+    # every epoch, whether or not it was the best (Lightning's save_last follows the best only)
+    last = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
     )
     return pl.Trainer(
         max_epochs=options.epochs,
@@ -108,13 +151,32 @@ def make_trainer(options: TrainOptions, out: Path, monitor: str, mode: str) -> p
         devices=_devices(options.devices),
         num_nodes=options.num_nodes,
         precision=precision,
-        callbacks=[checkpoints, EarlyStopping(monitor, patience=options.patience, mode=mode)],
-        logger=CSVLogger(out, name="logs", version=""),
+        callbacks=[
+            best,
+            last,
+            EarlyStopping(monitor, patience=options.patience, mode=mode),
+            EpochLog(["train_loss", "val_loss", monitor]),
+            *callbacks,
+        ],
+        enable_progress_bar=sys.stderr.isatty(),
+        logger=CSVLogger(out, name="logs"),  # a version_N per run: a resume keeps the old logs
         default_root_dir=out,
         enable_model_summary=False,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
     )
+
+
+def learning_curves(out: Path) -> pd.DataFrame:
+    """One row per epoch of a stage's CSV logs (every run of it, a resume included): the
+    epoch's training and validation metrics."""
+    runs = sorted(
+        (out / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])
+    )
+    if not runs:
+        return pd.DataFrame(columns=["epoch"])
+    frame = pd.concat([pd.read_csv(p) for p in runs], ignore_index=True)
+    return frame.groupby("epoch").last().reset_index().drop(columns="step", errors="ignore")
 
 
 def resume_path(options: TrainOptions, out: Path) -> str | None:

@@ -229,19 +229,25 @@ def reliability(
 
 
 def fit_all(evidence: Sequence[Evidence], base: DecisionConfig, folds: int) -> tuple:
-    """The final config (fitted on all the evidence) and the metrics of the recipe."""
+    """The final config (fitted on all the evidence) and the metrics of the recipe; the
+    cross-validated ones only when every class present has at least two slides."""
     labels = np.array([e.label for e in evidence])
-    folds = max(2, min(folds, int(np.bincount(labels, minlength=4)[np.unique(labels)].min())))
     fitted = fit_decision(evidence, base)
     fitted = fit_decision(evidence, fitted, heat_only=True)
     metrics = {
         "slides": float(len(evidence)),
-        "cv_score": score(labels, cross_validate(evidence, base, folds)),
-        "cv_score_unfitted": score(labels, cross_validate(evidence, base, folds, fit=False)),
-        "cv_score_heat_only": score(labels, cross_validate(evidence, base, folds, heat_only=True)),
         "fit_score": score(labels, decisions(probabilities(evidence, fitted))),
         "fit_log_loss": log_loss(probabilities(evidence, fitted), labels),
         "always_1_score": score(labels, np.ones_like(labels)),
+    }
+    folds = min(folds, int(np.bincount(labels)[np.unique(labels)].min()))
+    if folds < 2:
+        log.warning("decision: too few slides per class to cross-validate; no CV score")
+        return fitted, metrics
+    metrics |= {
+        "cv_score": score(labels, cross_validate(evidence, base, folds)),
+        "cv_score_unfitted": score(labels, cross_validate(evidence, base, folds, fit=False)),
+        "cv_score_heat_only": score(labels, cross_validate(evidence, base, folds, heat_only=True)),
     }
     return fitted, metrics
 

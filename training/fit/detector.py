@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +133,7 @@ class WindowSet(Dataset):
                 cx, cy = cx + rng.uniform(-jitter, jitter), cy + rng.uniform(-jitter, jitter)
             else:
                 ((cx, cy),) = self._random_centres(rng, slide, 1)
+            self.transform.set_random_seed(int(rng.integers(2**31)))
         else:
             s, (cx, cy) = self.fixed[i]
             slide = self.slides[s]
@@ -166,7 +168,8 @@ class DetectorModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, ce, dice = self._loss(batch)
-        self.log_dict({"train_ce": ce, "train_dice_loss": dice}, on_epoch=True, on_step=False)
+        metrics = {"train_loss": ce + dice, "train_ce": ce, "train_dice_loss": dice}
+        self.log_dict(metrics, on_epoch=True, on_step=False)
         return ce + dice
 
     def on_validation_epoch_start(self) -> None:
@@ -237,6 +240,7 @@ def train_detector(
     cascade: CascadeConfig,
     options: TrainOptions = DEFAULTS,
     on_spot: float = 0.7,
+    callbacks: Sequence[pl.Callback] = (),
 ) -> dict:
     """Train the detector of ``cascade`` on the cache; write the stage to ``out``; return its
     validation metrics (the best epoch's, by validation loss)."""
@@ -257,8 +261,8 @@ def train_detector(
     module = DetectorModule(config, options.lr, options.weight_decay, options.epochs)
     start_weights(module.model, options, config.encoder)
     loader = dict(batch_size=options.batch_size, num_workers=options.workers)
-    trainer = make_trainer(options, out, "val_loss", "min")
-    trainer.callbacks.append(HotspotRecall(cache, val_files, cascade))
+    recall = HotspotRecall(cache, val_files, cascade)
+    trainer = make_trainer(options, out, "val_loss", "min", [recall, *callbacks])
     trainer.fit(
         module,
         DataLoader(train, shuffle=False, drop_last=True, **loader),

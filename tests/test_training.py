@@ -1,0 +1,297 @@
+"""Training per stage on a few small generated slides: the data layout, folds, the cache, hard
+negatives, learning, checkpoint resume, the decision fit, and the export round trip.
+
+The networks are tiny and train for one short epoch: these tests check the mechanics and the
+data, not accuracy (the held-out evaluation measures that: ``make evaluate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages.cascade import SlideResult
+from stages.classifier import PatchClassifier
+from stages.config import load_assets
+from stages.detector import build_detector
+from stages.geometry import Box
+from stages.metric import score
+from stages.slide import Slide
+from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
+from training.data.dataset import TrainSlide, assign_folds, read_training_set
+from training.data.hard_negatives import mine_hard_negatives
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.fit import classifier, decision, detector
+from training.fit.classifier import ClassifierModule, fit_temperature
+from training.fit.common import TrainOptions, learning_curves, load_stage_model, save_stage
+from training.pack.export import TINY, assemble, export
+
+#: The tiny preset, smaller still: 128-px detector windows, 64-px patches, no dropout.
+RECIPE = replace(
+    TINY,
+    detector=replace(TINY.detector, window=128, overlap=32),
+    classifier=replace(TINY.classifier, patch=64, dropout=0.0),
+)
+FAST = TrainOptions(epochs=1, batch_size=8, samples=16, workers=0, patience=10)
+SMALL = CacheConfig(square_patches=3, benign_patches=6, hard_negatives=4)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "data"
+    mix = SynthConfig(size_range=(3000, 4000), class_mix=(0.5, 0.0, 0.5, 0.0))
+    generate_dataset(out, 4, seed=24, split="train", config=mix)
+    assert sorted(s.label for s in read_training_set(out)) == [0, 0, 2, 2]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(data: Path) -> Cache:
+    build_cache(data, data.parent / "cache", RECIPE, SMALL, folds=2)
+    return Cache.open(data.parent / "cache")
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, cache: Cache) -> Path:
+    """A work folder with every stage trained for one short epoch."""
+    work = data.parent
+    detector.train_detector(cache.root, work / "detector", RECIPE, FAST)
+    mine_hard_negatives(cache.root, data, work / "detector", per_slide=SMALL.hard_negatives)
+    classifier.train_classifier(cache.root, work / "classifier", RECIPE, FAST)
+    decision.fit_stage(
+        data, cache.root, work / "detector", work / "classifier", work / "decision", folds=2
+    )
+    return work
+
+
+# -- the competition's layout ------------------------------------------------------------------
+
+
+def test_absent_slides_are_counted_in_one_warning(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("train_metadata.csv", "train_labels.csv", "train_annotations.csv"):
+        shutil.copy(data / name, tmp_path / name)
+    present = sorted(data.glob("*.tif"))[:1]
+    (tmp_path / present[0].name).symlink_to(present[0])
+    with caplog.at_level(logging.WARNING):
+        slides = read_training_set(tmp_path)
+    assert [s.filename for s in slides] == [present[0].name]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("3 of 4 listed slides are not in")
+    full = read_training_set(data)
+    assert all(a.filename == s.filename for s in full for a in s.annotations)
+    assert max(a.annotation_class for s in full for a in s.annotations) == 2
+
+
+def _slides(labels: list[int], names: list[str]) -> list[TrainSlide]:
+    from training.data.dataset import centre_of
+
+    return [
+        TrainSlide(n, Path(n), label, 0.25, (), centre_of(n))
+        for n, label in zip(names, labels, strict=True)
+    ]
+
+
+def test_folds_are_stratified_and_grouped_by_centre_on_request() -> None:
+    names = [f"C{c:02d}_B{i:03d}_S01.tif" for i, c in enumerate([1, 1, 2, 2, 3, 3, 4, 4] * 2)]
+    slides = _slides([0, 1, 2, 3] * 4, names)
+    folds = assign_folds(slides, 2, seed=0)
+    for fold in (0, 1):
+        labels = sorted(s.label for s in slides if folds[s.filename] == fold)
+        assert labels == [0, 0, 1, 1, 2, 2, 3, 3]
+    grouped = assign_folds(slides, 2, seed=0, by_centre=True)
+    by_centre: dict[str, set[int]] = {}
+    for s in slides:
+        by_centre.setdefault(s.centre, set()).add(grouped[s.filename])
+    assert all(len(f) == 1 for f in by_centre.values())  # a centre never spans two folds
+    assert set(grouped.values()) == {0, 1}
+    with pytest.raises(ValueError, match="Cxx_Byyy_Szz"):
+        assign_folds(_slides([0, 1], ["a.tif", "b.tif"]), 2, by_centre=True)
+
+
+# -- the cache ---------------------------------------------------------------------------------
+
+
+def test_cache_serves_the_slide_and_resumes(
+    data: Path, cache: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert len(cache.slides) == 4 and set(cache.slides["fold"]) == {0, 1}
+    row = cache.slides.iloc[0]
+    cached = CachedSlide(cache, row["filename"])
+    page = int(row["detector_page"])
+    sx, sy = cached.pages[page].scale
+    box = Box((row["left"] + 10) * sx, (row["top"] + 5) * sy, 100 * sx, 60 * sy)
+    with Slide(data / row["filename"], mpp=float(row["mpp"])) as slide:
+        np.testing.assert_array_equal(cached.read_region(box, page), slide.read_region(box, page))
+        outside = Box(-100 * sx, -100 * sy, 50 * sx, 50 * sy)
+        np.testing.assert_array_equal(
+            cached.read_region(outside, page), slide.read_region(outside, page)
+        )
+    patches = cache.patches[cache.patches["source"] == "patches"]
+    size = crop_size(RECIPE.classifier.patch, SMALL.crop_factor)
+    assert cache.array(row["stem"], "patches").shape[1:] == (size, size, 3)
+    squares = patches[patches["kind"] == "square"]
+    assert len(squares) == SMALL.square_patches * len(cache.squares)
+    benign = patches[patches["kind"] == "benign"]
+    assert set(benign["filename"]) == set(cache.slides.query("label == 0")["filename"])
+    assert (benign["cls"] == 0).all()
+
+    before = {p: p.stat().st_mtime_ns for p in cache.root.glob("*/slide.json")}
+    build_cache(data, cache.root, RECIPE, SMALL, folds=2)  # resumes: nothing to redo
+    assert {p: p.stat().st_mtime_ns for p in cache.root.glob("*/slide.json")} == before
+    with pytest.raises(ValueError, match="other settings"):
+        build_cache(data, cache.root, RECIPE, replace(SMALL, square_patches=5), folds=2)
+
+
+def test_an_unreadable_slide_is_skipped_and_named(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for path in data.iterdir():
+        (tmp_path / path.name).symlink_to(path)
+    broken = sorted(data.glob("*.tif"))[1].name
+    (tmp_path / broken).unlink()
+    (tmp_path / broken).write_bytes(b"II*\0 not a tiff at all")
+    with caplog.at_level(logging.ERROR):
+        slides = build_cache(tmp_path, tmp_path / "cache", RECIPE, SMALL, folds=2)
+    assert len(slides) == 3 and broken not in set(slides["filename"])
+    assert any(broken in r.getMessage() and "skipped" in r.getMessage() for r in caplog.records)
+
+
+# -- the stages --------------------------------------------------------------------------------
+
+
+def test_hard_negatives_are_stage_one_top_hotspots_on_benign_slides(
+    data: Path, cache: Cache, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    model = build_detector(RECIPE.detector)
+    save_stage(tmp_path, "detector", model, RECIPE, {"metrics": {}, "command": "test"})
+    n = mine_hard_negatives(cache.root, data, tmp_path, per_slide=3)
+    mined = Cache.open(cache.root).patches.query("source == 'hard'")
+    assert len(mined) == n > 0
+    assert set(mined["filename"]) <= set(cache.slides.query("label == 0")["filename"])
+    assert (mined["cls"] == 0).all() and (mined["kind"] == "hard").all()
+    name = mined["filename"].iloc[0]
+    rows = mined[mined["filename"] == name]
+    _, hotspots = CachedSlide(cache, name).hotspots(model.eval(), RECIPE, torch.device("cpu"))
+    expected = np.array([h.box.center for h in hotspots[:3]])
+    np.testing.assert_allclose(rows[["x", "y"]].to_numpy(), expected)
+    row = cache.row(name)
+    size = crop_size(RECIPE.classifier.patch, SMALL.crop_factor)
+    page = int(row["classifier_page"])
+    with Slide(data / name, mpp=float(row["mpp"])) as slide:
+        sx, sy = slide.pages[page].scale
+        first = slide.read_region(Box.centered(*expected[0], size * sx, size * sy), page)
+    np.testing.assert_array_equal(Cache.open(cache.root).array(row["stem"], "hard")[0], first)
+
+
+def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
+    torch.manual_seed(0)
+    rows = cache.patches.query("source == 'patches'").groupby("cls").head(4)
+    data = classifier.PatchSet(cache, rows, RECIPE.classifier, 0, False, 0)
+    x = torch.stack([data[i][0] for i in range(len(data))])
+    y = torch.tensor([data[i][1] for i in range(len(data))])
+    module = ClassifierModule(RECIPE.classifier, lr=3e-3, weight_decay=0.0, epochs=1)
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = module.loss(module.model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+class Interrupt(pl.Callback):
+    """Stops the run after its first epoch, as a killed run would end."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        trainer.should_stop = True
+
+
+def test_resuming_from_a_checkpoint_continues_the_same_run(cache: Cache, tmp_path: Path) -> None:
+    two = replace(FAST, epochs=2)
+    classifier.train_classifier(cache.root, tmp_path / "straight", RECIPE, two)
+    classifier.train_classifier(cache.root, tmp_path / "resumed", RECIPE, two, [Interrupt()])
+    first = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (0, 2)
+    classifier.train_classifier(cache.root, tmp_path / "resumed", RECIPE, replace(two, resume=True))
+    states = [
+        torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=False)
+        for run in ("straight", "resumed")
+    ]
+    assert states[0]["epoch"] == states[1]["epoch"] == 1
+    assert states[0]["global_step"] == states[1]["global_step"] == 4
+    for key, value in states[0]["state_dict"].items():
+        torch.testing.assert_close(states[1]["state_dict"][key], value, msg=key)
+    curves = [learning_curves(tmp_path / run) for run in ("straight", "resumed")]
+    assert curves[1]["epoch"].tolist() == [0, 1]  # the resumed run's logs hold both epochs
+    pd.testing.assert_frame_equal(curves[1], curves[0])
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (4000, 4))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(4, p=p) for p in probs])
+    assert fit_temperature(3.0 * logits, labels) == pytest.approx(3.0, rel=0.1)
+    assert fit_temperature(np.zeros((0, 4)), np.zeros(0, np.int64)) == 1.0
+
+
+def test_the_decision_fit_improves_the_score_on_a_constructed_case() -> None:
+    # Benign slides show 24 patches that each look mildly suspicious (p0 = 0.7): their product
+    # makes the default pooling call every benign slide a lesion. Lesion slides of grade g show
+    # a few confident grade-g patches among benign ones.
+    rng = np.random.default_rng(3)
+    evidence = []
+    for i in range(48):
+        label = i % 4
+        grades = np.tile([0.7, 0.2, 0.06, 0.04], (24, 1))
+        if label:
+            hit = np.full(4, 0.02)
+            hit[label] = 0.94
+            grades[: rng.integers(2, 5)] = hit
+        heat = rng.dirichlet(np.ones(4), 8)
+        evidence.append(decision.Evidence(f"s{i}", grades, heat, label))
+    labels = np.array([e.label for e in evidence])
+    base = RECIPE.decision
+    unfitted = score(labels, decision.cross_validate(evidence, base, 4, fit=False))
+    fitted = score(labels, decision.cross_validate(evidence, base, 4))
+    assert unfitted < 0.85 and fitted > unfitted + 0.1
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def test_export_then_load_assets_round_trips(trained: Path, tmp_path: Path) -> None:
+    out = export(trained, tmp_path / "assets", "test export", "four generated slides")
+    loaded = load_assets(out, torch.device("cpu"))
+    config = assemble(trained, "test export", "four generated slides")
+    assert loaded.config == replace(
+        config, provenance=replace(config.provenance, date=loaded.config.provenance.date)
+    )
+    provenance = loaded.config.provenance
+    assert provenance.data == "four generated slides" and provenance.commit
+    assert provenance.command.count(" && ") == 2  # detector, classifier, decision
+    assert "decision_fit_score" in provenance.metrics
+    stage = load_stage_model(
+        trained / "classifier", "classifier", PatchClassifier(config.classifier)
+    )
+    for key, value in stage.state_dict().items():
+        torch.testing.assert_close(loaded.classifier.state_dict()[key], value)
+    assert config.classifier.temperature > 0
+    assert config.budget.prior_patch_s > 0
+    # the decision was fitted on the validation fold's slides, never on the training folds
+    results = sorted((trained / "decision" / "results").glob("*.npz"))
+    val = set(Cache.open(trained / "cache").slides.query("fold == 0")["filename"])
+    assert {SlideResult.load(p).filename for p in results} == val
