@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pyvips
 
+from training.pack.export import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
 #: Real TissueNet CSVs (62 training slides, the 1,527-row test format); see data/PROVENANCE.md.
 REAL_TISSUENET = DATA / "tissuenet"
+
+#: The tiny preset, smaller still, for training tests: 128-px detector windows, 64-px patches,
+#: no dropout (so that a resumed run can match an uninterrupted one exactly).
+TEST_RECIPE = replace(
+    TINY,
+    detector=replace(TINY.detector, window=128, overlap=32),
+    classifier=replace(TINY.classifier, patch=64, dropout=0.0),
+)
 
 logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
 

@@ -9,11 +9,11 @@ import nbformat
 import papermill
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TEST_RECIPE
 
 from stages.budget import RunBudget
 from stages.cascade import Cascade
-from stages.config import load_assets
+from stages.config import load_assets, save_config
 from training.data.synthetic import generate_dataset
 from training.pack.export import init_assets
 
@@ -38,20 +38,53 @@ def execute(path: Path, out: Path, **parameters: object) -> nbformat.NotebookNod
     return nbformat.read(out, as_version=4)
 
 
-def test_sample_data_notebook(tmp_path: Path) -> None:
-    result = execute(
-        REPO / "notebooks" / "01_sample_data.ipynb",
-        tmp_path / "01.ipynb",
-        out_dir=str(tmp_path / "sample"),
-        n_slides=2,
-        seed=5,
-        split="train",
+def images(notebook: nbformat.NotebookNode) -> int:
+    """How many PNG figures a run notebook holds."""
+    return sum(
+        "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
     )
-    assert (tmp_path / "sample" / "train_annotations.csv").is_file()
-    images = [
-        o for c in result.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
-    ]
-    assert len(images) >= 2
+
+
+def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
+    """01 data → 02 detector → 03 classifier → 04 decision, one shared work folder, a few small
+    slides and one short epoch each."""
+    work = tmp_path / "work"
+    recipe = tmp_path / "recipe"
+    save_config(TEST_RECIPE, recipe)
+    common = {"work_dir": str(work), "recipe": str(recipe / "config.json")}
+    fast = {"epochs": 1, "samples": 16, "batch_size": 8, "workers": 0}
+    data = execute(
+        REPO / "notebooks" / "01_data.ipynb",
+        tmp_path / "01.ipynb",
+        **common,
+        n_slides=4,
+        seed=3,
+        size_range=[3000, 4000],
+        folds=2,
+    )
+    assert (work / "data" / "train_annotations.csv").is_file()
+    assert (work / "cache" / "slides.csv").is_file()
+    assert images(data) >= 5  # overviews, resolutions, targets, windows, patches
+    detector = execute(
+        REPO / "notebooks" / "02_detector.ipynb", tmp_path / "02.ipynb", **common, **fast
+    )
+    assert (work / "detector" / "detector.safetensors").is_file()
+    assert images(detector) >= 3  # curves, at least one heatmap, recall@k
+    classifier = execute(
+        REPO / "notebooks" / "03_classifier.ipynb",
+        tmp_path / "03.ipynb",
+        **common,
+        **fast,
+        hard_negatives=4,
+    )
+    assert (work / "classifier" / "validation.npz").is_file()
+    assert images(classifier) >= 4  # gallery, curves, confusion, worst misgraded
+    decision = execute(
+        REPO / "notebooks" / "04_decision.ipynb", tmp_path / "04.ipynb", work_dir=str(work), folds=2
+    )
+    printed = "".join(o.get("text", "") for c in decision.cells for o in c.get("outputs", []))
+    assert "validation slides; cross-validated score" in printed and "true\\pred" in printed
+    assert images(decision) >= 3  # confusion, reliability, sweeps
 
 
 def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
@@ -59,8 +92,8 @@ def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
     generate_dataset(data, 1, seed=9, split="test")
     assets = init_assets(tmp_path / "assets")
     result = execute(
-        REPO / "notebooks" / "02_heatmap_inspection.ipynb",
-        tmp_path / "02.ipynb",
+        REPO / "notebooks" / "05_heatmap_inspection.ipynb",
+        tmp_path / "05.ipynb",
         data_dir=str(data),
         assets_dir=str(assets),
     )
@@ -87,8 +120,8 @@ def test_run_inspection_notebook(tmp_path: Path) -> None:
         cascade.grade_slide(path, None, budget.start_slide(), budget.costs).save(maps)
         budget.finish_slide()
     result = execute(
-        REPO / "notebooks" / "03_run_inspection.ipynb",
-        tmp_path / "03.ipynb",
+        REPO / "notebooks" / "06_run_inspection.ipynb",
+        tmp_path / "06.ipynb",
         heatmaps_dir=str(maps),
         data_dir=str(data),
         labels_csv=str(data / "test_labels.csv"),

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import TEST_RECIPE
 
 from stages.cascade import SlideResult
 from stages.classifier import PatchClassifier
@@ -32,14 +33,9 @@ from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector
 from training.fit.classifier import ClassifierModule, fit_temperature
 from training.fit.common import TrainOptions, learning_curves, load_stage_model, save_stage
-from training.pack.export import TINY, assemble, export
+from training.pack.export import assemble, export
 
-#: The tiny preset, smaller still: 128-px detector windows, 64-px patches, no dropout.
-RECIPE = replace(
-    TINY,
-    detector=replace(TINY.detector, window=128, overlap=32),
-    classifier=replace(TINY.classifier, patch=64, dropout=0.0),
-)
+RECIPE = TEST_RECIPE
 FAST = TrainOptions(epochs=1, batch_size=8, samples=16, workers=0, patience=10)
 SMALL = CacheConfig(square_patches=3, benign_patches=6, hard_negatives=4)
 

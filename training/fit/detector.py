@@ -123,7 +123,9 @@ class WindowSet(Dataset):
             out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[sy0:sy1, sx0:sx1]
         return out
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Item ``i`` as the network's input before normalisation: ``(w, w, 3)`` uint8 window and
+        ``(w, w)`` uint8 target."""
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             slide = self.slides[int(rng.integers(len(self.slides)))]
@@ -140,10 +142,12 @@ class WindowSet(Dataset):
         image = self._cut(slide["image"], cx, cy, 255)
         target = self._cut(slide["target"], cx, cy, 0)
         out = self.transform(image=image, mask=target)
-        tensor = to_input(
-            out["image"][None], torch.device("cpu"), self.config.mean, self.config.std
-        )
-        return tensor[0], torch.from_numpy(out["mask"].astype(np.int64))
+        return out["image"], out["mask"]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.sample(i)
+        tensor = to_input(image[None], torch.device("cpu"), self.config.mean, self.config.std)
+        return tensor[0], torch.from_numpy(target.astype(np.int64))
 
 
 class DetectorModule(pl.LightningModule):
