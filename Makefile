@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 DEMO := build/demo
 
-.PHONY: setup test lint format demo benchmark clean
+.PHONY: setup test lint format demo benchmark train evaluate clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,24 @@ demo: setup $(DEMO)/data/submission_format.csv
 # The demo's sample slides in the competition's test layout (also test-submission's default DATA).
 $(DEMO)/data/submission_format.csv: | setup
 	$(PY) -m training.data.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
+
+# Train both stages on generated slides, fit the decision, write assets/ (seeded; CPU by default).
+# Work files (slides, cache, checkpoints, logs) go to $(TRAIN); a rerun resumes the data steps.
+TRAIN := build/train
+train: setup
+	$(PY) -m training.pipeline $(TRAIN) assets
+
+# The shipped assets on held-out generated slides (seeds never used in training): the cascade's
+# score beside the detector-only and always-1 scores, and hotspot recall@k of annotated squares.
+EVAL := build/evaluate
+evaluate: setup $(EVAL)/test/submission_format.csv $(EVAL)/train/train_metadata.csv
+	$(PY) -m training.evaluate --test $(EVAL)/test --train-set $(EVAL)/train --out $(EVAL)/run
+
+$(EVAL)/test/submission_format.csv: | setup
+	$(PY) -m training.data.synthetic $(EVAL)/test --slides 48 --seed 2026 --split test
+
+$(EVAL)/train/train_metadata.csv: | setup
+	$(PY) -m training.data.synthetic $(EVAL)/train --slides 24 --seed 2027 --split train
 
 # Per-slide seconds by stage and peak memory on generated slides, plus a real-size canvas.
 benchmark: setup

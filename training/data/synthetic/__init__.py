@@ -15,10 +15,14 @@ texture per pixel, blends add the tissue edge, blur patches and artefacts) and s
 pyramidal TIFF (512 × 512 JPEG Q75 tiles, each page half the previous until it fits one tile,
 resolution tags in px/cm), so a 20k × 20k slide takes seconds.
 
-Lesion grade (1 low-grade, 2 high-grade, 3 invasive) lives in cellular detail only: nuclear
-size, density, shape, chromatin and arrangement. Lesion and look-alike (dense inflammation)
-textures are colour-balanced to one mean, a little darker than normal epithelium, so at
-4–8 µm/pixel they look alike and only pages 0–1 tell them apart.
+Lesion grade (1 low-grade, 2 high-grade, 3 invasive) lives in cytology only. Every grade
+paints the same footprint (full-thickness replacement of the epithelium in its blob, deep
+enough to cover the 300 µm square centred on it); lesions of different grades never overlap.
+Lesion and look-alike (dense inflammation) textures share one cell layout and differ in fine
+detail (koilocyte halos and wrinkled nuclei, clumped chromatin and mitoses, vesicular nuclei with
+nucleoli, small dense round nuclei); above ~1 µm they are swapped for one common texture a
+little darker than normal epithelium, so at 4 µm/pixel they look alike and only pages 0–1 tell
+them apart.
 
 Slides come from :func:`sample_specs` (random, class mix configurable, deterministic per seed)
 or :func:`layout_specs` (real slides' sizes, resolutions and annotated boxes, optionally scaled
@@ -44,6 +48,7 @@ from training.data.synthetic.sampling import SynthConfig, layout_specs, random_s
 from training.data.synthetic.spec import (
     ANNOTATION_UM,
     EPITHELIAL,
+    LESION_TISSUE,
     MPP_RANGE,
     Artefact,
     Fragment,
@@ -61,6 +66,7 @@ __all__ = [
     "BALANCED",
     "CELL_STYLES",
     "EPITHELIAL",
+    "LESION_TISSUE",
     "MPP_RANGE",
     "SPLITS",
     "Artefact",

@@ -16,7 +16,8 @@ from training.data.synthetic.sampling import SynthConfig, layout_specs, sample_s
 # -- command line -------------------------------------------------------------------------------
 
 
-def _class_mix(text: str) -> tuple[float, float, float, float]:
+def class_mix_arg(text: str) -> tuple[float, float, float, float]:
+    """``--class-mix`` value: 4 comma-separated non-negative numbers, normalised to sum to 1."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError as exc:
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=SPLITS, default="train")
     parser.add_argument(
         "--class-mix",
-        type=_class_mix,
+        type=class_mix_arg,
         default=SynthConfig().class_mix,
         metavar="P0,P1,P2,P3",
         help="class shares (normalised)",

@@ -12,13 +12,28 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from training.data.synthetic.shapes import fragment_outline, irregular_outlines
-from training.data.synthetic.spec import EPITHELIAL, Fragment, SlideSpec, Tissue
+from training.data.synthetic.shapes import MAX_REACH, fragment_outline, irregular_outlines
+from training.data.synthetic.spec import (
+    ANNOTATION_UM,
+    EPITHELIAL,
+    LESION_TISSUE,
+    Fragment,
+    Lesion,
+    SlideSpec,
+    Tissue,
+)
 
-#: Target µm per label-map pixel, and the label map's largest size in pixels.
 #: Target µm per label-map pixel, and the label map's largest size in pixels.
 LABEL_UM = 2.0
 MAX_LABEL_PIXELS = 8_000_000
+#: A lesion (any grade) replaces the tissue of its blob that is epithelium or less than this much
+#: deeper than its site (µm). No point of the 300 µm square centred on the site is more than its
+#: half-diagonal (212 µm) away, so none is deeper than the site plus 212 µm: the lesion covers
+#: all the square's tissue, whatever the surface's tilt.
+FOOTPRINT_UM = 0.75 * ANNOTATION_UM
+#: Every blob holds the disc of this radius (µm, at most half its size) around its site, so a
+#: square centred on the site lies in its blob.
+CORE_UM = ANNOTATION_UM / math.sqrt(2) + 15.0
 
 # -- label map ----------------------------------------------------------------------------------
 
@@ -86,8 +101,9 @@ def _blob_mask(
     zoom: int,
     shape: tuple[int, int],
 ) -> tuple[tuple[slice, slice], np.ndarray]:
-    """A random blob ``size_um`` across centred on page-0 ``(cx, cy)``: the map slices of its
-    bounding box and its bool mask there (empty slices when it is off the map)."""
+    """A random blob ``size_um`` across centred on page-0 ``(cx, cy)`` (within ``MAX_REACH *
+    size_um / 2`` of it), holding the disc of radius ``min(CORE_UM, size_um / 2)``: the map
+    slices of its bounding box and its bool mask there (empty slices when it is off the map)."""
     radius = size_um / 2 / spec.mpp
     radii = np.array([radius])
     outline = irregular_outlines(rng, radii, radii, np.zeros(1), 0.3, 32)[0]
@@ -99,31 +115,53 @@ def _blob_mask(
     mask = np.zeros((max(y1 - y0, 0), max(x1 - x0, 0)), np.uint8)
     if mask.size:
         _fill_map(mask, outline - (x0, y0))
+        core = min(CORE_UM, size_um / 2) / spec.mpp / zoom
+        centre = np.round((np.array([cx / zoom, cy / zoom]) - (x0, y0) - 0.5) * 16).astype(int)
+        cv2.circle(mask, tuple(int(v) for v in centre), round(core * 16), 1, -1, cv2.LINE_8, 4)
     return box, mask > 0
 
 
-def _paint_site(
-    view: np.ndarray,
-    blob: np.ndarray,
-    region: np.ndarray,
-    grade: int,
-    nests: np.ndarray,
-    size: float,
-) -> None:
-    """Paint a lesion of ``grade`` (0 = normal site) into the label-map window ``view``: ``blob``
-    is its tissue footprint, ``region`` the part to replace, ``nests`` where grade-3 nests invade
-    the stroma (bool arrays like ``view``), ``size`` its diameter in map pixels."""
-    if grade == 0:  # normal epithelium, where the site is not already in it
-        stroma = region & (view == Tissue.STROMA)
-        core = cv2.distanceTransform(blob.astype(np.uint8), cv2.DIST_L2, 3) > 0.2 * size
-        view[stroma] = Tissue.EPI_BASAL
-        view[stroma & core] = Tissue.EPI_UPPER
-    elif grade == 1:  # koilocytes in the upper layers
-        view[region & (view != Tissue.EPI_BASAL)] = Tissue.LSIL
-    elif grade == 2:  # full-thickness atypia
-        view[region] = Tissue.HSIL
-    else:  # invasive nests reach into the stroma
-        view[region | (blob & nests)] = Tissue.INVASIVE
+def site_reach_um(site: Lesion) -> float:
+    """How far from its centre (µm) a site reaches: its blob, or its annotation square's
+    half-diagonal when that is larger. Sites of different grades further apart than the sum of
+    their reaches never overlap."""
+    square = ANNOTATION_UM / math.sqrt(2) if site.annotated else 0.0
+    return max(MAX_REACH * site.size_um / 2, square)
+
+
+def _own_cells(
+    site: Lesion, sites: tuple[Lesion, ...], box: tuple[slice, slice], zoom: int, mpp: float
+) -> np.ndarray | None:
+    """Bool mask of map window ``box``: pixels no nearer a site of another grade than to
+    ``site`` (a Voronoi split between grades), or None when no such site is near enough."""
+    reach = MAX_REACH * site.size_um / 2 / mpp  # page-0 px; rivals beyond 2 x reach claim none
+    rivals = [
+        other for other in sites
+        if other.grade != site.grade
+        and math.hypot(other.cx - site.cx, other.cy - site.cy) < 2 * reach + 2 * zoom
+    ]  # fmt: skip
+    if not rivals:
+        return None
+    ys = (np.arange(box[0].start, box[0].stop, dtype=np.float64) + 0.5) * zoom
+    xs = (np.arange(box[1].start, box[1].stop, dtype=np.float64) + 0.5) * zoom
+    own = (xs[None, :] - site.cx) ** 2 + (ys[:, None] - site.cy) ** 2
+    keep = np.ones(own.shape, bool)
+    for other in rivals:
+        keep &= own <= (xs[None, :] - other.cx) ** 2 + (ys[:, None] - other.cy) ** 2
+    return keep
+
+
+def _paint_site(view: np.ndarray, region: np.ndarray, grade: int, band: np.ndarray) -> None:
+    """Paint a site of ``grade`` into the label-map window ``view`` over ``region`` (bool, like
+    ``view``; the same footprint for every grade). Grades 1–3 replace it with their lesion type;
+    grade 0 (a normal site) turns it into normal epithelium only where ``band`` (the window's
+    epithelium) misses it entirely (a layout box inside a fragment), else leaves it."""
+    if grade:
+        view[region] = LESION_TISSUE[grade]
+    elif not band[region].any():
+        inner = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 3)
+        view[region] = Tissue.EPI_BASAL
+        view[region & (inner > 0.25 * max(float(inner.max()), 1.0))] = Tissue.EPI_UPPER
 
 
 def render_maps(spec: SlideSpec) -> Maps:
@@ -148,26 +186,26 @@ def render_maps(spec: SlideSpec) -> Maps:
         upper = epithelium & (depth[box] < 0.6 * thickness)
         labels[box][epithelium] = Tissue.EPI_BASAL
         labels[box][upper] = Tissue.EPI_UPPER
-    epi_um = float(np.mean([f.epi_um for f in spec.fragments])) if spec.fragments else 200.0
     for lookalike in spec.lookalikes:
         box, blob = _blob_mask(
             rng, lookalike.cx, lookalike.cy, lookalike.size_um, spec, zoom, shape
         )
         view = labels[box]
         view[blob & (view == Tissue.STROMA)] = Tissue.INFLAMMATION
-    nests = _smooth_noise(rng, shape, 20 / um)
     for site in sorted(spec.lesions, key=lambda lesion: lesion.grade):
         box, blob = _blob_mask(rng, site.cx, site.cy, site.size_um, spec, zoom, shape)
+        if not blob.size:
+            continue
         i = min(max(int(site.cy / zoom), 0), shape[0] - 1)
         j = min(max(int(site.cx / zoom), 0), shape[1] - 1)
         blob &= tissue[box] > 0
+        own = _own_cells(site, spec.lesions, box, zoom, spec.mpp)
+        if own is not None:
+            blob &= own
         view = labels[box]
         band = np.isin(view, EPITHELIAL)
-        if band[blob].any():  # the lesion replaces the epithelium it covers
-            region = blob & band
-        else:  # no epithelium here (a layout box inside a fragment): paint a shallow patch
-            region = blob & (depth[box] < depth[i, j] + 0.5 * epi_um)
-        _paint_site(view, blob, region, site.grade, nests[box] > 0.3, site.size_um / um)
+        region = blob & (band | (depth[box] < depth[i, j] + FOOTPRINT_UM))
+        _paint_site(view, region, site.grade, band)
     pale = np.clip(1 - 0.12 * np.abs(_smooth_noise(rng, shape, 150 / um)), 0.6, 1)
     edge = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), 0.7)
     tissue_alpha = np.round(255 * edge * pale).astype(np.uint8)

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from training.data.annotations import Annotation, parse_annotations
-from training.data.synthetic.shapes import fragment_point, random_shape
+from training.data.synthetic.maps import site_reach_um
+from training.data.synthetic.shapes import fragment_outline, fragment_point, random_shape
 from training.data.synthetic.spec import (
     ANNOTATION_UM,
     MPP_RANGE,
@@ -92,16 +94,85 @@ def _random_fragments(
     return tuple(fragments)
 
 
+#: Sites (lesions and annotated normal sites) lie this far (µm) below the tissue surface: half
+#: an annotation square, so that the square centred on a site holds tissue, not glass.
+SITE_DEPTH_UM = ANNOTATION_UM / 2
+#: Lesion diameters (µm) of random slides, the same range for every grade.
+LESION_UM = (500.0, 1500.0)
+#: Tries to place a site clear of sites of other grades before giving it up.
+PLACEMENT_TRIES = 30
+
+
 def _epithelium_site(
-    rng: np.random.Generator, fragments: Sequence[Fragment], mpp: float, depth: float
+    rng: np.random.Generator,
+    fragments: Sequence[Fragment],
+    mpp: float,
+    depth_um: float,
+    epi_depth: float = 0.0,
 ) -> tuple[float, float, Fragment]:
-    """A page-0 point ``depth`` x epithelium thickness below the surface, inside the epithelium
-    arc of a fragment chosen with probability proportional to its area."""
+    """A page-0 point ``depth_um + epi_depth`` x epithelium thickness below the surface, inside
+    the epithelium arc of a fragment chosen with probability proportional to its area."""
     areas = np.array([f.length_um * f.width_um for f in fragments])
     fragment = fragments[int(rng.choice(len(fragments), p=areas / areas.sum()))]
     t = math.radians(fragment.epi_from_deg + _uniform(rng, 0.15, 0.85) * fragment.epi_extent_deg)
-    x, y = fragment_point(fragment, mpp, t, depth * fragment.epi_um)
+    x, y = fragment_point(fragment, mpp, t, depth_um + epi_depth * fragment.epi_um)
     return x, y, fragment
+
+
+def _clear(site: Lesion, sites: Sequence[Lesion], mpp: float) -> bool:
+    """True when ``site`` and every site of another grade are further apart than the sum of
+    their reaches (:func:`site_reach_um`: their blobs and squares cannot overlap), and an
+    annotated ``site``'s square overlaps no other annotated square."""
+    reach = site_reach_um(site)
+    for other in sites:
+        dx, dy = abs(site.cx - other.cx) * mpp, abs(site.cy - other.cy) * mpp
+        if other.grade != site.grade and math.hypot(dx, dy) <= reach + site_reach_um(other):
+            return False
+        if site.annotated and other.annotated and max(dx, dy) < ANNOTATION_UM:
+            return False
+    return True
+
+
+def _square_on_tissue(site: Lesion, fragment: Fragment, mpp: float) -> float:
+    """Share of a 7 x 7 grid of points of the annotation square centred on ``site`` that lies
+    inside ``fragment``'s outline."""
+    outline = fragment_outline(fragment, mpp).astype(np.float32)
+    half = ANNOTATION_UM / 2 / mpp
+    steps = np.linspace(-half, half, 7)
+    inside = [
+        cv2.pointPolygonTest(outline, (float(site.cx + dx), float(site.cy + dy)), False) >= 0
+        for dx in steps
+        for dy in steps
+    ]
+    return float(np.mean(inside))
+
+
+def _place_site(
+    rng: np.random.Generator,
+    fragments: Sequence[Fragment],
+    mpp: float,
+    sites: Sequence[Lesion],
+    grade: int,
+    size_um: tuple[float, float],
+    annotated: bool,
+) -> Lesion | None:
+    """A site of ``grade`` (diameter uniform in ``size_um``, capped at 0.8 x its fragment's
+    length) that is :func:`_clear` of ``sites``, or None when :data:`PLACEMENT_TRIES` tries find
+    none. An annotated site takes the first try whose square lies 90 % on its fragment, else
+    the try with the most tissue in its square."""
+    best, best_share = None, -1.0
+    for _ in range(PLACEMENT_TRIES):
+        x, y, fragment = _epithelium_site(rng, fragments, mpp, SITE_DEPTH_UM)
+        size = min(_uniform(rng, *size_um), max(0.8 * fragment.length_um, size_um[0]))
+        site = Lesion(cx=x, cy=y, grade=grade, size_um=size, annotated=annotated)
+        if not _clear(site, sites, mpp):
+            continue
+        share = _square_on_tissue(site, fragment, mpp) if annotated else 1.0
+        if share >= 0.9:
+            return site
+        if share > best_share:
+            best, best_share = site, share
+    return best
 
 
 def _random_lesions(
@@ -113,28 +184,22 @@ def _random_lesions(
 ) -> list[Lesion]:
     """Lesions for a slide of class ``label`` (the first has that grade and is annotated, the
     others are lower or equal and annotated with chance ``annotate_p``) plus annotated normal
-    sites (grade 0) away from them."""
-    lesions = []
+    sites (grade 0). Every site is :data:`SITE_DEPTH_UM` deep, lesion sizes do not depend on
+    the grade, and sites of different grades never overlap (a site that finds no room is
+    dropped; the first lesion always has room)."""
+    lesions: list[Lesion] = []
     if label:
         grades = [label] + [int(rng.integers(1, label + 1)) for _ in range(rng.integers(0, 4))]
         for k, grade in enumerate(grades):
-            x, y, fragment = _epithelium_site(rng, fragments, mpp, 0.8 if grade == 3 else 0.5)
-            high = 2500.0 if grade == 3 else 1500.0
-            size = min(_uniform(rng, 300, high), max(0.8 * fragment.length_um, 300.0))
             annotated = k == 0 or bool(rng.random() < annotate_p)
-            lesions.append(Lesion(cx=x, cy=y, grade=grade, size_um=size, annotated=annotated))
+            site = _place_site(rng, fragments, mpp, lesions, grade, LESION_UM, annotated)
+            if site is not None:
+                lesions.append(site)
+    normal = (1.2 * ANNOTATION_UM, 2.0 * ANNOTATION_UM)
     for _ in range(int(rng.integers(2, 6)) if label == 0 else int(rng.integers(0, 3))):
-        for _attempt in range(10):
-            x, y, _ = _epithelium_site(rng, fragments, mpp, 0.5)
-            clear = all(
-                math.hypot(x - le.cx, y - le.cy) * mpp > le.size_um / 2 + ANNOTATION_UM
-                for le in lesions
-                if le.grade
-            )
-            if clear:
-                size = ANNOTATION_UM * _uniform(rng, 1.2, 2.0)
-                lesions.append(Lesion(cx=x, cy=y, grade=0, size_um=size, annotated=True))
-                break
+        site = _place_site(rng, fragments, mpp, lesions, 0, normal, True)
+        if site is not None:
+            lesions.append(site)
     return lesions
 
 
@@ -147,8 +212,7 @@ def _random_lookalikes(
     out = []
     for _ in range(int(rng.integers(1, 4))):
         size = _uniform(rng, 200, 800)
-        depth = 1.0 + _uniform(rng, 0.2, 0.6) * size / float(np.mean([f.epi_um for f in fragments]))
-        x, y, _ = _epithelium_site(rng, fragments, mpp, depth)
+        x, y, _ = _epithelium_site(rng, fragments, mpp, _uniform(rng, 0.2, 0.6) * size, 1.0)
         out.append(LookAlike(cx=x, cy=y, size_um=size))
     return tuple(out)
 
@@ -295,9 +359,9 @@ def layout_specs(
             fragments = _fragments_around(rng, sites, width, height, mpp)
             fragments += _free_fragments(rng, fragments, width, height, mpp)
             if label and rng.random() < 0.5:
-                x, y, _ = _epithelium_site(rng, fragments, mpp, 0.5)
-                grade, size = int(rng.integers(1, label + 1)), _uniform(rng, 300, 1000)
-                sites.append(Lesion(cx=x, cy=y, grade=grade, size_um=size, annotated=False))
+                grade = int(rng.integers(1, label + 1))
+                site = _place_site(rng, fragments, mpp, sites, grade, (500.0, 1000.0), False)
+                sites += [site] if site is not None else []
             lesions = sites
         spec = random_spec(rng, row.filename, label, width, height, mpp, config, fragments, lesions)
         specs.append(replace(spec, magnification=int(row.magnification)))

@@ -34,6 +34,8 @@ class Tissue(IntEnum):
 
 
 EPITHELIAL = (Tissue.EPI_BASAL, Tissue.EPI_UPPER, Tissue.LSIL, Tissue.HSIL, Tissue.INVASIVE)
+#: The tissue type a lesion of each grade paints.
+LESION_TISSUE = {1: Tissue.LSIL, 2: Tissue.HSIL, 3: Tissue.INVASIVE}
 
 
 # -- slide description ------------------------------------------------------------------------

@@ -29,6 +29,15 @@ GLASS_OD = (0.055, 0.065, 0.035)
 #: Lesion and look-alike textures get this fraction of normal epithelium's mean colour.
 SUSPICIOUS_DARKNESS = 0.85
 SCANNER_NOISE = 2.5  # grey levels, standard deviation
+#: Gaussian sigma (µm) below which the :data:`BALANCED` textures keep their own detail; above
+#: it they all take their group's mean texture (:func:`_equalise`, applied this many passes).
+EQUALISE_UM = 1.0
+EQUALISE_PASSES = 4
+#: The cell layout the :data:`BALANCED` textures share: spacing (µm), positional jitter
+#: (fraction of spacing), mean nuclear diameter (µm) and its log-normal spread, spread of
+#: nuclear orientation (degrees).
+SHARED_SPACING_UM, SHARED_JITTER = 13.0, 0.22
+SHARED_NUCLEUS_UM, SHARED_SIZE_CV, SHARED_ANGLE_SD = 7.0, 0.12, 40.0
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,14 @@ class CellStyle:
     ``jitter`` is positional disorder (fraction of spacing), ``angle_sd_deg`` the spread of
     nuclear orientation around the texture's axis (180 = no polarity), ``halo`` the radius of a
     perinuclear clearing relative to the nucleus (koilocytes) and ``clearing`` how much eosin
-    it removes, ``fibres`` the contrast of a stromal fibre background (0 = plain cytoplasm).
+    it removes, ``fibres`` the contrast of a stromal fibre background (0 = plain cytoplasm),
+    ``wrinkle`` the amplitude of fine contour creases, ``chromatin`` the contrast of chromatin
+    grains ``grain_um`` across (``clumping`` > 0 makes them coarse clumps with clear gaps),
+    ``vesicular`` how much paler a nucleus's interior is than its rim.
+
+    For the :data:`BALANCED` types, cell positions and orientations come from the slide's
+    shared :class:`CellLayout` (``spacing_um``, ``jitter`` and ``angle_sd_deg`` are unused):
+    ``nucleus_um`` scales the shared nuclear sizes and ``size_cv`` adds pleomorphism.
     """
 
     spacing_um: float
@@ -60,6 +76,9 @@ class CellStyle:
     binucleate: float = 0.0
     mitoses: float = 0.0
     fibres: float = 0.0
+    wrinkle: float = 0.0
+    grain_um: float = 0.5
+    clumping: float = 0.0
 
 
 # fmt: off
@@ -79,28 +98,31 @@ CELL_STYLES: dict[Tissue, CellStyle] = {
         spacing_um=17, jitter=0.15, nucleus_um=5.0, size_cv=0.1, aspect=1.8, angle_sd_deg=12,
         irregular=0.04, stain=0.95, cytoplasm=0.15, border=0.22,
     ),
-    # grade 1: koilocytes, enlarged wrinkled hyperchromatic nuclei in perinuclear halos
+    # The BALANCED group shares one cell layout (spacing 13 µm) and differs in fine detail only.
+    # grade 1: koilocytes: enlarged wrinkled smudgy nuclei in perinuclear halos, binucleation
     Tissue.LSIL: CellStyle(
-        spacing_um=17, jitter=0.2, nucleus_um=9.5, size_cv=0.18, aspect=1.2, angle_sd_deg=60,
-        irregular=0.14, stain=0.85, chromatin=0.25, cytoplasm=0.35, border=0.35, halo=1.6,
-        clearing=0.5, binucleate=0.12,
+        spacing_um=SHARED_SPACING_UM, jitter=SHARED_JITTER, nucleus_um=7.5, size_cv=0.08,
+        aspect=1.2, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.1, stain=1.0, chromatin=0.08,
+        grain_um=1.0, cytoplasm=0.35, border=0.35, halo=1.6, clearing=0.8, binucleate=0.15,
+        wrinkle=0.08,
     ),
-    # grade 2: crowded, disordered (no polarity), pleomorphic coarse nuclei, mitoses
+    # grade 2: high N:C, coarse clumped chromatin, irregular contours, mitoses
     Tissue.HSIL: CellStyle(
-        spacing_um=10.5, jitter=0.4, nucleus_um=10.0, size_cv=0.22, aspect=1.35,
-        angle_sd_deg=180, irregular=0.16, stain=1.05, stain_cv=0.2, chromatin=0.4,
-        cytoplasm=0.25, border=0.04, mitoses=0.03,
+        spacing_um=SHARED_SPACING_UM, jitter=SHARED_JITTER, nucleus_um=9.0, size_cv=0.15,
+        aspect=1.35, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.22, stain=1.0, stain_cv=0.2,
+        chromatin=0.75, grain_um=0.45, clumping=2.5, cytoplasm=0.22, border=0.04, mitoses=0.05,
     ),
-    # grade 3: large bizarre vesicular nuclei with nucleoli, eosinophilic cytoplasm
+    # grade 3: pleomorphic vesicular nuclei with a dark rim and prominent nucleoli
     Tissue.INVASIVE: CellStyle(
-        spacing_um=17, jitter=0.35, nucleus_um=14.0, size_cv=0.3, aspect=1.3, angle_sd_deg=180,
-        irregular=0.2, stain=0.85, stain_cv=0.25, chromatin=0.35, cytoplasm=0.42, border=0.12,
-        nucleolus=1.1, vesicular=0.5, mitoses=0.02,
+        spacing_um=SHARED_SPACING_UM, jitter=SHARED_JITTER, nucleus_um=10.0, size_cv=0.3,
+        aspect=1.3, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.22, stain=0.95, stain_cv=0.25,
+        chromatin=0.15, cytoplasm=0.42, border=0.1, nucleolus=1.4, vesicular=0.7, mitoses=0.02,
     ),
-    # benign look-alike: lymphocytes, small dark round nuclei packed in stroma
+    # benign look-alike: lymphocytes, small round regular dense nuclei in stroma
     Tissue.INFLAMMATION: CellStyle(
-        spacing_um=7.0, jitter=0.3, nucleus_um=5.5, size_cv=0.1, aspect=1.05, angle_sd_deg=180,
-        irregular=0.05, stain=1.35, chromatin=0.1, cytoplasm=0.28, fibres=0.3,
+        spacing_um=SHARED_SPACING_UM, jitter=SHARED_JITTER, nucleus_um=5.5, size_cv=0.05,
+        aspect=1.05, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.03, stain=1.4, chromatin=0.05,
+        cytoplasm=0.28, fibres=0.3,
     ),
 }
 # fmt: on
@@ -137,9 +159,10 @@ class Stain:
 
 
 def _wrap_blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur of a periodic (tile) image, keeping it periodic."""
+    """Gaussian blur of a periodic (tile) image, (h, w) or (h, w, c), keeping it periodic."""
     pad = math.ceil(3 * sigma) + 1
-    out = cv2.GaussianBlur(np.pad(a, pad, mode="wrap"), (0, 0), sigma)
+    widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (a.ndim - 2)
+    out = cv2.GaussianBlur(np.pad(a, widths, mode="wrap"), (0, 0), sigma)
     return out[pad:-pad, pad:-pad]
 
 
@@ -183,6 +206,27 @@ def _cell_centres(rng: np.random.Generator, size: int, spacing: float, jitter: f
     return np.mod(xy, size)
 
 
+@dataclass(frozen=True, eq=False)
+class CellLayout:
+    """The cells the :data:`BALANCED` textures of a slide share: ``centres`` (n, 2) float64 px
+    in a periodic ``size`` x ``size`` tile, nuclear diameters ``diameter_um`` (n,) µm around
+    :data:`SHARED_NUCLEUS_UM` (each type scales them), orientations ``angle`` (n,) radians."""
+
+    size: int
+    centres: np.ndarray
+    diameter_um: np.ndarray
+    angle: np.ndarray
+
+
+def cell_layout(rng: np.random.Generator, size: int, mpp: float) -> CellLayout:
+    """A random shared :class:`CellLayout` for ``size`` px tiles at ``mpp`` µm/px."""
+    centres = _cell_centres(rng, size, SHARED_SPACING_UM / mpp, SHARED_JITTER)
+    n = len(centres)
+    diameter = SHARED_NUCLEUS_UM * np.exp(rng.normal(0, SHARED_SIZE_CV, n))
+    angle = rng.uniform(-0.3, 0.3) + np.radians(rng.normal(0, SHARED_ANGLE_SD, n))
+    return CellLayout(size, centres, diameter, angle)
+
+
 def _copies(xy: np.ndarray, size: int, reach: float) -> tuple[np.ndarray, np.ndarray]:
     """Periodic copies of points ``xy`` (in [0, size)) within ``reach`` of the tile: the copies
     (m, 2) and the index of the point each one copies (m,)."""
@@ -220,20 +264,32 @@ def _draw_cells(
     mpp: float,
     axis: float,
     layers: dict[str, np.ndarray],
+    layout: CellLayout | None = None,
 ) -> None:
     """Draw nuclei (``h``), halos (``clear``) and borders (``e``) of one periodic texture on
-    canvases padded by ``margin`` px."""
-    centres = _cell_centres(rng, size, style.spacing_um / mpp, style.jitter)
-    n = len(centres)
+    canvases padded by ``margin`` px; cells from ``layout`` when given, else drawn here."""
+    if layout is None:
+        centres = _cell_centres(rng, size, style.spacing_um / mpp, style.jitter)
+        n = len(centres)
+        diameter = rng.normal(style.nucleus_um, style.size_cv * style.nucleus_um, n)
+        diameter = np.maximum(diameter, 2.0)
+        stretch = np.sqrt(style.aspect * rng.uniform(0.85, 1.15, n))
+        angle = axis + np.radians(rng.normal(0, style.angle_sd_deg, n))
+    else:
+        centres, n = layout.centres, len(layout.centres)
+        pleomorphism = np.exp(rng.normal(0, style.size_cv, n))
+        diameter = layout.diameter_um * (style.nucleus_um / SHARED_NUCLEUS_UM) * pleomorphism
+        stretch = np.sqrt(style.aspect * rng.uniform(0.85, 1.15, n))
+        angle = layout.angle
     copies, index = _copies(centres, size, margin)
     copies += margin
     if style.border:
         layers["e"] += style.border * _cell_borders(copies, size + 2 * margin)
-    diameter = np.maximum(rng.normal(style.nucleus_um, style.size_cv * style.nucleus_um, n), 2.0)
     r = diameter / 2 / mpp
-    stretch = np.sqrt(style.aspect * rng.uniform(0.85, 1.15, n))
-    angle = axis + np.radians(rng.normal(0, style.angle_sd_deg, n))
-    nuclei = irregular_outlines(rng, r * stretch, r / stretch, angle, style.irregular)
+    points = 32 if style.wrinkle else 20
+    nuclei = irregular_outlines(
+        rng, r * stretch, r / stretch, angle, style.irregular, points, style.wrinkle
+    )
     halos = irregular_outlines(rng, r * style.halo, r * style.halo, angle, 0.12)
     nucleoli = irregular_outlines(
         rng, np.maximum(0.12 * r, 0.6 / mpp), np.maximum(0.1 * r, 0.5 / mpp), angle, 0.1, points=10
@@ -256,15 +312,23 @@ def _draw_cells(
         if twin[i]:
             _fill(layers["h"], nuclei[i] + centre + offset[i], stain[i])
         if style.vesicular:
-            _fill(layers["h"], 0.7 * nuclei[i] + centre, stain[i] * (1 - style.vesicular))
+            _fill(layers["h"], 0.75 * nuclei[i] + centre, stain[i] * (1 - style.vesicular))
         if style.nucleolus:
             _fill(layers["h"], nucleoli[i] + centre, style.nucleolus)
 
 
 def render_texture(
-    tissue: Tissue, size: int, mpp: float, rng: np.random.Generator, stain: Stain
+    tissue: Tissue,
+    size: int,
+    mpp: float,
+    rng: np.random.Generator,
+    stain: Stain,
+    layout: CellLayout | None = None,
 ) -> np.ndarray:
-    """(size, size, 3) float32 seamless RGB tile (0–255, no noise) of ``tissue`` at ``mpp``."""
+    """(size, size, 3) float32 seamless RGB tile (0–255, no noise) of ``tissue`` at ``mpp``,
+    its cells placed by ``layout`` (of the same ``size``) when given."""
+    if layout is not None and layout.size != size:
+        raise ValueError(f"layout is for {layout.size} px tiles, not {size}")
     zeros = np.zeros((size, size), np.float32)
     if tissue == Tissue.GLASS:
         return stain.rgb(zeros, zeros)
@@ -282,44 +346,64 @@ def render_texture(
         "e": np.pad(base.astype(np.float32), margin, mode="wrap"),
         "clear": np.pad(zeros, margin),
     }
-    _draw_cells(rng, style, size, margin, mpp, axis, layers)
+    _draw_cells(rng, style, size, margin, mpp, axis, layers, layout)
     inner = (slice(margin, margin + size),) * 2
-    chromatin = np.clip(1 + style.chromatin * periodic_noise(rng, size, 0.5 / mpp), 0.2, None)
+    grains = periodic_noise(rng, size, style.grain_um / mpp)
+    if style.clumping:  # coarse clumps and clear gaps rather than fine granularity
+        grains = np.tanh(style.clumping * grains) / math.tanh(style.clumping)
+    chromatin = np.clip(1 + style.chromatin * grains, 0.2, None)
     h = layers["h"][inner] * chromatin
     e = layers["e"][inner] * (1 - style.clearing * np.minimum(layers["clear"][inner], 1.0))
     optics = 0.35 / mpp
     return stain.rgb(_wrap_blur(h, optics), _wrap_blur(e, optics))
 
 
-def _balance(textures: dict[Tissue, np.ndarray]) -> None:
-    """Scale the darkness (255 − RGB) of lesion and look-alike textures, in place, so that all
-    share one mean colour, :data:`SUSPICIOUS_DARKNESS` of normal epithelium's."""
+def _equalise(textures: dict[Tissue, np.ndarray], mpp: float) -> None:
+    """Give the :data:`BALANCED` textures ((s, s, 3) float32, one size) one low-frequency
+    content, in place: ``t -> t - G(t) + G(ref)`` repeated :data:`EQUALISE_PASSES` times, ``G``
+    a periodic Gaussian blur of sigma :data:`EQUALISE_UM`, ``ref`` the group's mean texture
+    with its darkness (255 − RGB) scaled per channel to a mean colour of
+    :data:`SUSPICIOUS_DARKNESS` x normal epithelium's (40 % basal, 60 % upper layers).
+
+    After ``k`` passes a texture differs from ``ref`` by ``(1 - G)^k (t - ref)``: a sharper
+    low-pass than one pass. With sigma 1 µm and 4 passes, 0.5 % of the difference survives at an
+    8 µm period, 25 % at 4 µm (where a 4 µm/px pixel's box already cancels it) and 97 % at
+    2 µm, so page 4 (~4 µm/px) shows one texture while page 1 (~0.5 µm/px) keeps each type's
+    chromatin, rims, nucleoli and contours."""
     epithelium = 0.4 * textures[Tissue.EPI_BASAL].mean((0, 1)) + 0.6 * textures[
         Tissue.EPI_UPPER
     ].mean((0, 1))
     target = 255 - SUSPICIOUS_DARKNESS * epithelium
+    darkness = 255 - np.mean([textures[t] for t in BALANCED], axis=0)
+    ref = 255 - darkness * (target / darkness.mean((0, 1))).astype(np.float32)
+    sigma = EQUALISE_UM / mpp
+    low = _wrap_blur(ref, sigma)
     for tissue in BALANCED:
-        darkness = 255 - textures[tissue]
-        gain = target / darkness.mean((0, 1))
-        textures[tissue] = 255 - darkness * gain.astype(np.float32)
+        for _ in range(EQUALISE_PASSES):
+            textures[tissue] = textures[tissue] - _wrap_blur(textures[tissue], sigma) + low
 
 
 def texture_bank(spec: SlideSpec) -> dict[Tissue, np.ndarray]:
     """One seamless (s, s, 3) uint8 RGB tile per :class:`Tissue` for ``spec`` (deterministic);
-    side ``s`` is about :data:`TEXTURE_UM` µm, a multiple of 8, different for every type."""
+    side ``s`` is about :data:`TEXTURE_UM` µm, a multiple of 8, different for every type but
+    shared by the :data:`BALANCED` types, which share one :class:`CellLayout` and, above
+    :data:`EQUALISE_UM`, one texture (:func:`_equalise`)."""
     stain = Stain.sample(np.random.default_rng([spec.seed, 0]))
     base = 8 * max(8, round(TEXTURE_UM / spec.mpp / 8))
+    shared = base + 8 * int(BALANCED[0])
+    layout = cell_layout(np.random.default_rng([spec.seed, 7]), shared, spec.mpp)
     textures = {
         tissue: render_texture(
             tissue,
-            base + 8 * int(tissue),
+            shared if tissue in BALANCED else base + 8 * int(tissue),
             spec.mpp,
             np.random.default_rng([spec.seed, 1, int(tissue)]),
             stain,
+            layout if tissue in BALANCED else None,
         )
         for tissue in Tissue
     }
-    _balance(textures)
+    _equalise(textures, spec.mpp)
     largest = base + 8 * max(Tissue)
     noise = np.random.default_rng([spec.seed, 2]).standard_normal(
         (largest, largest, 3), dtype=np.float32
