@@ -33,7 +33,9 @@ class HotspotConfig:
     """How hotspots are scored and spaced.
 
     ``nms_um``: suppression distance between hotspots in µm (about one stage-2 patch);
-    ``min_score``: lowest score a hotspot may have; ``max_candidates``: how many of the highest
+    ``min_score``: lowest score a hotspot may have, but for the best ``keep_top`` (so that a slide
+    with tissue always gives the decision evidence: a benign slide's best peak, graded benign,
+    says so); ``max_candidates``: how many of the highest
     local maxima enter the greedy suppression (bounds the work on a noisy map).
     """
 
@@ -41,6 +43,7 @@ class HotspotConfig:
     nms_um: float = 250.0
     min_score: float = 0.05
     max_candidates: int = 20_000
+    keep_top: int = 1
 
     def __post_init__(self) -> None:
         if self.score not in SCORE_MODES:
@@ -49,6 +52,8 @@ class HotspotConfig:
             raise ValueError(f"hotspots.nms_um must be finite and >= 0, got {self.nms_um}")
         if not 0 <= self.min_score <= 1:
             raise ValueError(f"hotspots.min_score must be in [0, 1], got {self.min_score}")
+        if self.keep_top < 0:
+            raise ValueError(f"hotspots.keep_top must be >= 0, got {self.keep_top}")
         if self.max_candidates < 1:
             raise ValueError(f"hotspots.max_candidates must be >= 1, got {self.max_candidates}")
 
@@ -111,11 +116,13 @@ def find_peaks(
     radius_px: float,
     min_score: float,
     max_candidates: int | None = None,
+    keep_top: int = 0,
 ) -> list[Peak]:
     """Up to ``k`` peaks of an ``(H, W)`` score map, highest first (see module doc for the rule).
 
     ``radius_px``: suppression radius in cells (Euclidean, inclusive); peaks score ≥ ``min_score``
-    and > 0; ``max_candidates`` keeps only that many of the highest local maxima (None: all).
+    and > 0, except the first ``keep_top``, kept whatever their score (> 0); ``max_candidates``
+    keeps only that many of the highest local maxima (None: all).
     """
     score = np.asarray(score)
     if score.ndim != 2:
@@ -126,7 +133,7 @@ def find_peaks(
         return []
     if not np.isfinite(score).all():
         raise ValueError("score map holds NaN or infinite values")
-    rows, cols = np.nonzero(_local_maxima(score) & (score >= min_score) & (score > 0))
+    rows, cols = np.nonzero(_local_maxima(score) & (score > 0))
     values = score[rows, cols]
     order = np.argsort(-values, kind="stable")[:max_candidates]  # stable: row-major among ties
     rows, cols, values = rows[order], cols[order], values[order]
@@ -135,6 +142,8 @@ def find_peaks(
     peaks: list[Peak] = []
     while len(peaks) < k and alive.any():
         i = int(np.argmax(alive))  # first alive candidate = highest remaining score
+        if values[i] < min_score and len(peaks) >= keep_top:
+            break  # the rest score lower still
         peaks.append(Peak(int(rows[i]), int(cols[i]), float(values[i])))
         alive &= (rows - rows[i]) ** 2 + (cols - cols[i]) ** 2 > limit
     return peaks
@@ -156,7 +165,9 @@ def select_hotspots(
         raise ValueError(f"scale and mpp0 must be positive, got scale={scale}, mpp0={mpp0}")
     score = score_map(heatmap, config.score, tissue)
     radius_px = config.nms_um / (mpp0 * (sx + sy) / 2)
-    peaks = find_peaks(score, k, radius_px, config.min_score, config.max_candidates)
+    peaks = find_peaks(
+        score, k, radius_px, config.min_score, config.max_candidates, config.keep_top
+    )
     width, height = patch_page0
     hotspots = []
     for rank, peak in enumerate(peaks):

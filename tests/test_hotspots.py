@@ -35,6 +35,12 @@ def test_find_peaks_k_and_min_score() -> None:
         0.75,
     ]
     assert find_peaks(peak_map(), k=0, radius_px=1.5, min_score=0.1) == []
+    # keep_top peaks are kept below min_score, the next ones are not
+    assert find_peaks(peak_map(), k=10, radius_px=1.5, min_score=0.9, keep_top=2) == [
+        Peak(1, 1, 0.875),
+        Peak(5, 7, 0.75),
+    ]
+    assert find_peaks(peak_map(), k=10, radius_px=1.5, min_score=0.9, keep_top=0) == []
     # max_candidates keeps only the highest local maxima
     assert find_peaks(peak_map(), k=10, radius_px=1.5, min_score=0.1, max_candidates=2) == [
         Peak(1, 1, 0.875),

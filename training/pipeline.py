@@ -1,6 +1,6 @@
 """``make train``: data → cache → detector → hard negatives → classifier → decision → assets.
 
-``python -m training.pipeline WORK ASSETS [--slides 96] [--seed 1000] [--data DIR] …``
+``python -m training.pipeline WORK ASSETS [--slides 128] [--seed 1000] [--data DIR] …``
 
 Each step is the command a user would run by hand (see the README); this runs them in order,
 seeded, and prints the time of each. Without ``--data`` it first generates ``--slides``
@@ -34,7 +34,7 @@ def train(
     work: Path,
     assets: Path,
     data: Path | None = None,
-    slides: int = 96,
+    slides: int = 128,
     seed: int = 1000,
     recipe: str = "tiny",
     folds: int = 4,
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("work", type=Path, help="folder for the data, cache and stage outputs")
     parser.add_argument("assets", type=Path, help="where the trained assets go")
     parser.add_argument("--data", type=Path, default=None, help="a training folder to use")
-    parser.add_argument("--slides", type=int, default=96, help="synthetic slides to generate")
+    parser.add_argument("--slides", type=int, default=128, help="synthetic slides to generate")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--config", default="tiny", help=f"{sorted(PRESETS)} or a JSON file")
     parser.add_argument("--folds", type=int, default=4)
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-epochs", type=int, default=classifier.DEFAULTS.epochs)
     parser.add_argument("--classifier-samples", type=int, default=classifier.DEFAULTS.samples)
     parser.add_argument("--size-range", type=int, nargs=2, default=SynthConfig().size_range)
-    parser.add_argument("--workers", type=int, default=2, help="data loader processes")
+    parser.add_argument("--workers", type=int, default=-1, help="data loaders (-1: auto)")
     args = parser.parse_args(argv)
     setup_logging()
     seconds = train(

@@ -27,9 +27,8 @@ import pandas as pd
 from stages.geometry import Box
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
-from training.data.synthetic.__main__ import class_mix_arg
 from training.data.synthetic.maps import render_maps
-from training.data.synthetic.sampling import SynthConfig, sample_specs
+from training.data.synthetic.sampling import SynthConfig, add_generator_options, sample_specs
 from training.data.synthetic.spec import LESION_TISSUE, SlideSpec, Tissue, slide_annotations
 
 log = logging.getLogger(__name__)
@@ -279,21 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("data_dir", type=Path)
     parser.add_argument("--seed", type=int, help="generator seed (default: from the filenames)")
     parser.add_argument("--slides", type=int, help="slides generated (default: all listed)")
-    parser.add_argument(
-        "--class-mix",
-        type=class_mix_arg,
-        default=SynthConfig().class_mix,
-        metavar="P0,P1,P2,P3",
-        help="the generator's --class-mix",
-    )
-    parser.add_argument(
-        "--size-range",
-        type=int,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        default=SynthConfig().size_range,
-        help="the generator's --size-range",
-    )
+    add_generator_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     metadata = pd.read_csv(args.data_dir / "train_metadata.csv")

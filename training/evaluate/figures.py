@@ -26,6 +26,12 @@ from training.fit.classifier import PatchSet
 TARGET_CMAP = ListedColormap([(0, 0, 0, 0), *GRADE_COLOURS[1:]])
 
 
+def _classes(axis: plt.Axes, target: np.ndarray, alpha: float) -> None:
+    """A target's lesion classes over an image (benign, glass and ignored pixels clear)."""
+    shown = np.where(target == IGNORE, 0, target)
+    axis.imshow(shown, cmap=TARGET_CMAP, vmin=0, vmax=3, alpha=alpha, interpolation="nearest")
+
+
 def _squares(axis: plt.Axes, cache: Cache, filename: str) -> None:
     row = cache.row(filename)
     sx, sy = float(row["detector_sx"]), float(row["detector_sy"])
@@ -55,14 +61,7 @@ def plot_targets(cache: Cache, filename: str) -> Figure:
     _squares(axes[0], cache, filename)
     axes[0].set_title(f"{filename}: detector page, annotation squares")
     axes[1].imshow(image)
-    axes[1].imshow(
-        np.where(target == IGNORE, 0, target),
-        cmap=TARGET_CMAP,
-        vmin=0,
-        vmax=3,
-        alpha=0.7,
-        interpolation="nearest",
-    )
+    _classes(axes[1], target, 0.7)
     axes[1].set_title("target: class per pixel (benign and glass clear)")
     axes[2].imshow(image)
     axes[2].imshow(
@@ -82,14 +81,7 @@ def plot_windows(images: Sequence[np.ndarray], targets: Sequence[np.ndarray]) ->
     figure, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
     for axis, image, target in zip(axes[0], images, targets, strict=True):
         axis.imshow(image)
-        axis.imshow(
-            np.where(target == IGNORE, 0, target),
-            cmap=TARGET_CMAP,
-            vmin=0,
-            vmax=3,
-            alpha=0.5,
-            interpolation="nearest",
-        )
+        _classes(axis, target, 0.5)
         shown = sorted(int(c) for c in np.unique(target) if c != IGNORE)
         axis.set_title(f"classes {shown}", fontsize=9)
         axis.set_axis_off()

@@ -43,24 +43,25 @@ from stages.classifier import ClassifierConfig, PatchClassifier
 from stages.config import CascadeConfig
 from stages.metric import ERROR_MATRIX, N_CLASSES, confusion_matrix
 from stages.nets import to_input
-from training.cli import command_parser, setup_logging
+from training.cli import setup_logging
 from training.data.augment import pipeline
 from training.data.cache import Cache, crop_size
 from training.fit.common import (
+    StageModule,
     TrainOptions,
-    add_options,
     best_state,
     command_line,
     make_trainer,
     options_from,
     resume_path,
     save_stage,
+    stage_parser,
     start_weights,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = TrainOptions(epochs=12, batch_size=64, lr=3e-3, samples=4096)
+DEFAULTS = TrainOptions(epochs=24, batch_size=64, lr=3e-3, samples=4096)
 
 
 class PatchSet(Dataset):
@@ -122,12 +123,12 @@ def patch_score(confusion: np.ndarray) -> float:
     return float(1 - (confusion * ERROR_MATRIX).sum() / total) if total else float("nan")
 
 
-class ClassifierModule(pl.LightningModule):
+class ClassifierModule(StageModule):
     """The patch classifier with its loss and validation confusion matrix."""
 
     def __init__(self, config: ClassifierConfig, lr: float, weight_decay: float, epochs: int):
-        super().__init__()
-        self.config, self.lr, self.weight_decay, self.epochs = config, lr, weight_decay, epochs
+        super().__init__(lr, weight_decay, epochs)
+        self.config = config
         self.model = PatchClassifier(config)
         self.loss = nn.CrossEntropyLoss()
         self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
@@ -163,14 +164,6 @@ class ClassifierModule(pl.LightningModule):
         self.log_dict(metrics)
         if self.confusion_file is not None and self.trainer.is_global_zero:
             self.confusion_file.write_text(json.dumps(matrix.astype(int).tolist()) + "\n")
-
-    def on_train_epoch_start(self) -> None:
-        self.trainer.train_dataloader.dataset.epoch = self.current_epoch
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -227,7 +220,7 @@ def train_classifier(
     start_weights(module.model, options, config.encoder)
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
-    loader = dict(batch_size=options.batch_size, num_workers=options.workers)
+    loader = dict(batch_size=options.batch_size, num_workers=options.loader_workers())
     trainer = make_trainer(options, out, "val_score", "max", callbacks)
     trainer.fit(
         module,
@@ -276,11 +269,7 @@ def train_classifier(
 def main(argv: list[str] | None = None) -> int:
     from training.pack.export import load_recipe
 
-    parser = command_parser("training.fit.classifier", __doc__)
-    parser.add_argument("cache", type=Path, help="cache folder (python -m training.data.cache)")
-    parser.add_argument("out", type=Path, help="output folder of the stage")
-    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
-    add_options(parser, DEFAULTS)
+    parser = stage_parser("training.fit.classifier", __doc__, DEFAULTS)
     args = parser.parse_args(argv)
     setup_logging()
     train_classifier(args.cache, args.out, load_recipe(args.config), options_from(args))

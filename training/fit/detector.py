@@ -33,19 +33,20 @@ from torch.utils.data import DataLoader, Dataset
 from stages.config import CascadeConfig
 from stages.detector import DetectorConfig, build_detector
 from stages.nets import to_input
-from training.cli import command_parser, setup_logging
+from training.cli import setup_logging
 from training.data.augment import pipeline
 from training.data.cache import Cache, CachedSlide, crop_size
 from training.data.targets import IGNORE, recall_at_k
 from training.fit.common import (
+    StageModule,
     TrainOptions,
-    add_options,
     best_state,
     command_line,
     make_trainer,
     options_from,
     resume_path,
     save_stage,
+    stage_parser,
     start_weights,
 )
 
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 
 #: k of the logged hotspot recall@k (capped at the cascade's ``budget.max_k``).
 RECALL_KS = (1, 2, 4, 8, 16, 32)
-DEFAULTS = TrainOptions(epochs=12, batch_size=16, lr=3e-3, samples=1024)
+DEFAULTS = TrainOptions(epochs=8, batch_size=16, lr=3e-3, samples=1024)
 
 
 class WindowSet(Dataset):
@@ -150,12 +151,12 @@ class WindowSet(Dataset):
         return tensor[0], torch.from_numpy(target.astype(np.int64))
 
 
-class DetectorModule(pl.LightningModule):
+class DetectorModule(StageModule):
     """The detector network with its losses and per-class Dice."""
 
     def __init__(self, config: DetectorConfig, lr: float, weight_decay: float, epochs: int):
-        super().__init__()
-        self.config, self.lr, self.weight_decay, self.epochs = config, lr, weight_decay, epochs
+        super().__init__(lr, weight_decay, epochs)
+        self.config = config
         self.model = build_detector(config)
         self.ce = nn.CrossEntropyLoss(ignore_index=IGNORE)
         self.dice = smp.losses.DiceLoss("multiclass", from_logits=True, ignore_index=IGNORE)
@@ -196,14 +197,6 @@ class DetectorModule(pl.LightningModule):
         dice = (2 * inter / (pred + true).clamp(min=1)).tolist()
         names = [f"val_dice_{c}" for c in range(self.config.classes)] + ["val_dice_lesion"]
         self.log_dict(dict(zip(names, dice, strict=True)), sync_dist=False)
-
-    def on_train_epoch_start(self) -> None:
-        self.trainer.train_dataloader.dataset.epoch = self.current_epoch
-
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(self.epochs, 1))
-        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 def hotspot_recall(
@@ -264,23 +257,22 @@ def train_detector(
     val = WindowSet(cache, val_files, config, 0, on_spot, False, options.seed + 1)
     module = DetectorModule(config, options.lr, options.weight_decay, options.epochs)
     start_weights(module.model, options, config.encoder)
-    loader = dict(batch_size=options.batch_size, num_workers=options.workers)
+    loader = dict(batch_size=options.batch_size, num_workers=options.loader_workers())
     recall = HotspotRecall(cache, val_files, cascade)
     trainer = make_trainer(options, out, "val_loss", "min", [recall, *callbacks])
+    val_loader = DataLoader(val, **loader)
     trainer.fit(
         module,
         DataLoader(train, shuffle=False, drop_last=True, **loader),
-        DataLoader(val, **loader),
+        val_loader,
         ckpt_path=resume_path(options, out),
     )
-    model = build_detector(config)
-    model.load_state_dict(best_state(out))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    best = trainer.checkpoint_callback.best_model_score
-    metrics["best_val_loss"] = float(best) if best is not None else float("nan")
+    # the exported weights are the best epoch's: its validation metrics are the stage's
+    (metrics,) = trainer.validate(module, val_loader, ckpt_path="best", verbose=False)
+    metrics = {k: float(v) for k, v in metrics.items()}
     if trainer.is_global_zero:
-        recall = hotspot_recall(model, cache, val_files, cascade, torch.device("cpu"))
-        metrics |= {f"best_recall@{k}": v for k, v in recall.items()}
+        model = build_detector(config)
+        model.load_state_dict(best_state(out))
         info = {
             "metrics": metrics,
             "data": str(cache_root),
@@ -296,12 +288,8 @@ def train_detector(
 def main(argv: list[str] | None = None) -> int:
     from training.pack.export import load_recipe
 
-    parser = command_parser("training.fit.detector", __doc__)
-    parser.add_argument("cache", type=Path, help="cache folder (python -m training.data.cache)")
-    parser.add_argument("out", type=Path, help="output folder of the stage")
-    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
+    parser = stage_parser("training.fit.detector", __doc__, DEFAULTS)
     parser.add_argument("--on-spot", type=float, default=0.7, help="share of on-spot windows")
-    add_options(parser, DEFAULTS)
     args = parser.parse_args(argv)
     setup_logging()
     train_detector(args.cache, args.out, load_recipe(args.config), options_from(args), args.on_spot)

@@ -11,21 +11,14 @@ from pathlib import Path
 import numpy as np
 
 from training.data.synthetic.dataset import SPLITS, write_dataset
-from training.data.synthetic.sampling import SynthConfig, layout_specs, sample_specs
+from training.data.synthetic.sampling import (
+    SynthConfig,
+    add_generator_options,
+    layout_specs,
+    sample_specs,
+)
 
 # -- command line -------------------------------------------------------------------------------
-
-
-def class_mix_arg(text: str) -> tuple[float, float, float, float]:
-    """``--class-mix`` value: 4 comma-separated non-negative numbers, normalised to sum to 1."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--class-mix wants 4 numbers, got {text!r}") from exc
-    if len(values) != 4 or min(values) < 0 or sum(values) <= 0:
-        raise argparse.ArgumentTypeError(f"--class-mix wants 4 non-negative numbers: {text!r}")
-    total = sum(values)
-    return tuple(v / total for v in values)  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,21 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slides", type=int, help="number of slides (with --layout: at most)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", choices=SPLITS, default="train")
-    parser.add_argument(
-        "--class-mix",
-        type=class_mix_arg,
-        default=SynthConfig().class_mix,
-        metavar="P0,P1,P2,P3",
-        help="class shares (normalised)",
-    )
-    parser.add_argument(
-        "--size-range",
-        type=int,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        default=SynthConfig().size_range,
-        help="page-0 width/height range, px",
-    )
+    add_generator_options(parser)
     parser.add_argument(
         "--layout",
         type=Path,

@@ -6,6 +6,7 @@ reproduces real slides' sizes, resolutions and annotated boxes from the competit
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -42,7 +43,7 @@ class SynthConfig:
     mpp_range: tuple[float, float] = MPP_RANGE
     annotate_p: float = 0.5  # each lesion after the first is annotated with this chance
     lookalike_p: float = 0.7  # a slide has dense inflammation with this chance
-    artefact_p: float = 0.4  # chance of each of pen marks, folds, blur, scanner stripes
+    artefact_p: float = 0.4  # pen marks and folds per fragment (/ 2), blur (/ 6), stripes (/ 3)
 
     def __post_init__(self) -> None:
         mix = np.asarray(self.class_mix, dtype=float)
@@ -250,7 +251,9 @@ def _random_artefacts(
                 width_um=_uniform(rng, 40, 200), colour=(110, 50, 120),
                 alpha=int(rng.integers(90, 150)),
             ))  # fmt: skip
-        if rng.random() < chance / 2:  # out-of-focus square
+        # out-of-focus square, rarer than the others: over a lesion it leaves the grade
+        # unreadable at any resolution (about 1 in 15 fragments at the default chance)
+        if rng.random() < chance / 6:
             cx = f.cx + float(rng.normal(0, 0.25 * f.width_um / mpp))
             cy = f.cy + float(rng.normal(0, 0.25 * f.width_um / mpp))
             out.append(Artefact(kind="blur", points=((cx, cy),), width_um=_uniform(rng, 300, 1200)))
@@ -410,3 +413,38 @@ def _free_fragments(
 
     candidates = _random_fragments(rng, width, height, mpp)
     return tuple(f for f in candidates if all(apart(f, t) for t in taken))
+
+
+# -- command-line options ---------------------------------------------------------------------
+
+
+def class_mix_arg(text: str) -> tuple[float, float, float, float]:
+    """``--class-mix`` value: 4 comma-separated non-negative numbers, normalised to sum to 1."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--class-mix wants 4 numbers, got {text!r}") from exc
+    if len(values) != 4 or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"--class-mix wants 4 non-negative numbers: {text!r}")
+    total = sum(values)
+    return tuple(v / total for v in values)  # type: ignore[return-value]
+
+
+def add_generator_options(parser: argparse.ArgumentParser) -> None:
+    """``--class-mix`` and ``--size-range``, the random slides' options (also what
+    :mod:`training.data.check` needs to rebuild a folder's slide descriptions)."""
+    parser.add_argument(
+        "--class-mix",
+        type=class_mix_arg,
+        default=SynthConfig().class_mix,
+        metavar="P0,P1,P2,P3",
+        help="class shares (normalised)",
+    )
+    parser.add_argument(
+        "--size-range",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=SynthConfig().size_range,
+        help="page-0 width/height range, px",
+    )
