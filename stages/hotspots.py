@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import cv2
 import numpy as np
 
 from stages.geometry import Box, to_page0
@@ -32,7 +33,11 @@ SCORE_MODES: tuple[str, ...] = get_args(ScoreMode)
 class HotspotConfig:
     """How hotspots are scored and spaced.
 
-    ``nms_um``: suppression distance between hotspots in µm (about one stage-2 patch);
+    ``smooth_um``: Gaussian σ (µm) applied to the score map before its peaks are sought: a
+    trained detector saturates into flat plateaus over lesions, whose ties would otherwise be
+    broken in row-major order (the plateau's top-left corner first); smoothed, each region's
+    interior ranks first; ``nms_um``: suppression distance between hotspots in µm (about one and
+    a half stage-2 patches);
     ``min_score``: lowest score a hotspot may have, but for the best ``keep_top`` (so that a slide
     with tissue always gives the decision evidence: a benign slide's best peak, graded benign,
     says so); ``max_candidates``: how many of the highest
@@ -40,7 +45,8 @@ class HotspotConfig:
     """
 
     score: ScoreMode = "any_lesion"
-    nms_um: float = 250.0
+    smooth_um: float = 24.0
+    nms_um: float = 200.0
     min_score: float = 0.05
     max_candidates: int = 20_000
     keep_top: int = 1
@@ -48,6 +54,8 @@ class HotspotConfig:
     def __post_init__(self) -> None:
         if self.score not in SCORE_MODES:
             raise ValueError(f"hotspots.score must be one of {SCORE_MODES}, got {self.score!r}")
+        if not (np.isfinite(self.smooth_um) and self.smooth_um >= 0):
+            raise ValueError(f"hotspots.smooth_um must be finite and >= 0, got {self.smooth_um}")
         if not (np.isfinite(self.nms_um) and self.nms_um >= 0):
             raise ValueError(f"hotspots.nms_um must be finite and >= 0, got {self.nms_um}")
         if not 0 <= self.min_score <= 1:
@@ -164,7 +172,11 @@ def select_hotspots(
     if min(sx, sy, mpp0) <= 0:
         raise ValueError(f"scale and mpp0 must be positive, got scale={scale}, mpp0={mpp0}")
     score = score_map(heatmap, config.score, tissue)
-    radius_px = config.nms_um / (mpp0 * (sx + sy) / 2)
+    cell_um = mpp0 * (sx + sy) / 2
+    if config.smooth_um > 0:
+        smooth = cv2.GaussianBlur(score, (0, 0), config.smooth_um / cell_um)
+        score = np.where(score > 0, smooth, np.float32(0))  # peaks stay on tissue
+    radius_px = config.nms_um / cell_um
     peaks = find_peaks(
         score, k, radius_px, config.min_score, config.max_candidates, config.keep_top
     )

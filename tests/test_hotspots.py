@@ -131,7 +131,7 @@ MPP0 = 0.25  # one heatmap cell is 0.25 · (16.25 + 15.9) / 2 = 4.01875 µm
 
 
 def test_select_hotspots_exact_boxes() -> None:
-    config = HotspotConfig(nms_um=10.0, min_score=0.1)
+    config = HotspotConfig(smooth_um=0.0, nms_um=10.0, min_score=0.1)
     hotspots = select_hotspots(hotspot_heatmap(), None, SCALE, MPP0, (256.0, 200.0), config, k=5)
     assert len(hotspots) == 2
     first, second = hotspots  # k = 5 asked, 2 available
@@ -147,7 +147,7 @@ def test_select_hotspots_nms_in_micrometres() -> None:
     # The peaks are √20 = 4.472 cells apart. 18 µm is 4.479 cells (suppressed), 17.9 µm is 4.454
     # cells (kept); with sx alone instead of the mean scale 18 µm would be 4.431 cells.
     def count(nms_um: float) -> int:
-        config = HotspotConfig(nms_um=nms_um, min_score=0.1)
+        config = HotspotConfig(smooth_um=0.0, nms_um=nms_um, min_score=0.1)
         return len(select_hotspots(hotspot_heatmap(), None, SCALE, MPP0, (256, 256), config, 5))
 
     assert count(18.0) == 1
@@ -157,7 +157,7 @@ def test_select_hotspots_nms_in_micrometres() -> None:
 def test_select_hotspots_tissue_and_severity() -> None:
     tissue = np.ones((6, 8), bool)
     tissue[3, 5] = False
-    config = HotspotConfig(score="severity", nms_um=0.0, min_score=0.1)
+    config = HotspotConfig(score="severity", smooth_um=0.0, nms_um=0.0, min_score=0.1)
     hotspots = select_hotspots(hotspot_heatmap(), tissue, SCALE, MPP0, (256, 256), config, k=5)
     # only (1, 1) is left, its severity (0.5 · 1) / 3
     assert len(hotspots) == 1
@@ -170,9 +170,32 @@ def test_select_hotspots_tissue_and_severity() -> None:
         select_hotspots(benign, None, (0.0, 1.0), MPP0, (256, 256), config, k=5)
 
 
+def test_smoothing_puts_the_first_hotspot_inside_a_flat_plateau() -> None:
+    # A saturated detector: one flat plateau (rows 10..19, columns 20..39) of p(no lesion) 0.25.
+    heat = np.zeros((4, 30, 60), np.float32)
+    heat[0] = 1.0
+    heat[:, 10:20, 20:40] = np.array([0.25, 0.75, 0.0, 0.0], np.float32)[:, None, None]
+    cell = (16.0, 16.0)  # page-0 px per cell at 1 µm/px: a cell is 16 µm
+    flat = HotspotConfig(smooth_um=0.0, nms_um=1000.0)
+    (corner,) = select_hotspots(heat, None, cell, 1.0, (64.0, 64.0), flat, k=1)
+    assert corner.box.center == (20.5 * 16, 10.5 * 16)  # ties broken row-major: the corner
+    smooth = HotspotConfig(smooth_um=48.0, nms_um=1000.0)  # σ = 3 cells
+    (inside,) = select_hotspots(heat, None, cell, 1.0, (64.0, 64.0), smooth, k=1)
+    cx, cy = inside.box.center
+    assert 26 * 16 <= cx <= 34 * 16 and 13 * 16 <= cy <= 17 * 16  # near the plateau's middle
+    assert inside.heat_probs == (0.25, 0.75, 0.0, 0.0)  # the heatmap's own values, unsmoothed
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{"score": "max"}, {"nms_um": -1.0}, {"min_score": 1.5}, {"max_candidates": 0}],
+    [
+        {"score": "max"},
+        {"nms_um": -1.0},
+        {"smooth_um": float("nan")},
+        {"min_score": 1.5},
+        {"max_candidates": 0},
+        {"keep_top": -1},
+    ],
 )
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="hotspots"):

@@ -16,7 +16,9 @@ temperature that calibrates the probabilities is fitted afterwards on the valida
 (natural class mix) by minimising their log-loss.
 
 Logged per epoch (``OUT/logs``): losses, per-class accuracy, the weighted patch score (the
-competition metric on patches) and the confusion matrix (``OUT/confusion.json``). Writes
+competition metric on patches) and the confusion matrix (``OUT/confusion.json``). The weights
+kept are the epoch of least validation loss (the patch score moves in steps of a few patches,
+too coarse to choose by). Writes
 ``OUT/classifier.safetensors``, ``OUT/classifier.json`` and ``OUT/validation.npz`` (logits,
 labels and the patches' cache rows, for the notebook's worst-misgraded gallery).
 """
@@ -221,7 +223,7 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
     loader = dict(batch_size=options.batch_size, num_workers=options.loader_workers())
-    trainer = make_trainer(options, out, "val_score", "max", callbacks)
+    trainer = make_trainer(options, out, "val_loss", "min", callbacks)
     trainer.fit(
         module,
         DataLoader(train, drop_last=True, **loader),
