@@ -146,7 +146,7 @@ def assemble(work: Path, note: str, data: str) -> CascadeConfig:
         note=note,
         provenance=Provenance(
             data=data,
-            command=" && ".join(stage["command"] for stage in stages.values()),
+            command=" && ".join(dict.fromkeys(stage["command"] for stage in stages.values())),
             commit=git_commit(),
             date=now(),
             metrics=metrics,
