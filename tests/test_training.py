@@ -25,6 +25,7 @@ from stages.config import load_assets
 from stages.detector import build_detector
 from stages.geometry import Box
 from stages.metric import score
+from stages.nets import save_weights
 from stages.slide import Slide
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
@@ -32,7 +33,13 @@ from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector
 from training.fit.classifier import ClassifierModule, fit_temperature
-from training.fit.common import TrainOptions, learning_curves, load_stage_model, save_stage
+from training.fit.common import (
+    TrainOptions,
+    learning_curves,
+    load_stage_model,
+    save_stage,
+    start_weights,
+)
 from training.pack.export import assemble, export
 
 RECIPE = TEST_RECIPE
@@ -233,6 +240,24 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(cache: Cache, tmp_pat
     curves = [learning_curves(tmp_path / run) for run in ("straight", "resumed")]
     assert curves[1]["epoch"].tolist() == [0, 1]  # the resumed run's logs hold both epochs
     pd.testing.assert_frame_equal(curves[1], curves[0])
+
+
+def test_init_starts_from_a_local_state_dict(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = PatchClassifier(RECIPE.classifier)
+    save_weights(source, tmp_path / "weights.safetensors")
+    torch.save(source.encoder.state_dict(), tmp_path / "encoder.pt")
+    for init, part in (("weights.safetensors", ""), ("encoder.pt", "encoder.")):
+        torch.manual_seed(2)
+        model = PatchClassifier(RECIPE.classifier)
+        start_weights(model, replace(FAST, init=str(tmp_path / init)), RECIPE.classifier.encoder)
+        loaded = {k: v for k, v in model.state_dict().items() if k.startswith(part)}
+        assert loaded
+        for key, value in loaded.items():
+            torch.testing.assert_close(value, source.state_dict()[key])
+    torch.save({"unrelated": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="no key matches"):
+        start_weights(model, replace(FAST, init=str(tmp_path / "other.pt")), "")
 
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:

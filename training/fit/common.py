@@ -31,9 +31,11 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from safetensors.torch import load_file
 
 from stages.config import CascadeConfig, from_dict
 from stages.nets import load_weights, save_weights
+from training.cli import command_parser
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,13 @@ class TrainOptions:
         """The data-loading processes to use (see ``workers``)."""
         if self.workers >= 0:
             return self.workers
-        return 4 if torch.cuda.is_available() and self.accelerator != "cpu" else 0
+        return 4 if self.gpu() else 0
+
+    def gpu(self) -> bool:
+        """True when Lightning will train on a GPU (asked for, or ``auto`` and one is there)."""
+        return self.accelerator in ("gpu", "cuda") or (
+            self.accelerator == "auto" and torch.cuda.is_available()
+        )
 
 
 def add_options(parser: argparse.ArgumentParser, defaults: TrainOptions) -> None:
@@ -141,8 +149,6 @@ class StageModule(pl.LightningModule):
 
 def stage_parser(prog: str, doc: str | None, defaults: TrainOptions) -> argparse.ArgumentParser:
     """The command line of a stage trainer: ``CACHE OUT [--config …]`` and every option."""
-    from training.cli import command_parser
-
     parser = command_parser(prog, doc)
     parser.add_argument("cache", type=Path, help="cache folder (python -m training.data.cache)")
     parser.add_argument("out", type=Path, help="output folder of the stage")
@@ -161,12 +167,9 @@ def make_trainer(
     """A Lightning trainer writing checkpoints and logs under ``out``; it keeps ``best.ckpt`` by
     ``monitor`` (``mode`` ``min`` or ``max``), stops after ``patience`` epochs without gain and
     logs each epoch (:class:`EpochLog`) besides ``callbacks``."""
-    gpu = options.accelerator in ("gpu", "cuda") or (
-        options.accelerator == "auto" and torch.cuda.is_available()
-    )
-    precision = (
-        options.precision if options.precision != "auto" else ("16-mixed" if gpu else "32-true")
-    )
+    precision = options.precision
+    if precision == "auto":
+        precision = "16-mixed" if options.gpu() else "32-true"
     best = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
@@ -239,7 +242,8 @@ def best_state(out: Path) -> dict[str, torch.Tensor]:
 
 def start_weights(model: torch.nn.Module, options: TrainOptions, encoder: str) -> None:
     """Fill ``model`` (with an ``encoder`` attribute, smp-style) from ``--encoder-weights`` or
-    ``--init``; leaves it as built otherwise."""
+    ``--init`` (a state dict of the whole network or of its encoder); leaves it as built
+    otherwise."""
     if options.encoder_weights == "imagenet":
         pretrained = smp.encoders.get_encoder(encoder, in_channels=3, weights="imagenet")
         model.encoder.load_state_dict(pretrained.state_dict())
@@ -247,15 +251,16 @@ def start_weights(model: torch.nn.Module, options: TrainOptions, encoder: str) -
     if options.init:
         path = Path(options.init)
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        result = model.load_state_dict(state, strict=False)
-        loaded = len(state) - len(result.unexpected_keys)
-        if loaded == 0:
-            raise ValueError(f"--init {path}: no key matches the model")
+        for part in (model, model.encoder):  # the whole network, else an encoder's weights
+            result = part.load_state_dict(state, strict=False)
+            loaded = len(state) - len(result.unexpected_keys)
+            if loaded:
+                break
+        else:
+            raise ValueError(f"--init {path}: no key matches the model or its encoder")
         log.info(
             "--init %s: %d tensors loaded, %d of the model's missing",
             path,
