@@ -37,6 +37,7 @@ import torch
 from tqdm import tqdm
 
 from stages.cascade import locate_hotspots
+from stages.classifier import read_patches
 from stages.config import CascadeConfig
 from stages.detector import Heatmap, predict_heatmap
 from stages.geometry import Box
@@ -115,15 +116,6 @@ def resample_mask(
     return mask[np.ix_(rows, cols)]
 
 
-def read_patches(slide: Slide, centres: np.ndarray, page: int, size: int) -> np.ndarray:
-    """``(N, size, size, 3)`` uint8 squares of ``page`` centred on page-0 ``centres``."""
-    sx, sy = slide.pages[page].scale
-    out = np.zeros((len(centres), size, size, 3), np.uint8)
-    for i, (cx, cy) in enumerate(centres):
-        out[i] = slide.read_region(Box.centered(cx, cy, size * sx, size * sy), page)
-    return out
-
-
 def cache_slide(
     item: TrainSlide, fold: int, out: Path, cascade: CascadeConfig, config: CacheConfig
 ) -> dict:
@@ -174,7 +166,7 @@ def cache_slide(
             centres.append(points)
             rows += [("benign", 0, "")] * len(points)
         centres_xy = np.concatenate(centres) if centres else np.zeros((0, 2))
-        patches = read_patches(slide, centres_xy, cls_page, size)
+        patches = read_patches(slide, [tuple(c) for c in centres_xy], cls_page, size)
         mpp = slide.mpp
         n_pages = len(slide.pages)
         cls_info = slide.pages[cls_page]

@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from stages.classifier import read_patches
 from stages.detector import build_detector
 from stages.slide import Slide
 from training.cli import command_parser, setup_logging
-from training.data.cache import HARD, Cache, CachedSlide, crop_size, read_patches, write_index
+from training.data.cache import HARD, Cache, CachedSlide, crop_size, write_index
 from training.fit.common import load_stage_model, stage_cascade
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,8 @@ def mine_hard_negatives(
         centres = np.array([h.box.center for h in hotspots[:per_slide]]).reshape(-1, 2)
         try:
             with Slide(data / row.filename, float(row.mpp), cascade.default_mpp) as slide:
-                patches = read_patches(slide, centres, int(row.classifier_page), size)
+                page = int(row.classifier_page)
+                patches = read_patches(slide, [tuple(c) for c in centres], page, size)
         except Exception as exc:  # an unreadable slide loses its hard negatives only
             log.error("%s: no hard negatives: %s: %s", row.filename, type(exc).__name__, exc)
             continue

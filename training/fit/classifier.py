@@ -125,6 +125,14 @@ def patch_score(confusion: np.ndarray) -> float:
     return float(1 - (confusion * ERROR_MATRIX).sum() / total) if total else float("nan")
 
 
+def patch_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """Per-class accuracy (``val_acc_c``, recall of class c) and ``val_score`` of a 4 × 4
+    confusion matrix of validation patches."""
+    recall = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    metrics = {f"val_acc_{c}": float(recall[c]) for c in range(N_CLASSES)}
+    return metrics | {"val_score": patch_score(confusion)}
+
+
 class ClassifierModule(StageModule):
     """The patch classifier with its loss and validation confusion matrix."""
 
@@ -160,10 +168,7 @@ class ClassifierModule(StageModule):
     def on_validation_epoch_end(self) -> None:
         matrix = self.trainer.strategy.reduce(self.confusion.to(self.device), reduce_op="sum")
         matrix = matrix.cpu().numpy()
-        recall = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
-        metrics = {f"val_acc_{c}": float(recall[c]) for c in range(N_CLASSES)}
-        metrics["val_score"] = patch_score(matrix)
-        self.log_dict(metrics)
+        self.log_dict(patch_metrics(matrix))
         if self.confusion_file is not None and self.trainer.is_global_zero:
             self.confusion_file.write_text(json.dumps(matrix.astype(int).tolist()) + "\n")
 
@@ -239,9 +244,7 @@ def train_classifier(
         temperature = fit_temperature(logits, labels)
         config = replace(config, temperature=temperature)
         matrix = confusion_matrix(labels, logits.argmax(1))
-        recall = matrix.diagonal() / np.maximum(matrix.sum(1), 1)
-        metrics = {f"val_acc_{c}": float(recall[c]) for c in range(N_CLASSES)}
-        metrics |= {"val_score": patch_score(matrix), "temperature": temperature}
+        metrics = patch_metrics(matrix) | {"temperature": temperature}
         np.savez_compressed(
             out / "validation.npz",
             logits=logits,
