@@ -25,6 +25,7 @@ labels and the patches' cache rows, for the notebook's worst-misgraded gallery).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -150,7 +151,7 @@ class ClassifierModule(StageModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
         loss = self.loss(self.model(x), y)
-        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        self.log("train_loss", loss, on_epoch=True, on_step=False, sync_dist=True)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -260,6 +261,7 @@ def train_classifier(
             "data": str(cache_root),
             "command": command_line(),
             "val_fold": options.val_fold,
+            "options": dataclasses.asdict(options),
             "seconds": time.perf_counter() - started,
         }
         save_stage(out, "classifier", model, replace(cascade, classifier=config), info)

@@ -233,9 +233,13 @@ def resume_path(options: TrainOptions, out: Path) -> str | None:
 
 def best_state(out: Path) -> dict[str, torch.Tensor]:
     """The network's state dict from ``best.ckpt`` (the module's ``model.`` prefix removed)."""
-    checkpoint = torch.load(
-        out / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False
-    )
+    path = out / "checkpoints" / "best.ckpt"
+    if not path.is_file():
+        raise RuntimeError(
+            f"{path}: no epoch was validated; is --samples smaller than --batch-size times the "
+            "number of devices (a training epoch needs at least one full batch on each)?"
+        )
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     state = checkpoint["state_dict"]
     return {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
 

@@ -17,6 +17,7 @@ finds on them. Writes ``OUT/detector.safetensors`` and ``OUT/detector.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Sequence
@@ -174,7 +175,7 @@ class DetectorModule(StageModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, ce, dice = self._loss(batch)
         metrics = {"train_loss": ce + dice, "train_ce": ce, "train_dice_loss": dice}
-        self.log_dict(metrics, on_epoch=True, on_step=False)
+        self.log_dict(metrics, on_epoch=True, on_step=False, sync_dist=True)
         return ce + dice
 
     def on_validation_epoch_start(self) -> None:
@@ -278,6 +279,7 @@ def train_detector(
             "data": str(cache_root),
             "command": command_line(),
             "val_fold": options.val_fold,
+            "options": dataclasses.asdict(options),
             "seconds": time.perf_counter() - started,
         }
         save_stage(out, "detector", model, replace(cascade, detector=config), info)
