@@ -51,10 +51,10 @@ evaluate: setup $(EVAL)/test/submission_format.csv $(EVAL)/train/train_metadata.
 	$(PY) -m training.evaluate --test $(EVAL)/test --train-set $(EVAL)/train --out $(EVAL)/run
 
 $(EVAL)/test/submission_format.csv: | setup
-	$(PY) -m training.data.synthetic $(EVAL)/test --slides 48 --seed 2026 --split test
+	$(PY) -m training.data.synthetic $(EVAL)/test --slides 48 --seed 3001 --split test
 
 $(EVAL)/train/train_metadata.csv: | setup
-	$(PY) -m training.data.synthetic $(EVAL)/train --slides 24 --seed 2027 --split train
+	$(PY) -m training.data.synthetic $(EVAL)/train --slides 24 --seed 3002 --split train
 
 # Per-slide seconds by stage and peak memory on generated slides, plus a real-size canvas.
 benchmark: setup
