@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TEST_RECIPE
+from conftest import REAL_TISSUENET, TEST_RECIPE
 
 from stages.cascade import SlideResult
 from stages.classifier import PatchClassifier
@@ -94,6 +94,14 @@ def test_absent_slides_are_counted_in_one_warning(
     full = read_training_set(data)
     assert all(a.filename == s.filename for s in full for a in s.annotations)
     assert max(a.annotation_class for s in full for a in s.annotations) == 2
+
+
+def test_the_real_layout_reads_with_its_tifs_absent(caplog: pytest.LogCaptureFixture) -> None:
+    # The real CSVs (62 slides, 361 squares) without a single TIF, as after a partial download.
+    with caplog.at_level(logging.WARNING):
+        assert read_training_set(REAL_TISSUENET) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("62 of 62 listed slides are not in")
 
 
 def _slides(labels: list[int], names: list[str]) -> list[TrainSlide]:
