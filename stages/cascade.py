@@ -258,9 +258,15 @@ class Cascade:
                 t1 = time.perf_counter()
                 try:
                     heatmap = detect(
-                        slide, mask, mask_scale, self.assets.detector, cfg, self.assets.device,
-                        budget, costs,
-                    )  # fmt: skip
+                        slide,
+                        mask,
+                        mask_scale,
+                        self.assets.detector,
+                        cfg,
+                        self.assets.device,
+                        budget,
+                        costs,
+                    )
                     pages["detector"] = heatmap.page
                     hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
                 except Exception as exc:  # a stage failure costs the stage, not the slide

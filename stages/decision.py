@@ -88,6 +88,15 @@ class DecisionConfig:
         if not 0 < self.eps < 0.5:
             raise ValueError(f"decision.eps must be in (0, 0.5), got {self.eps}")
 
+    def heat_only(self) -> tuple[float, float]:
+        """The heatmap's weight and temper when no patch was graded: ``heat_only_*``, or the
+        heatmap's own where those are None."""
+        weight, temper = self.heat_only_weight, self.heat_only_temper
+        return (
+            self.heat_weight if weight is None else weight,
+            self.heat_temper if temper is None else temper,
+        )
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -147,10 +156,9 @@ def slide_probabilities(
     prior = np.asarray(config.prior, dtype=np.float64)
     prior /= prior.sum()
     logits = _logit(np.cumsum(prior)[:-1])
-    heat_weight, heat_temper = config.heat_weight, config.heat_temper
-    if not len(patches):
-        heat_weight = heat_weight if config.heat_only_weight is None else config.heat_only_weight
-        heat_temper = heat_temper if config.heat_only_temper is None else config.heat_only_temper
+    heat_weight, heat_temper = (
+        config.heat_only() if not len(patches) else (config.heat_weight, config.heat_temper)
+    )
     for items, temper, weight in (
         (patches, config.patch_temper, config.patch_weight),
         (heat, heat_temper, heat_weight),

@@ -84,6 +84,19 @@ def crop_size(size: int, factor: float) -> int:
     return 2 * math.ceil(size * factor / 2)
 
 
+def crop_padded(
+    array: np.ndarray, left: int, top: int, width: int, height: int, fill: int
+) -> np.ndarray:
+    """``(height, width, …)`` uint8 cut of ``array`` at pixel ``(left, top)``, ``fill`` where it
+    falls outside the array."""
+    out = np.full((height, width, *array.shape[2:]), fill, np.uint8)
+    h, w = array.shape[:2]
+    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, w), min(top + height, h)
+    if x1 > x0 and y1 > y0:
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
+    return out
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(path.stem + ".tmp.npy")
     np.save(tmp, array)
@@ -386,14 +399,8 @@ class CachedSlide:
         if page != self.detector_page:
             raise ValueError(f"{self.path}: only the detector page {self.detector_page} is cached")
         left, top, width, height = box.to_page(self.pages[page].scale)
-        out = np.full((height, width, 3), 255, np.uint8)
         x0, y0 = left - self.offset[0], top - self.offset[1]
-        h, w = self.image.shape[:2]
-        sx0, sy0 = max(x0, 0), max(y0, 0)
-        sx1, sy1 = min(x0 + width, w), min(y0 + height, h)
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = self.image[sy0:sy1, sx0:sx1]
-        return out
+        return crop_padded(self.image, x0, y0, width, height, 255)
 
 
 def main(argv: list[str] | None = None) -> int:

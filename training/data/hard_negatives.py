@@ -50,8 +50,9 @@ def mine_hard_negatives(
     for row in tqdm(list(benign.itertuples(index=False)), desc="hard negatives", unit="slide"):
         folder = cache.root / row.stem
         marker = folder / "hard.json"
-        if marker.is_file() and json.loads(marker.read_text()).get("detector") == digest:
-            total += json.loads(marker.read_text())["patches"]
+        done = json.loads(marker.read_text()) if marker.is_file() else {}
+        if done.get("detector") == digest:
+            total += done["patches"]
             continue
         cached = CachedSlide(cache, row.filename)
         _, hotspots = cached.hotspots(model, cascade, torch.device("cpu"))

@@ -110,10 +110,7 @@ def run_cascade(
 def _pack(config: DecisionConfig, heat_only: bool) -> np.ndarray:
     prior = np.log(np.asarray(config.prior))
     if heat_only:
-        weight, temper = config.heat_only_weight, config.heat_only_temper
-        weight = config.heat_weight if weight is None else weight
-        temper = config.heat_temper if temper is None else temper
-        return np.concatenate([prior[1:] - prior[0], np.log([weight, temper])])
+        return np.concatenate([prior[1:] - prior[0], np.log(config.heat_only())])
     values = [config.patch_weight, config.heat_weight, config.patch_temper, config.heat_temper]
     return np.concatenate([prior[1:] - prior[0], np.log(values)])
 

@@ -36,7 +36,7 @@ from stages.detector import DetectorConfig, build_detector
 from stages.nets import to_input
 from training.cli import setup_logging
 from training.data.augment import pipeline
-from training.data.cache import Cache, CachedSlide, crop_size
+from training.data.cache import Cache, CachedSlide, crop_padded, crop_size
 from training.data.targets import IGNORE, recall_at_k
 from training.fit.common import (
     StageModule,
@@ -117,13 +117,7 @@ class WindowSet(Dataset):
 
     def _cut(self, array: np.ndarray, cx: float, cy: float, fill: int) -> np.ndarray:
         size = self.size
-        x0, y0 = round(cx - size / 2), round(cy - size / 2)
-        out = np.full((size, size, *array.shape[2:]), fill, np.uint8)
-        h, w = array.shape[:2]
-        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + size, w), min(y0 + size, h)
-        if sx1 > sx0 and sy1 > sy0:
-            out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = array[sy0:sy1, sx0:sx1]
-        return out
+        return crop_padded(array, round(cx - size / 2), round(cy - size / 2), size, size, fill)
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Item ``i`` as the network's input before normalisation: ``(w, w, 3)`` uint8 window and
