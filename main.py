@@ -26,6 +26,7 @@ def seconds(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from stages.nets import PRECISIONS
     from stages.runtime import DEFAULT_TIME_LIMIT_S, TIME_LIMIT_ENV
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -41,6 +42,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
     parser.add_argument(
         "--save-heatmaps", type=Path, default=None, help="write per-slide heatmaps/hotspots here"
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the networks' dtype (auto: float16 on a GPU, bfloat16 on a CPU with native "
+        "bfloat16, else float32)",
+    )
+    parser.add_argument(
+        "--no-prefetch",
+        dest="prefetch",
+        action="store_false",
+        help="read each slide only when its turn comes (default: the next one is read meanwhile)",
     )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -64,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         save_heatmaps=args.save_heatmaps,
         started=STARTED,
+        prefetch=args.prefetch,
+        precision=args.precision,
     )
 
 

@@ -38,7 +38,8 @@ class BudgetConfig:
     classifier batch; ``detector_fraction``: share of a slide's allotment the detector may use
     before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
     started; ``prior_patch_s`` / ``prior_detector_mpx_s``: cost guesses used until measured;
-    ``ema_alpha``: weight of the newest measurement in the moving averages.
+    ``ema_alpha``: weight of the newest measurement in the moving averages; ``stage2``: False
+    turns the patch classifier off (the hotspots' heatmap probabilities alone decide).
     """
 
     reserve_s: float = 30.0
@@ -50,6 +51,7 @@ class BudgetConfig:
     prior_patch_s: float = 0.05
     prior_detector_mpx_s: float = 1.0
     ema_alpha: float = 0.3
+    stage2: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reserve_s) and self.reserve_s >= 0):

@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +33,10 @@ from stages.budget import CostModel, SlideBudget
 from stages.classifier import grade, read_patches
 from stages.config import Assets, CascadeConfig
 from stages.decision import Decision, decide_slide
-from stages.detector import Heatmap, predict_heatmap, tissue_windows
+from stages.detector import Heatmap, predict_heatmap, read_windows, tissue_windows
 from stages.geometry import Box
 from stages.hotspots import Hotspot, select_hotspots
-from stages.slide import Slide
+from stages.slide import Slide, SlideError
 from stages.tissue import mask_for_slide
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ class SlideResult:
     "fallback" when the slide could not be read at all). ``tissue`` is ``(h, w)`` bool with
     ``tissue_scale`` page-0 px per pixel; ``heatmap`` see :class:`stages.detector.Heatmap`;
     ``grades`` ``(k, 4)`` float32 are the classifier's probabilities for ``hotspots[:k]``;
-    ``seconds`` per stage; ``pages`` the pyramid pages used; ``errors`` one line per failure.
+    ``seconds`` per stage (see :meth:`Cascade.grade_slide`); ``decoded_mpx`` the megapixels of
+    the slide read; ``pages`` the pyramid pages used; ``errors`` one line per failure.
     """
 
     filename: str
@@ -61,6 +64,7 @@ class SlideResult:
     tissue: np.ndarray | None = None
     tissue_scale: tuple[float, float] = (1.0, 1.0)
     seconds: dict[str, float] = field(default_factory=dict)
+    decoded_mpx: float = 0.0
     pages: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -84,6 +88,7 @@ class SlideResult:
             "hotspots": len(self.hotspots),
             "graded": len(self.grades),
             "seconds": self.seconds,
+            "decoded_mpx": self.decoded_mpx,
             "pages": self.pages,
             "errors": self.errors,
             "degraded": self.degraded,
@@ -161,6 +166,7 @@ class SlideResult:
             tissue=arrays.get("tissue"),
             tissue_scale=tuple(map(float, arrays.get("tissue_scale", (1.0, 1.0)))),
             seconds=summary["seconds"],
+            decoded_mpx=summary.get("decoded_mpx", 0.0),
             pages=summary["pages"],
             errors=summary["errors"],
         )
@@ -169,6 +175,61 @@ class SlideResult:
 def fallback_result(filename: str, decision: Decision, error: str) -> SlideResult:
     """Result for a slide that could not be graded at all: the prior's least-cost class."""
     return SlideResult(filename, decision.cls, decision.probs, "fallback", errors=[error])
+
+
+#: Detector windows a :class:`Prepared` slide may hold read ahead (RGB bytes).
+READ_AHEAD_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class Prepared:
+    """A slide opened ahead of grading (by :meth:`Cascade.prepare`, possibly in another thread).
+
+    ``mask``: tissue ``(h, w)`` bool of pyramid page ``mask_page``; ``detector_page``: the page
+    nearest the detector's ``target_mpp``; ``windows``: ``(N, window, window, 3)`` uint8 pixels of
+    the first N tissue windows of that page, read ahead (None: none were); ``seconds``: the
+    preparation's work by stage (``tissue``, and ``decode`` for its reads).
+    """
+
+    slide: Slide
+    mask: np.ndarray
+    mask_page: int
+    detector_page: int
+    windows: np.ndarray | None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Release the slide's pyvips handles."""
+        self.slide.close()
+
+
+class StageClock:
+    """Seconds per stage of one slide, each stage's own work with the slide's pixel reads (its
+    :class:`stages.slide.ReadStats`) taken out and counted once, as ``decode``."""
+
+    def __init__(
+        self,
+        slide: Slide,
+        seconds: dict[str, float] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.slide = slide
+        self.seconds = dict(seconds or {})
+        self._clock = clock
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the time spent in the ``with`` block, minus its reads, to stage ``name``."""
+        start, read = self._clock(), self.slide.reads.seconds
+        try:
+            yield
+        finally:
+            spent = self._clock() - start - (self.slide.reads.seconds - read)
+            self.seconds[name] = self.seconds.get(name, 0.0) + spent
+
+    def finish(self) -> dict[str, float]:
+        """The stages' seconds with ``decode``: all reads of the slide."""
+        return self.seconds | {"decode": self.slide.reads.seconds}
 
 
 def detect(
@@ -180,10 +241,14 @@ def detect(
     device: torch.device,
     budget: SlideBudget,
     costs: CostModel,
+    prefetched: tuple[int, np.ndarray] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Heatmap:
     """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
     (the page nearest ``detector.target_mpp``, or coarser), stopped at the slide's deadline;
-    records its measured cost in ``costs``. ``mask``: tissue, ``mask_scale`` page-0 px/pixel."""
+    records its measured cost in ``costs``. ``mask``: tissue, ``mask_scale`` page-0 px/pixel;
+    ``prefetched``: ``(page, pixels)`` of windows read ahead, used if that page is chosen;
+    ``autocast``: the network's dtype (None: float32)."""
     cfg = config.detector
     base = slide.page_for_mpp(cfg.target_mpp)
     info = slide.pages[base]
@@ -202,6 +267,8 @@ def detect(
         cfg,
         device,
         should_stop=lambda: budget.time_left() <= 0,
+        prefetched=prefetched[1] if prefetched and prefetched[0] == page else None,
+        autocast=autocast,
     )
     if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
         costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
@@ -233,63 +300,111 @@ class Cascade:
         self.assets = assets
         self.config = assets.config
 
+    def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
+        """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
+        read the first tissue windows of the detector page that fit in that many bytes.
+
+        Raises :class:`stages.slide.SlideError` when the slide cannot be opened or its tissue
+        page cannot be read; a failed read-ahead is logged and left to the detector stage.
+        """
+        slide = Slide(path, mpp=mpp, default_mpp=self.config.default_mpp)
+        try:
+            clock = StageClock(slide)
+            with clock.stage("tissue"):
+                mask, mask_page = mask_for_slide(slide, self.config.tissue)
+            cfg = self.config.detector
+            page = slide.page_for_mpp(cfg.target_mpp)
+            windows = None
+            n = read_ahead_bytes // (3 * cfg.window**2)
+            if n > 0 and mask.any():
+                info = slide.pages[page]
+                corners = tissue_windows(
+                    info.size, info.scale, mask, slide.pages[mask_page].scale, cfg.window,
+                    cfg.overlap,
+                )  # fmt: skip
+                try:
+                    windows = read_windows(slide, page, corners[:n], cfg.window)
+                except SlideError as exc:
+                    log.warning("%s: reading ahead failed: %s", path.name, exc)
+        except BaseException:
+            slide.close()
+            raise
+        return Prepared(slide, mask, mask_page, page, windows, clock.seconds)
+
     def grade_slide(
-        self, path: Path, mpp: float | None, budget: SlideBudget, costs: CostModel
+        self,
+        path: Path,
+        mpp: float | None,
+        budget: SlideBudget,
+        costs: CostModel,
+        prepared: Prepared | None = None,
     ) -> SlideResult:
-        """Grade the slide at ``path`` within ``budget``; ``mpp`` from the metadata, if any.
+        """Grade the slide at ``path`` within ``budget``; ``mpp`` from the metadata, if any;
+        ``prepared``: what :meth:`prepare` made of it ahead of time (else it is prepared here).
 
         Raises :class:`stages.slide.SlideError` only when the slide cannot be opened or its
         tissue page cannot be read; later stages' failures are recorded in ``errors``.
+        ``seconds`` of the result holds each stage's work (``tissue``, ``detector``, ``hotspots``,
+        ``classifier``, ``decision``; reads counted once, as ``decode``), ``prefetched`` (the
+        part of it done ahead) and ``total``, the wall time spent here. The runtime adds
+        ``slide`` (the wall time its budget saw, waiting for the prefetch included) and
+        ``allotment`` (the seconds the budget gave the slide).
         """
-        cfg = self.config
-        seconds: dict[str, float] = {}
-        errors: list[str] = []
         t0 = time.perf_counter()
-        with Slide(path, mpp=mpp, default_mpp=cfg.default_mpp) as slide:
-            mask, mask_page = mask_for_slide(slide, cfg.tissue)
-            mask_scale = slide.pages[mask_page].scale
-            seconds["tissue"] = time.perf_counter() - t0
-            pages = {"tissue": mask_page}
+        ahead = 0.0
+        if prepared is None:
+            prepared = self.prepare(path, mpp)
+        else:
+            ahead = prepared.seconds.get("tissue", 0.0) + prepared.slide.reads.seconds
+        try:
+            result = self._grade(prepared, budget, costs)
+        finally:
+            prepared.close()
+        result.seconds |= {"prefetched": ahead, "total": time.perf_counter() - t0}
+        return result
 
-            classifier_page = slide.page_for_mpp(cfg.classifier.target_mpp)
-            heatmap = None
-            hotspots: list[Hotspot] = []
-            if mask.any():
-                t1 = time.perf_counter()
-                try:
+    def _grade(self, prepared: Prepared, budget: SlideBudget, costs: CostModel) -> SlideResult:
+        cfg = self.config
+        slide, mask = prepared.slide, prepared.mask
+        mask_scale = slide.pages[prepared.mask_page].scale
+        clock = StageClock(slide, prepared.seconds)
+        errors: list[str] = []
+        pages = {"tissue": prepared.mask_page}
+        classifier_page = slide.page_for_mpp(cfg.classifier.target_mpp)
+        heatmap = None
+        hotspots: list[Hotspot] = []
+        if mask.any():
+            try:
+                with clock.stage("detector"):
                     heatmap = detect(
-                        slide,
-                        mask,
-                        mask_scale,
-                        self.assets.detector,
-                        cfg,
-                        self.assets.device,
-                        budget,
-                        costs,
-                    )
-                    pages["detector"] = heatmap.page
+                        slide, mask, mask_scale, self.assets.detector, cfg, self.assets.device,
+                        budget, costs,
+                        None if prepared.windows is None
+                        else (prepared.detector_page, prepared.windows),
+                        self.assets.autocast,
+                    )  # fmt: skip
+                pages["detector"] = heatmap.page
+                with clock.stage("hotspots"):
                     hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
-                except Exception as exc:  # a stage failure costs the stage, not the slide
-                    errors.append(_describe("detector", exc))
-                    log.exception("%s: detector failed", path.name)
-                seconds["detector"] = time.perf_counter() - t1
+            except Exception as exc:  # a stage failure costs the stage, not the slide
+                errors.append(_describe("detector", exc))
+                log.exception("%s: detector failed", slide.path.name)
 
-            t2 = time.perf_counter()
-            grades = np.zeros((0, cfg.classifier.classes), np.float32)
-            if hotspots:
-                pages["classifier"] = classifier_page
-                try:
-                    grades = self._grade(slide, hotspots, classifier_page, budget, costs)
-                except Exception as exc:
-                    errors.append(_describe("classifier", exc))
-                    log.exception("%s: classifier failed", path.name)
-            seconds["classifier"] = time.perf_counter() - t2
+        grades = np.zeros((0, cfg.classifier.classes), np.float32)
+        if hotspots and cfg.budget.stage2:
+            pages["classifier"] = classifier_page
+            try:
+                with clock.stage("classifier"):
+                    grades = self._grade_hotspots(slide, hotspots, classifier_page, budget, costs)
+            except Exception as exc:
+                errors.append(_describe("classifier", exc))
+                log.exception("%s: classifier failed", slide.path.name)
 
-        heat_probs = np.array([h.heat_probs for h in hotspots], np.float64).reshape(-1, 4)
-        decision = decide_slide(grades, heat_probs, cfg.decision)
-        seconds["total"] = time.perf_counter() - t0
+        with clock.stage("decision"):
+            heat_probs = np.array([h.heat_probs for h in hotspots], np.float64).reshape(-1, 4)
+            decision = decide_slide(grades, heat_probs, cfg.decision)
         return SlideResult(
-            filename=path.name,
+            filename=slide.path.name,
             cls=decision.cls,
             probs=decision.probs,
             source=decision.source,
@@ -298,12 +413,13 @@ class Cascade:
             heatmap=heatmap,
             tissue=mask,
             tissue_scale=mask_scale,
-            seconds=seconds,
+            seconds=clock.finish(),
+            decoded_mpx=slide.reads.pixels / 1e6,
             pages=pages,
             errors=errors,
         )
 
-    def _grade(
+    def _grade_hotspots(
         self,
         slide: Slide,
         hotspots: list[Hotspot],
@@ -322,7 +438,13 @@ class Cascade:
             centers = [h.box.center for h in hotspots[done : done + n]]
             patches = read_patches(slide, centers, page, self.config.classifier.patch)
             graded.append(
-                grade(self.assets.classifier, patches, self.config.classifier, self.assets.device)
+                grade(
+                    self.assets.classifier,
+                    patches,
+                    self.config.classifier,
+                    self.assets.device,
+                    self.assets.autocast,
+                )
             )
             costs.observe_patches(n, time.perf_counter() - start)
             done += n

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from stages.geometry import Box
-from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, to_input
+from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, inference, to_input
 from stages.slide import Slide
 
 
@@ -86,11 +86,16 @@ def read_patches(
 
 
 def grade(
-    model: nn.Module, patches: np.ndarray, config: ClassifierConfig, device: torch.device
+    model: nn.Module,
+    patches: np.ndarray,
+    config: ClassifierConfig,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
 ) -> np.ndarray:
     """Class probabilities ``(N, classes)`` float32 of ``(N, P, P, 3)`` uint8 patches: softmax of
-    the logits divided by ``config.temperature``."""
+    the logits divided by ``config.temperature``; the network runs in ``autocast`` (None:
+    float32)."""
     model.eval()
-    with torch.inference_mode():
+    with inference(device, autocast):
         logits = model(to_input(patches, device, config.mean, config.std)).float()
         return (logits / config.temperature).softmax(dim=1).cpu().numpy()

@@ -26,7 +26,7 @@ from stages.classifier import ClassifierConfig, PatchClassifier
 from stages.decision import DecisionConfig
 from stages.detector import DetectorConfig, build_detector
 from stages.hotspots import HotspotConfig
-from stages.nets import AssetsError, load_weights
+from stages.nets import AssetsError, load_weights, pick_precision
 from stages.tissue import TissueConfig
 
 log = logging.getLogger(__name__)
@@ -159,27 +159,34 @@ def load_config(assets: Path) -> CascadeConfig:
 
 @dataclass(frozen=True)
 class Assets:
-    """The validated config and both networks, on ``device`` and in eval mode."""
+    """The validated config and both networks, on ``device`` and in eval mode; ``autocast``:
+    the dtype their inference runs in (None: float32; see :func:`stages.nets.pick_precision`)."""
 
     config: CascadeConfig
     detector: torch.nn.Module
     classifier: torch.nn.Module
     device: torch.device
+    autocast: torch.dtype | None = None
 
 
-def load_assets(assets: Path, device: torch.device) -> Assets:
-    """Config plus both networks with their weights; fails early, naming the bad file."""
+def load_assets(assets: Path, device: torch.device, precision: str = "float32") -> Assets:
+    """Config plus both networks with their weights; fails early, naming the bad file.
+    ``precision``: one of :data:`stages.nets.PRECISIONS` (the runtime's default is ``auto``)."""
     config = load_config(assets)
     detector = load_weights(build_detector(config.detector), assets / config.detector.weights)
     classifier = load_weights(
         PatchClassifier(config.classifier), assets / config.classifier.weights
     )
+    autocast = pick_precision(device, precision)
     log.info(
-        "assets %s: detector %s/%s, classifier %s%s",
+        "assets %s: detector %s/%s, classifier %s%s; inference in %s",
         assets,
         config.detector.arch,
         config.detector.encoder,
         config.classifier.encoder,
         f" ({config.note})" if config.note else "",
+        autocast or torch.float32,
     )
-    return Assets(config, detector.to(device).eval(), classifier.to(device).eval(), device)
+    return Assets(
+        config, detector.to(device).eval(), classifier.to(device).eval(), device, autocast
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from stages.geometry import Box
-from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, to_input
+from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, inference, to_input
 from stages.slide import Slide
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,33 @@ def tissue_windows(
     return kept
 
 
+def read_windows(
+    slide: Slide, page: int, corners: Sequence[tuple[int, int]], window: int
+) -> np.ndarray:
+    """``(N, window, window, 3)`` uint8 pixels of ``page`` at the windows' top-left ``corners``
+    (detector-page px), each run of touching windows in a row read as one strip, so the columns
+    that neighbours share are decoded once. Outside the page is white."""
+    out = np.empty((len(corners), window, window, 3), np.uint8)
+    sx, sy = slide.pages[page].scale
+    i = 0
+    while i < len(corners):
+        j = i + 1  # extend the run while the next window is in the same row and touches this one
+        while (
+            j < len(corners)
+            and corners[j][1] == corners[i][1]
+            and corners[j][0] <= corners[j - 1][0] + window
+        ):
+            j += 1
+        left, top = corners[i]
+        width = corners[j - 1][0] + window - left
+        strip = slide.read_region(Box(left * sx, top * sy, width * sx, window * sy), page)
+        for n in range(i, j):
+            x = corners[n][0] - left
+            out[n] = strip[:, x : x + window]
+        i = j
+    return out
+
+
 def predict_heatmap(
     model: torch.nn.Module,
     slide: Slide,
@@ -141,11 +168,16 @@ def predict_heatmap(
     config: DetectorConfig,
     device: torch.device,
     should_stop: Callable[[], bool] = lambda: False,
+    prefetched: np.ndarray | None = None,
+    autocast: torch.dtype | None = None,
 ) -> Heatmap:
     """Run the detector over the tissue windows of ``page``; see :class:`Heatmap`.
 
-    Memory is bounded by one batch of windows plus the heatmap itself; ``should_stop`` is asked
-    before each batch and ends the pass early (``complete=False``).
+    ``prefetched``: pixels of the first windows of ``tissue_windows`` on ``page`` (as
+    :func:`read_windows` gives them) read ahead of time; the others are read batch by batch.
+    ``autocast``: the dtype the network runs in (None: float32). Memory is bounded by one batch
+    of windows (plus ``prefetched``) and the heatmap itself;
+    ``should_stop`` is asked before each batch and ends the pass early (``complete=False``).
     """
     info = slide.pages[page]
     stride, window = config.stride, config.window
@@ -153,7 +185,9 @@ def predict_heatmap(
     total = np.zeros((config.classes, grid_h, grid_w), np.float32)
     weight = np.zeros((grid_h, grid_w), np.float32)
     corners = tissue_windows(info.size, info.scale, mask, mask_scale, window, config.overlap)
-    sx, sy = info.scale
+    ready = 0 if prefetched is None else len(prefetched)
+    if ready > len(corners):
+        raise ValueError(f"{ready} prefetched windows for {len(corners)} tissue windows")
     complete = True
     done = 0
     model.eval()
@@ -168,13 +202,13 @@ def predict_heatmap(
             )
             break
         batch = corners[start : start + config.batch_size]
-        pixels = np.stack(
-            [
-                slide.read_region(Box(x * sx, y * sy, window * sx, window * sy), page)
-                for x, y in batch
-            ]
-        )
-        with torch.inference_mode():
+        end = start + len(batch)
+        if end <= ready:
+            pixels = prefetched[start:end]
+        else:
+            fresh = read_windows(slide, page, corners[max(start, ready) : end], window)
+            pixels = np.concatenate([prefetched[start:ready], fresh]) if start < ready else fresh
+        with inference(device, autocast):
             logits = model(to_input(pixels, device, config.mean, config.std))
             pooled = F.avg_pool2d(logits.float().softmax(dim=1), stride).cpu().numpy()
         cells = window // stride
@@ -193,7 +227,7 @@ def predict_heatmap(
         probs=probs,
         tissue=tissue.astype(bool),
         visited=visited,
-        scale=(sx * stride, sy * stride),
+        scale=(info.scale[0] * stride, info.scale[1] * stride),
         page=page,
         complete=complete,
         windows=done,

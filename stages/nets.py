@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +44,56 @@ def pick_device(requested: str | None = None) -> torch.device:
             raise AssetsError(f"device {requested!r} asked for, but CUDA is not available")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+#: ``--precision`` choices: ``auto`` is float16 on a GPU, bfloat16 on a CPU that computes it
+#: natively (AVX512-BF16 or AMX), float32 elsewhere.
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU flags (``/proc/cpuinfo``, or the text given) include native bfloat16."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {
+        flag
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for flag in line.split(":", 1)[-1].split()
+    }
+    return any(flag in flags for flag in _BF16_FLAGS)
+
+
+def pick_precision(
+    device: torch.device, requested: str = "auto", cpu_bf16: bool | None = None
+) -> torch.dtype | None:
+    """The autocast dtype of the networks' inference on ``device``; None for float32.
+
+    ``requested`` is one of :data:`PRECISIONS`; ``cpu_bf16`` overrides :func:`cpu_has_bf16`.
+    """
+    if requested not in PRECISIONS:
+        raise AssetsError(f"precision must be one of {PRECISIONS}, got {requested!r}")
+    if requested == "auto":
+        if device.type == "cuda":
+            return torch.float16
+        native = cpu_has_bf16() if cpu_bf16 is None else cpu_bf16
+        return torch.bfloat16 if device.type == "cpu" and native else None
+    return _DTYPES.get(requested)
+
+
+@contextmanager
+def inference(device: torch.device, autocast: torch.dtype | None) -> Iterator[None]:
+    """``torch.inference_mode``, with autocast to ``autocast`` on ``device`` when it is set."""
+    with (
+        torch.inference_mode(),
+        torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None),
+    ):
+        yield
 
 
 def to_input(

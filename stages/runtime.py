@@ -5,7 +5,10 @@ Guarantees, in order of priority:
 1. A run-wide problem (no ``submission_format.csv``, bad assets) is reported once, clearly,
    before any slide is read, with a non-zero exit status.
 2. A complete, valid submission exists from the start: a provisional file with every row at the
-   fallback class is written before the first slide, and rewritten as slides are graded.
+   fallback class is written before the first slide, and rewritten (atomically) after every
+   slide, so a run killed from outside loses at most the slide in progress. The rewrites are
+   capped at :data:`CHECKPOINT_SHARE` of the run's time: one is skipped while less than
+   ``1 / CHECKPOINT_SHARE`` times the last write's duration has passed since it.
 3. One bad slide costs only its own row (fallback class, error logged with the filename).
 4. The run ends within the time limit: slides share it through :class:`stages.budget.RunBudget`;
    slides not started in time get the fallback class; a slide stuck past the hard end is
@@ -24,13 +27,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import pyvips
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade, SlideResult, fallback_result
+from stages.cascade import READ_AHEAD_BYTES, Cascade, Prepared, SlideResult, fallback_result
 from stages.config import load_assets
 from stages.decision import Decision, decide_slide
 from stages.nets import AssetsError, pick_device
+from stages.prefetch import Prefetcher
 from stages.submission import (
     SubmissionError,
     build_submission,
@@ -46,17 +51,34 @@ METADATA_NAME = "test_metadata.csv"
 #: The competition's limit for the whole run.
 DEFAULT_TIME_LIMIT_S = 16 * 3600.0
 TIME_LIMIT_ENV = "TISSUENET_TIME_LIMIT"
-#: Rewrite the provisional submission at most this often while grading.
-CHECKPOINT_EVERY_S = 60.0
+#: Most of the run's time the provisional submission's rewrites may take.
+CHECKPOINT_SHARE = 0.02
 #: libvips' operation cache is bounded so that a huge slide cannot grow it.
 VIPS_CACHE_MB = 256
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What the run keeps of a graded slide: its class, the decision's source, whether it was
+    degraded and why it failed. (The arrays of its :class:`SlideResult` are dropped once it
+    is saved: kept for every slide, they would grow with the run, by about 50 MB a
+    real-size slide.)"""
+
+    cls: int
+    source: str
+    degraded: bool
+    errors: tuple[str, ...]
+
+    @classmethod
+    def of(cls, result: SlideResult) -> Outcome:
+        return cls(result.cls, result.source, result.degraded, tuple(result.errors))
+
+
 @dataclass
 class RunReport:
-    """What a run did: results per slide, which slides got the fallback, and timings."""
+    """What a run did: the outcome per slide, which slides got the fallback, and timings."""
 
-    results: dict[str, SlideResult] = field(default_factory=dict)
+    results: dict[str, Outcome] = field(default_factory=dict)
     not_started: list[str] = field(default_factory=list)
     current: str | None = None
     timed_out: bool = False
@@ -64,9 +86,10 @@ class RunReport:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, result: SlideResult) -> None:
-        """Record a graded slide (called by the worker while the main thread may read)."""
+        """Record a graded slide's outcome (called by the worker while the main thread may
+        read)."""
         with self.lock:
-            self.results[result.filename] = result
+            self.results[result.filename] = Outcome.of(result)
 
     def classes(self) -> dict[str, int]:
         """Filename → class of every slide recorded so far (a consistent snapshot)."""
@@ -126,10 +149,14 @@ def run(
     device: str | None = None,
     save_heatmaps: Path | None = None,
     started: float | None = None,
+    prefetch: bool = True,
+    precision: str = "auto",
 ) -> int:
     """Grade every slide listed in ``data/submission_format.csv`` and write ``out``.
 
-    ``started`` is the ``time.monotonic()`` the time limit counts from (default: now).
+    ``started`` is the ``time.monotonic()`` the time limit counts from (default: now);
+    ``prefetch``: prepare the next slide in a background thread (:mod:`stages.prefetch`);
+    ``precision``: the networks' dtype (:data:`stages.nets.PRECISIONS`).
     Returns the exit status: 0 when a valid submission was written, 2 for a run-wide input
     problem, 3 for bad assets.
     """
@@ -141,7 +168,7 @@ def run(
         log.error("cannot run: %s", exc)
         return 2
     try:
-        assets = load_assets(assets_dir, pick_device(device))
+        assets = load_assets(assets_dir, pick_device(device), precision)
     except AssetsError as exc:
         log.error("cannot run: bad assets: %s", exc)
         return 3
@@ -165,16 +192,18 @@ def run(
         replace(config.budget, reserve_s=reserve),
     )
     report = RunReport()
-    writing = threading.Lock()
-
-    def checkpoint() -> None:
-        with writing:
-            write_submission(build_submission(fmt, report.classes(), prior.cls), out)
-
+    checkpoint = Checkpoint(
+        lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out
+    )
     worker = threading.Thread(
         target=_grade_all,
         args=(Cascade(assets), data, names, _resolutions(data, names), budget, report),
-        kwargs={"prior": prior, "save_heatmaps": save_heatmaps, "checkpoint": checkpoint},
+        kwargs={
+            "prior": prior,
+            "save_heatmaps": save_heatmaps,
+            "checkpoint": checkpoint,
+            "prefetch": prefetch,
+        },
         daemon=True,
         name="cascade",
     )
@@ -186,10 +215,10 @@ def run(
             "time limit: %s; writing the submission now",
             f"abandoning {report.current}" if report.current else "stopping before the next slide",
         )
-    checkpoint()
+    checkpoint.write(quiet=False)
     report.seconds = time.monotonic() - started
     report.log_summary(len(names), prior.cls)
-    log.info("wrote %s", out)
+    log.info("wrote %s (%d rewrites took %.2f s)", out, checkpoint.writes, checkpoint.seconds)
     if report.timed_out:  # the worker may be stuck in native code: do not wait for it
         logging.shutdown()
         os._exit(0)
@@ -209,6 +238,35 @@ def _log_unlisted(data: Path, listed: set[str]) -> None:
         log.warning("%d listed slides are missing from %s: %s", len(missing), data, missing[:5])
 
 
+class Checkpoint:
+    """Atomic rewrites of the submission ``out`` from ``table(quiet)``, thread-safe;
+    :meth:`maybe_write` keeps their cost under :data:`CHECKPOINT_SHARE` of the time passing."""
+
+    def __init__(self, table: Callable[[bool], pd.DataFrame], out: Path) -> None:
+        self._table = table
+        self._out = out
+        self._lock = threading.Lock()
+        self._last_end = -math.inf
+        self._last_cost = 0.0
+        self.writes = 0
+        self.seconds = 0.0
+
+    def write(self, quiet: bool = True) -> None:
+        """Rewrite the file now (``quiet``: a provisional rewrite, logged at debug level)."""
+        with self._lock:
+            start = time.monotonic()
+            write_submission(self._table(quiet), self._out, quiet=quiet)
+            self._last_end = time.monotonic()
+            self._last_cost = self._last_end - start
+            self.writes += 1
+            self.seconds += self._last_cost
+
+    def maybe_write(self) -> None:
+        """Rewrite the file unless the last rewrite was too recent for its cost."""
+        if time.monotonic() - self._last_end >= self._last_cost / CHECKPOINT_SHARE:
+            self.write()
+
+
 def _grade_all(
     cascade: Cascade,
     data: Path,
@@ -218,39 +276,57 @@ def _grade_all(
     report: RunReport,
     prior: Decision,
     save_heatmaps: Path | None,
-    checkpoint: Callable[[], None],
+    checkpoint: Checkpoint,
+    prefetch: bool,
 ) -> None:
-    """The worker: slides in format order, each within its share of the budget."""
-    last_checkpoint = time.monotonic()
+    """The worker: slides in format order, each within its share of the budget; with
+    ``prefetch``, the next slide is prepared in the background meanwhile."""
+    ahead: Prefetcher[Prepared] | None = None
+    if prefetch:
+        ahead = Prefetcher(
+            lambda name: cascade.prepare(data / name, mpps.get(name), READ_AHEAD_BYTES), names
+        )
     run_start = time.monotonic()
-    for i, name in enumerate(names):
-        if budget.exhausted():
-            report.not_started = names[i:]
-            log.error(
-                "time limit: %d slides not started get the fallback class %d",
-                len(names) - i,
-                prior.cls,
-            )
-            return
-        slide_budget = budget.start_slide()
-        report.current = name
-        try:
-            result = cascade.grade_slide(data / name, mpps.get(name), slide_budget, budget.costs)
-        except Exception as exc:  # one bad slide costs only its own row
-            result = fallback_result(name, prior, f"{type(exc).__name__}: {exc}")
-        finally:
-            budget.finish_slide()
-            report.current = None
-        report.add(result)
-        try:  # reporting must not stop the run either
-            _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
-            if save_heatmaps is not None:
-                result.save(save_heatmaps)
-            if time.monotonic() - last_checkpoint > CHECKPOINT_EVERY_S:
-                checkpoint()
-                last_checkpoint = time.monotonic()
-        except Exception:
-            log.exception("%s: reporting after grading failed", name)
+    try:
+        for i, name in enumerate(names):
+            if budget.exhausted():
+                report.not_started = names[i:]
+                log.error(
+                    "time limit: %d slides not started get the fallback class %d",
+                    len(names) - i,
+                    prior.cls,
+                )
+                return
+            slide_budget = budget.start_slide()
+            report.current = name
+            start = time.monotonic()
+            try:
+                prepared = None if ahead is None else ahead.take(name)
+                result = cascade.grade_slide(
+                    data / name, mpps.get(name), slide_budget, budget.costs, prepared
+                )
+            except Exception as exc:  # one bad slide costs only its own row
+                result = fallback_result(name, prior, f"{type(exc).__name__}: {exc}")
+            finally:
+                budget.finish_slide()
+                report.current = None
+            # the slide's wall time as the budget saw it (waiting for the prefetch included)
+            result.seconds |= {
+                "slide": time.monotonic() - start,
+                "allotment": slide_budget.allotment,
+            }
+            report.add(result)
+            try:  # reporting must not stop the run either
+                _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
+                if save_heatmaps is not None:
+                    result.save(save_heatmaps)
+                checkpoint.maybe_write()
+            except Exception:
+                log.exception("%s: reporting after grading failed", name)
+            del result  # its arrays: the next slide's need the room
+    finally:
+        if ahead is not None:
+            ahead.close()
 
 
 def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elapsed: float) -> None:
@@ -267,7 +343,7 @@ def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elaps
         return
     s = result.seconds
     log.info(
-        "[%d/%d] %s: class %d from %s, %d/%d hotspots graded, %.1f s (tissue %.1f, "
+        "[%d/%d] %s: class %d from %s, %d/%d hotspots graded, %.1f s (decode %.1f, tissue %.1f, "
         "detector %.1f, classifier %.1f)%s; time left %s, ETA %s",
         i + 1,
         total,
@@ -277,6 +353,7 @@ def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elaps
         len(result.grades),
         len(result.hotspots),
         s.get("total", 0.0),
+        s.get("decode", 0.0),
         s.get("tissue", 0.0),
         s.get("detector", 0.0),
         s.get("classifier", 0.0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,19 @@ _OME_MPP = re.compile(r'PhysicalSizeX="([0-9.eE+-]+)"')
 
 class SlideError(Exception):
     """A slide cannot be opened, has no usable pyramid, or a read failed."""
+
+
+@dataclass
+class ReadStats:
+    """What a slide's pixel reads cost so far: ``seconds`` spent in them and ``pixels`` returned
+    (page pixels, glass padding outside the page excluded)."""
+
+    seconds: float = 0.0
+    pixels: int = 0
+
+    def add(self, seconds: float, pixels: int) -> None:
+        self.seconds += seconds
+        self.pixels += pixels
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,7 @@ class Slide:
             log.warning("%s: JPEG tiles hold YCbCr but are tagged RGB; converting", self.path.name)
         self._images: dict[int, pyvips.Image] = {}
         self._regions: dict[int, pyvips.Region] = {}
+        self.reads = ReadStats()
         self.mpp, self.mpp_source = self._resolve_mpp(first, mpp, default_mpp)
 
     def __enter__(self) -> Slide:
@@ -267,10 +282,12 @@ class Slide:
                 f"{self.path.name}: refusing to read page {page} whole "
                 f"({info.width}x{info.height} px > cap of {max_pixels} px); read regions instead"
             )
+        start = time.perf_counter()
         try:
             data = image.write_to_memory()
         except pyvips.Error as exc:
             raise SlideError(f"{self.path.name}: page {page}: {vips_error_text(exc)}") from exc
+        self.reads.add(time.perf_counter() - start, info.width * info.height)
         return np.frombuffer(data, dtype=np.uint8).reshape(info.height, info.width, 3)
 
     def read_region(self, box: Box, page: int) -> np.ndarray:
@@ -287,12 +304,14 @@ class Slide:
             return out
         if page not in self._regions:
             self._regions[page] = pyvips.Region.new(image)
+        start = time.perf_counter()
         try:
             data = self._regions[page].fetch(x0, y0, x1 - x0, y1 - y0)
         except pyvips.Error as exc:
             raise SlideError(
                 f"{self.path.name}: page {page} read failed: {vips_error_text(exc)}"
             ) from exc
+        self.reads.add(time.perf_counter() - start, (x1 - x0) * (y1 - y0))
         patch = np.frombuffer(data, dtype=np.uint8).reshape(y1 - y0, x1 - x0, 3)
         out[y0 - top : y1 - top, x0 - left : x1 - left] = patch
         return out

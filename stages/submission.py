@@ -214,9 +214,12 @@ def classes_from_onehot(table: pd.DataFrame) -> np.ndarray:
     return table[list(CLASS_COLUMNS)].to_numpy().argmax(axis=1).astype(np.int64)
 
 
-def build_submission(fmt: pd.DataFrame, classes: Mapping[str, int], fallback: int) -> pd.DataFrame:
+def build_submission(
+    fmt: pd.DataFrame, classes: Mapping[str, int], fallback: int, quiet: bool = False
+) -> pd.DataFrame:
     """One-hot submission in the format's row order; filenames missing from ``classes`` get
-    ``fallback``. Columns ``filename,0,1,2,3``, class columns int64."""
+    ``fallback`` (logged as a warning unless ``quiet``: a provisional file expects them).
+    Columns ``filename,0,1,2,3``, class columns int64."""
     invalid = [f"{f}={c!r}" for f, c in classes.items() if c not in CLASSES]
     if fallback not in CLASSES:
         invalid.append(f"fallback={fallback!r}")
@@ -227,7 +230,7 @@ def build_submission(fmt: pd.DataFrame, classes: Mapping[str, int], fallback: in
     if unknown:
         log.warning("ignoring %d prediction(s) for files not in the format", len(unknown))
     missing = ~filenames.isin(set(classes))
-    if missing.any():
+    if missing.any() and not quiet:
         log.warning(
             "%d of %d slide(s) without a prediction get the fallback class %d: %s",
             int(missing.sum()),
@@ -242,9 +245,10 @@ def build_submission(fmt: pd.DataFrame, classes: Mapping[str, int], fallback: in
     return table
 
 
-def write_submission(table: pd.DataFrame, path: str | Path) -> None:
+def write_submission(table: pd.DataFrame, path: str | Path, quiet: bool = False) -> None:
     """Check ``table`` on its own (columns, unique filenames, integer one-hot), then write it to
-    ``path`` atomically: a temporary file in the same folder, renamed over ``path``."""
+    ``path`` atomically: a temporary file in the same folder, renamed over ``path`` (logged at
+    debug level when ``quiet``)."""
     _raise_if(_structure_problems(table), f"refusing to write {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,4 +258,4 @@ def write_submission(table: pd.DataFrame, path: str | Path) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info("wrote %s (%d rows)", path, len(table))
+    log.log(logging.DEBUG if quiet else logging.INFO, "wrote %s (%d rows)", path, len(table))

@@ -176,7 +176,9 @@ def _chroma_hue(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)  # 8-bit Lab: a and b are offset by 128
     a = lab[..., 1].astype(np.float32) - 128
     b = lab[..., 2].astype(np.float32) - 128
-    return np.hypot(a, b), np.degrees(np.arctan2(b, a))
+    chroma, hue = cv2.cartToPolar(a, b, angleInDegrees=True)  # hue in [0, 360), ~0.3° accurate
+    hue[hue > 180] -= 360
+    return chroma, hue
 
 
 def _in_range(hue: np.ndarray, config: TissueConfig) -> np.ndarray:

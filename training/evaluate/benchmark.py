@@ -1,126 +1,591 @@
-"""Benchmark the runtime job: per-slide seconds by stage and peak memory, as main.py runs it.
+"""Speed against exhaustive tiling, side by side on the same slides: ``make benchmark``.
 
-``python -m training.evaluate.benchmark OUT_DIR [--slides 6] [--assets assets] [--device cpu]``
+``python -m training.evaluate.benchmark OUT [--sets heldout,real,canvas] [--limits]
+[--assets assets] [--device cpu] [--publish DIR] [--readme README.md]``
 
-1. generates ``--slides`` synthetic test slides (``training.data.synthetic``) and one real-size
-   canvas: the largest slide of ``--layout`` (default: the real TissueNet metadata copied into
-   ``tests/data/tissuenet/``, 271,950 × 294,038 px) as a mostly-glass sparse TIFF holding one
-   generated tissue patch;
-2. runs ``main.py`` on each set in its own process (``--save-heatmaps`` gives the per-stage
-   seconds), measuring that process's peak resident memory (``wait4`` rusage);
-3. prints a table per slide and a summary per run. Nothing here is asserted: it is a measurement.
+Slide sets (generated once into ``OUT/<set>/data``, kept between runs):
+
+* ``heldout``: 48 generated test-layout slides (seed 3001, as ``make evaluate``; no step of
+  training or fitting saw them);
+* ``real``: six slides at the real sizes, µm/pixel and annotation layouts of 10–13 gigapixel
+  rows of ``tests/data/tissuenet/train_metadata.csv`` (``--layout`` at scale 1);
+* ``canvas``: the 271,950 × 294,038 px row of the same file, generated the same way.
+
+Modes, each a process of its own on each set (its peak memory from ``wait4``):
+
+* ``cascade k=K`` (K = 1, 2, 4, 8, 16, 32): ``main.py`` with ``budget.max_k = K`` and no
+  binding time limit; ``cascade k=32, no prefetch``: the same without the prefetch thread;
+  ``cascade k=32, float32``: the same with the networks in float32 (``--precision``; the
+  default, ``auto``, is bfloat16 on a CPU that computes it natively);
+* ``cascade ~T s/slide``: ``main.py`` under a time limit of about T seconds per slide;
+* ``detector only``: ``main.py`` with stage 2 off (``budget.stage2 = false``);
+* ``exhaustive``: the same classifier on every tissue tile (:mod:`.exhaustive`), its decision
+  fitted on 32 other generated slides (seed 3005).
+
+Per mode and set it prints and writes (``OUT/benchmark.csv``, ``OUT/slides.csv``,
+``OUT/benchmark.md``): the weighted class score; seconds per slide (median, 95th percentile) as
+the run's budget saw them, and the mean split by stage (decode, tissue, detector, hotspots,
+classifier, decision); patches graded and megapixels decoded per slide; peak memory; the most
+of its allotment a slide used; and the I/O and compute floors (:mod:`.floors`). Two plots:
+``score_vs_time.png`` and ``time_vs_tissue.png``. ``--limits`` adds the score of 100 real-size
+slides (the ``real`` set's six, listed over and over under other names) at time limits of 16 h,
+1 h, 15 min and 5 min, and the tighter 2 min, 1 min and 30 s. ``--publish DIR`` copies the
+table and plots there and ``--readme`` replaces the README's benchmark block with the table.
+Nothing here is asserted.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import logging
+import math
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
 
-from training.data.synthetic import sample_specs, write_dataset
+from stages.cascade import SlideResult
+from stages.config import CascadeConfig, load_assets, load_config, save_config
+from stages.decision import decide_slide
+from stages.metric import score
+from stages.submission import classes_from_onehot, read_table
+from training.cli import command_parser, setup_logging
+from training.data.synthetic import layout_specs, sample_specs, write_dataset
+from training.evaluate.exhaustive import top_tiles
+from training.evaluate.floors import compute_floor, decode_floor, matmul_gflops, network_flops
+from training.fit.decision import Evidence, fit_decision
+
+log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_LAYOUT = REPO / "tests" / "data" / "tissuenet" / "train_metadata.csv"
+LAYOUT = REPO / "tests" / "data" / "tissuenet"
+#: Rows of the real metadata reproduced at scale 1: six typical 10–13 gigapixel slides of
+#: classes 0–3, and one of the 271,950 × 294,038 px canvases.
+REAL_ROWS = (
+    "C12_B509_S12.tif",
+    "C07_B023_S21.tif",
+    "C01_B291_S01.tif",
+    "C08_B030_S08.tif",
+    "C06_B087_S21.tif",
+    "C01_B256_S01.tif",
+)
+CANVAS_ROW = "C13_B301_S11.tif"
+LAYOUT_SEED = 8
+HELDOUT = (48, 3001)
+FIT_SET = (32, 3005)
+KS = (1, 2, 4, 8, 16, 32)
+PER_SLIDE_LIMITS_S = (0.5, 1.0, 2.0, 4.0)
+RUN_LIMITS_S = {
+    "16 h": 16 * 3600.0,
+    "1 h": 3600.0,
+    "15 min": 900.0,
+    "5 min": 300.0,
+    "2 min": 120.0,
+    "1 min": 60.0,
+    "30 s": 30.0,
+}
+LIMIT_SLIDES = 100
+#: Seconds of process start-up (imports, loading the networks) a time limit must cover.
+STARTUP_S = 5.0
+STAGES = ("decode", "tissue", "detector", "hotspots", "classifier", "decision")
+#: Columns of ``slides.csv``: one row per slide and mode (NaN where a slide has no result).
+SLIDE_COLUMNS = [
+    "slide", "label", "class", "gigapixels", "tissue_mm2", "seconds",
+    *(f"{s}_s" for s in STAGES),
+    "allotment_s", "patches", "windows", "mpx_decoded", "io_floor_s", "compute_floor_s", "failed",
+]  # fmt: skip
 
 
-def run_main(data: Path, out: Path, assets: Path, device: str) -> tuple[int, float, float]:
-    """Run main.py on ``data``; return (exit status, wall seconds, peak RSS in MB)."""
-    maps = out / "maps"
-    command = [sys.executable, str(REPO / "main.py"), "--data", str(data)]
-    command += ["--out", str(out / "submission.csv"), "--assets", str(assets)]
-    command += ["--device", device, "--save-heatmaps", str(maps)]
+@dataclass(frozen=True)
+class Mode:
+    """One way of grading: ``main.py`` with a budget override, or the exhaustive baseline."""
+
+    name: str
+    max_k: int = 32
+    stage2: bool = True
+    prefetch: bool = True
+    precision: str = "auto"
+    per_slide_s: float | None = None  # a binding time limit of about this much per slide
+    exhaustive: bool = False
+
+
+def modes() -> list[Mode]:
+    """Every mode of the benchmark, in table order."""
+    return [
+        *(Mode(f"cascade k={k}", max_k=k) for k in KS),
+        Mode("cascade k=32, no prefetch", prefetch=False),
+        Mode("cascade k=32, float32", precision="float32"),
+        *(Mode(f"cascade ~{t:g} s/slide", per_slide_s=t) for t in PER_SLIDE_LIMITS_S),
+        Mode("detector only", stage2=False),
+        Mode("exhaustive", exhaustive=True),
+    ]
+
+
+# -- slide sets ---------------------------------------------------------------------------
+
+
+def make_sets(out: Path, names: list[str]) -> dict[str, Path]:
+    """Generate (or reuse) the named slide sets; ``name → data folder``."""
+    sets = {}
+    rows = pd.read_csv(LAYOUT / "train_metadata.csv").set_index("filename")
+    layout = rows.loc[[*REAL_ROWS, CANVAS_ROW]].reset_index()
+    specs = layout_specs(layout, LAYOUT / "train_annotations.csv", seed=LAYOUT_SEED)
+    for name in names:
+        data = out / name / "data"
+        sets[name] = data
+        if (data / "submission_format.csv").is_file():
+            continue
+        start = time.monotonic()
+        if name == "heldout":
+            write_dataset(data, sample_specs(HELDOUT[0], HELDOUT[1]), "test", resume=True)
+        elif name == "real":
+            write_dataset(data, specs[: len(REAL_ROWS)], "test", resume=True)
+        elif name == "canvas":
+            write_dataset(data, specs[len(REAL_ROWS) :], "test", resume=True)
+        else:
+            raise ValueError(f"unknown slide set {name!r}")
+        log.info("generated set %s in %.0f s", name, time.monotonic() - start)
+    return sets
+
+
+def repeat_set(source: Path, target: Path, n: int) -> Path:
+    """A test-layout folder of ``n`` slides that are ``source``'s, listed over and over under
+    other names (symbolic links), with its CSVs."""
+    if (target / "submission_format.csv").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    tables = {name: pd.read_csv(source / name) for name in ("test_metadata.csv", "test_labels.csv")}
+    names = list(tables["test_labels.csv"]["filename"])
+    renamed = [f"r{i:03d}_{names[i % len(names)]}" for i in range(n)]
+    for new, old in zip(renamed, (names[i % len(names)] for i in range(n)), strict=True):
+        (target / new).symlink_to((source / old).resolve())
+    for csv, table in tables.items():
+        table = table.set_index("filename").loc[[r.split("_", 1)[1] for r in renamed]]
+        table.index = renamed
+        table.rename_axis("filename").reset_index().to_csv(target / csv, index=False)
+    labels = pd.read_csv(target / "test_labels.csv")
+    labels[["0", "1", "2", "3"]] = 0
+    labels.to_csv(target / "submission_format.csv", index=False)
+    return target
+
+
+# -- running the modes --------------------------------------------------------------------
+
+
+def run_main(
+    data: Path,
+    out: Path,
+    assets: Path,
+    device: str,
+    *extra: str,
+    module: str | None = None,
+) -> tuple[int, float, float]:
+    """Run ``main.py`` (or ``python -m module``) on ``data`` in its own process, writing
+    ``out/submission.csv`` and ``out/maps``; returns (exit status, wall seconds, peak RSS MB).
+
+    The peak is the process's own high-water mark (``VmHWM``), read every 50 ms while it runs:
+    ``wait4``'s ``ru_maxrss`` would also count this (large) parent's memory at the fork."""
+    out.mkdir(parents=True, exist_ok=True)
+    if module is None:
+        command = [sys.executable, str(REPO / "main.py"), "--data", str(data)]
+        command += ["--out", str(out / "submission.csv"), "--save-heatmaps", str(out / "maps")]
+    else:
+        command = [sys.executable, "-m", module, str(data), str(out)]
+    command += ["--assets", str(assets), "--device", device, *extra]
     start = time.monotonic()
-    with open(out / "log.txt", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - start
-    return os.waitstatus_to_exitcode(status), wall, usage.ru_maxrss / 1024  # KB on Linux
+    peak_kb = 0
+    with open(out / "log.txt", "w") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        status = Path(f"/proc/{process.pid}/status")
+        while process.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak_kb = max(peak_kb, int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+    return process.returncode, time.monotonic() - start, peak_kb / 1024
 
 
-def stage_table(out: Path, data: Path) -> pd.DataFrame:
-    """One row per slide from the saved ``<stem>.json`` summaries and the metadata."""
+def mode_assets(assets: Path, mode: Mode, out: Path) -> Path:
+    """``assets`` with the mode's budget in its config (weights linked, not copied)."""
+    config = load_config(assets)
+    budget = replace(
+        config.budget,
+        max_k=mode.max_k,
+        min_k=min(config.budget.min_k, mode.max_k),
+        stage2=mode.stage2,
+    )
+    if budget == config.budget:
+        return assets
+    target = out / "assets"
+    target.mkdir(parents=True, exist_ok=True)
+    for weights in (config.detector.weights, config.classifier.weights):
+        link = target / weights
+        link.unlink(missing_ok=True)
+        link.symlink_to((assets / weights).resolve())
+    save_config(replace(config, budget=budget), target)
+    load_config(target)  # the variant must validate as the runtime would
+    return target
+
+
+def run_mode(
+    data: Path, out: Path, assets: Path, mode: Mode, device: str, reuse: bool = False
+) -> dict:
+    """One mode on one set; the run's wall time and peak memory, also saved as
+    ``out/measured.json`` (with ``reuse``, a run that has one is not run again)."""
+    saved = out / "measured.json"
+    if reuse and saved.is_file():
+        return json.loads(saved.read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    n = len(read_table(data / "submission_format.csv"))
+    extra: list[str] = []
+    if mode.exhaustive:
+        code, wall, peak = run_main(
+            data, out, assets, device, module="training.evaluate.exhaustive"
+        )
+    else:
+        if not mode.prefetch:
+            extra.append("--no-prefetch")
+        extra += ["--precision", mode.precision]
+        if mode.per_slide_s is not None:
+            limit = STARTUP_S + n * mode.per_slide_s / 0.9  # the runtime keeps 10 % in reserve
+            extra += ["--time-limit", f"{limit:.1f}"]
+        code, wall, peak = run_main(data, out, mode_assets(assets, mode, out), device, *extra)
+    if code != 0:
+        raise RuntimeError(f"{mode.name} on {data} exited with {code}; see {out / 'log.txt'}")
+    log.info("%s on %s: %.0f s, peak %.0f MB", mode.name, data.parent.name, wall, peak)
+    measured = {"wall_s": wall, "peak_mb": peak}
+    saved.write_text(json.dumps(measured) + "\n")
+    return measured
+
+
+def fit_exhaustive_decision(out: Path, assets: Path, device: str) -> CascadeConfig:
+    """The shipped config with its decision refitted for the exhaustive mode: the exhaustive
+    run's top tiles on ``FIT_SET`` slides (never in any benchmark set) as the evidence."""
+    data = out / "fit" / "data"
+    if not (data / "submission_format.csv").is_file():
+        write_dataset(data, sample_specs(*FIT_SET), "test", resume=True)
+    run = out / "fit" / "exhaustive"
+    if not (run / "submission.csv").is_file():
+        run_mode(data, run, assets, Mode("exhaustive", exhaustive=True), device)
+    config = load_config(assets)
+    truth = classes_by_name(data / "test_labels.csv")
+    evidence = []
+    for name, label in truth.items():
+        result = SlideResult.load(run / "maps" / f"{Path(name).stem}.npz")
+        top = top_tiles(result.grades, config.budget.max_k)
+        evidence.append(Evidence(name, top.astype(np.float64), np.zeros((0, 4)), label))
+    return replace(config, decision=fit_decision(evidence, config.decision))
+
+
+# -- reading the runs ---------------------------------------------------------------------
+
+
+def classes_by_name(csv: Path) -> dict[str, int]:
+    """Filename → class of a one-hot table (labels or a submission)."""
+    table = read_table(csv)
+    return dict(zip(table["filename"], classes_from_onehot(table).tolist(), strict=True))
+
+
+def slide_rows(
+    data: Path, run: Path, mode: Mode, exhaustive: CascadeConfig | None, floors: dict
+) -> pd.DataFrame:
+    """One row per slide of a finished run: class, label, seconds, work and floors."""
+    truth = classes_by_name(data / "test_labels.csv")
+    written = classes_by_name(run / "submission.csv")
     metadata = pd.read_csv(data / "test_metadata.csv").set_index("filename")
+    assets = floors["assets"]
     rows = []
-    for path in sorted((out / "maps").glob("*.json")):
-        summary = json.loads(path.read_text())
-        name = summary["filename"]
-        seconds = summary["seconds"]
+    for name, label in truth.items():
+        saved = run / "maps" / f"{Path(name).stem}.npz"
+        if not (saved.is_file() and saved.with_suffix(".json").is_file()):
+            # abandoned at the time limit, never started, or its saving cut short: a fallback row
+            rows.append({"slide": name, "label": label, "class": written[name], "failed": True})
+            continue
+        result = SlideResult.load(saved)
+        cls = written[name]
+        if mode.exhaustive and exhaustive is not None and len(result.grades):
+            top = top_tiles(result.grades, exhaustive.budget.max_k)
+            cls = decide_slide(top, [], exhaustive.decision).cls
+        seconds = result.seconds
+        windows = result.heatmap.windows if result.heatmap is not None else 0
+        mpp = float(metadata.at[name, "resolution"])
+        tissue_mm2 = 0.0
+        if result.tissue is not None:
+            sx, sy = result.tissue_scale
+            tissue_mm2 = float(result.tissue.sum()) * sx * sy * mpp**2 / 1e6
+        if mode.exhaustive:
+            io_floor = seconds.get("decode", 0.0)  # it reads nothing but the tiles it grades
+        else:
+            io_floor = decode_floor(result, data / name, mpp, assets)
         rows.append(
             {
                 "slide": name,
-                "size": f"{metadata.at[name, 'width']}x{metadata.at[name, 'height']}",
-                "pages t/d/c": "/".join(
-                    str(summary["pages"].get(k, "-")) for k in ("tissue", "detector", "classifier")
+                "label": label,
+                "class": cls,
+                "gigapixels": metadata.at[name, "width"] * metadata.at[name, "height"] / 1e9,
+                "tissue_mm2": tissue_mm2,
+                "seconds": seconds.get("slide", seconds.get("total", 0.0)),
+                **{f"{s}_s": seconds.get(s, 0.0) for s in STAGES},
+                "allotment_s": seconds.get("allotment", math.inf),
+                "patches": len(result.grades),
+                "windows": windows,
+                "mpx_decoded": result.decoded_mpx,
+                "io_floor_s": io_floor,
+                "compute_floor_s": compute_floor(
+                    windows, len(result.grades), floors["flops"], floors["gflops"]
                 ),
-                "tissue_s": seconds.get("tissue", 0.0),
-                "detector_s": seconds.get("detector", 0.0),
-                "classifier_s": seconds.get("classifier", 0.0),
-                "total_s": seconds.get("total", 0.0),
-                "graded": f"{summary['graded']}/{summary['hotspots']}",
-                "class": summary["class"],
+                "failed": result.source == "fallback",
             }
         )
+    return pd.DataFrame(rows, columns=SLIDE_COLUMNS).astype({"failed": bool})
+
+
+def summarise(slides: pd.DataFrame, run: dict) -> dict:
+    """One table row from a run's slide rows."""
+    used = (slides["seconds"] / slides["allotment_s"]).max()
+    return {
+        "score": score(slides["label"].to_numpy(), slides["class"].to_numpy()),
+        "s_median": slides["seconds"].median(),
+        "s_p95": slides["seconds"].quantile(0.95),
+        **{f"{s}_s": slides[f"{s}_s"].mean() for s in STAGES},
+        "patches": slides["patches"].mean(),
+        "mpx_decoded": slides["mpx_decoded"].mean(),
+        "peak_mb": run["peak_mb"],
+        "io_floor_s": slides["io_floor_s"].median(),
+        "compute_floor_s": slides["compute_floor_s"].median(),
+        "worst_of_allotment": used,
+        "failed": int(slides["failed"].sum()),
+    }
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def machine() -> str:
+    """One line describing this machine."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GB memory, no GPU used; "
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads"
+    )
+
+
+def markdown(table: pd.DataFrame, header: str) -> str:
+    """The results table as Markdown, one row per set and mode."""
+    lines = [
+        header,
+        "",
+        "| set | mode | score | s/slide median | p95 | decode | tissue | detector | hotspots "
+        "| classifier | decision | patches | Mpx decoded | peak MB | I/O floor s | compute "
+        "floor s | × faster than exhaustive | most of its allotment a slide used | fallback rows |",
+        "|" + "---|" * 19,
+    ]
+    for row in table.itertuples(index=False):
+        used = f"{100 * row.worst_of_allotment:.0f} %" if row.worst_of_allotment >= 0.01 else "<1 %"
+        lines.append(
+            f"| {row.set} | {row.mode} | {row.score:.4f} | {row.s_median:.2f} | {row.s_p95:.2f} "
+            + "".join(f"| {getattr(row, f'{s}_s'):.2f} " for s in STAGES)
+            + f"| {row.patches:.1f} | {row.mpx_decoded:.1f} | {row.peak_mb:.0f} "
+            f"| {row.io_floor_s:.2f} | {row.compute_floor_s:.3f} | {row.speedup:.1f} "
+            f"| {used} | {row.failed} |"
+        )
+    return "\n".join(lines)
+
+
+def plain_markdown(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, floats to 4 significant digits."""
+    cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in frame.values]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * frame.shape[1]]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+
+
+def plot(table: pd.DataFrame, slides: pd.DataFrame, out: Path) -> list[Path]:
+    """``score_vs_time.png`` (every mode, per set) and ``time_vs_tissue.png`` (per slide)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    sets = list(dict.fromkeys(table["set"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], sets, strict=True):
+        rows = table[table["set"] == name]
+        for row in rows.itertuples(index=False):
+            marker = "s" if row.mode == "exhaustive" else "^" if "detector" in row.mode else "o"
+            ax.scatter(row.s_median, row.score, marker=marker, s=40)
+            ax.annotate(row.mode, (row.s_median, row.score), fontsize=7, xytext=(4, 2),
+                        textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("median seconds per slide (log)")
+        ax.set_ylabel("weighted class score")
+        ax.set_title(f"{name} ({int(rows['slides'].iloc[0])} slides)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    paths.append(out / "score_vs_time.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for mode in ("cascade k=32", "detector only", "exhaustive"):
+        rows = slides[(slides["mode"] == mode) & (slides["tissue_mm2"] > 0)]
+        ax.scatter(rows["tissue_mm2"], rows["seconds"], label=mode, s=18, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tissue area, mm² (log)")
+    ax.set_ylabel("seconds per slide (log)")
+    ax.set_title("time against tissue area, every slide of every set")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    paths.append(out / "time_vs_tissue.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def run_limits(out: Path, real: Path, assets: Path, device: str) -> pd.DataFrame:
+    """The score of ``LIMIT_SLIDES`` real-size slides under each of ``RUN_LIMITS_S``."""
+    data = repeat_set(real, out / "limits" / "data", LIMIT_SLIDES)
+    labels = read_table(data / "test_labels.csv")
+    y_true = classes_from_onehot(labels)
+    rows = []
+    for name, limit in RUN_LIMITS_S.items():
+        run = out / "limits" / name.replace(" ", "")
+        code, wall, peak = run_main(data, run, assets, device, "--time-limit", str(limit))
+        if code != 0:
+            raise RuntimeError(f"limit {name}: main.py exited with {code}")
+        y_pred = classes_from_onehot(read_table(run / "submission.csv"))
+        summaries = [json.loads(p.read_text()) for p in sorted((run / "maps").glob("*.json"))]
+        used = [s["seconds"]["slide"] / s["seconds"]["allotment"] for s in summaries]
+        rows.append(
+            {
+                "time limit": name,
+                "slides": len(y_true),
+                "graded": len(summaries),
+                "score": score(y_true, y_pred),
+                "wall_s": wall,
+                "patches per slide": np.mean([s["graded"] for s in summaries]),
+                "coarser detector page": sum(s["pages"].get("detector", 4) > 4 for s in summaries),
+                "most of its allotment a slide used, %": 100 * max(used, default=0.0),
+                "peak_mb": peak,
+            }
+        )
+        log.info("limit %s: %s", name, rows[-1])
     return pd.DataFrame(rows)
 
 
-def largest_layout(metadata_csv: Path) -> tuple[str, int, int]:
-    """(filename, width, height) of the largest slide in a real metadata CSV."""
-    table = pd.read_csv(metadata_csv)
-    row = table.loc[(table["width"] * table["height"]).idxmax()]
-    return str(row["filename"]), int(row["width"]), int(row["height"])
+def replace_block(readme: Path, text: str, tag: str = "benchmark") -> None:
+    """Put ``text`` between the README's ``<!-- tag:start -->`` and ``<!-- tag:end -->``."""
+    content = readme.read_text()
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
+    if start not in content or end not in content:
+        raise ValueError(f"{readme} has no {start} … {end} block")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.evaluate.benchmark", description=__doc__
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--slides", type=int, default=6)
-    parser.add_argument("--seed", type=int, default=11)
+    parser = command_parser("training.evaluate.benchmark", __doc__)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--sets", default="heldout,real,canvas")
+    parser.add_argument("--modes", default=None, help="comma-separated mode names (default all)")
+    parser.add_argument("--limits", action="store_true", help="also the time-limit sweep")
     parser.add_argument("--assets", type=Path, default=REPO / "assets")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layout", type=Path, default=DEFAULT_LAYOUT)
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the runs already measured in OUT; run the rest"
+    )
+    parser.add_argument("--publish", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, default=None)
     args = parser.parse_args(argv)
-    pd.set_option("display.width", 160)
+    setup_logging()
+    pd.set_option("display.width", 250)
+    args.out.mkdir(parents=True, exist_ok=True)
 
-    runs: list[tuple[str, Path]] = []
-    slides = args.out_dir / "slides" / "data"
-    if not (slides / "submission_format.csv").exists():
-        start = time.monotonic()
-        write_dataset(slides, sample_specs(args.slides, args.seed), "test")
-        print(f"generated {args.slides} slides in {time.monotonic() - start:.1f} s")
-    runs.append((f"{args.slides} generated slides", slides))
-    if args.layout.is_file():
-        name, width, height = largest_layout(args.layout)
-        canvas = args.out_dir / "canvas" / "data"
-        if not (canvas / "submission_format.csv").exists():
-            start = time.monotonic()
-            write_dataset(canvas, sample_specs(1, args.seed + 1), "test", canvas=(width, height))
-            print(f"wrote a {width}x{height} canvas in {time.monotonic() - start:.1f} s")
-        runs.append((f"real-size canvas {width}x{height} ({name})", canvas))
-    else:
-        print(f"no {args.layout}: skipping the real-size canvas")
-
-    status = 0
-    for title, data in runs:
-        out = data.parent / "run"
-        out.mkdir(parents=True, exist_ok=True)
-        code, wall, peak_mb = run_main(data, out, args.assets, args.device)
-        print(f"\n== {title}: exit {code}, wall {wall:.1f} s, peak RSS {peak_mb:.0f} MB")
-        table = stage_table(out, data)
-        if len(table):
-            print(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-            sums = table[["tissue_s", "detector_s", "classifier_s", "total_s"]].sum()
-            per_slide = sums / len(table)
-            print("mean s/slide: " + ", ".join(f"{k} {v:.2f}" for k, v in per_slide.items()))
-        status = status or code
-    return status
+    chosen = modes()
+    if args.modes:
+        wanted = set(args.modes.split(","))
+        chosen = [m for m in chosen if m.name in wanted]
+    sets = make_sets(args.out, args.sets.split(","))
+    exhaustive = None
+    if any(m.exhaustive for m in chosen):
+        exhaustive = fit_exhaustive_decision(args.out, args.assets, args.device)
+    assets = load_assets(args.assets, torch.device("cpu"))
+    floors = {"assets": assets, "flops": network_flops(assets), "gflops": matmul_gflops()}
+    log.info(
+        "matmul %.1f GFLOP/s; %.2f GFLOP per detector window, %.3f GFLOP per patch",
+        floors["gflops"],
+        floors["flops"][0] / 1e9,
+        floors["flops"][1] / 1e9,
+    )
+    table, per_slide = [], []
+    for set_name, data in sets.items():
+        for mode in chosen:
+            run = args.out / set_name / "runs" / mode.name.replace(" ", "_").replace("/", "")
+            measured = run_mode(data, run, args.assets, mode, args.device, args.reuse)
+            slides = slide_rows(data, run, mode, exhaustive, floors)
+            per_slide.append(slides.assign(set=set_name, mode=mode.name))
+            row = {"set": set_name, "mode": mode.name, "slides": len(slides)}
+            table.append(row | summarise(slides, measured))
+    table_frame = pd.DataFrame(table)
+    exhaustive_s = table_frame[table_frame["mode"] == "exhaustive"].set_index("set")["s_median"]
+    table_frame["speedup"] = [
+        exhaustive_s.get(s, math.nan) / m
+        for s, m in zip(table_frame["set"], table_frame["s_median"], strict=True)
+    ]
+    slides_frame = pd.concat(per_slide, ignore_index=True)
+    table_frame.to_csv(args.out / "benchmark.csv", index=False)
+    slides_frame.to_csv(args.out / "slides.csv", index=False)
+    header = (
+        f"Machine: {machine()}. Matrix-multiply throughput {floors['gflops']:.0f} GFLOP/s; "
+        f"{floors['flops'][0] / 1e9:.2f} GFLOP per detector window, "
+        f"{floors['flops'][1] / 1e9:.3f} GFLOP per classifier patch. Stage columns are mean "
+        "seconds per slide; decode runs partly in the prefetch thread, overlapped."
+    )
+    text = markdown(table_frame, header)
+    if args.limits:
+        saved = args.out / "limits.csv"
+        if args.reuse and saved.is_file():
+            limits = pd.read_csv(saved)
+        else:
+            real = sets.get("real", args.out / "real" / "data")
+            limits = run_limits(args.out, real, args.assets, args.device)
+            limits.to_csv(saved, index=False)
+        text += (
+            f"\n\nTime limits, {LIMIT_SLIDES} real-size slides (the `real` set's six, listed "
+            "over and over under other names):\n\n" + plain_markdown(limits)
+        )
+    (args.out / "benchmark.md").write_text(text + "\n")
+    figures = plot(table_frame, slides_frame, args.out)
+    print(text)
+    if args.publish is not None:
+        args.publish.mkdir(parents=True, exist_ok=True)
+        for path in [args.out / "benchmark.md", args.out / "benchmark.csv", *figures]:
+            shutil.copy(path, args.publish / path.name)
+    if args.readme is not None:
+        replace_block(args.readme, text)
+    return 0
 
 
 if __name__ == "__main__":

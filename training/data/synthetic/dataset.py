@@ -40,8 +40,10 @@ def write_dataset(
     specs: Sequence[SlideSpec],
     split: str,
     canvas: tuple[int, int] | None = None,
+    resume: bool = False,
 ) -> pd.DataFrame:
-    """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``.
+    """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``;
+    ``resume`` keeps the TIFs already there (slides are written whole or not at all).
 
     ``test``: ``test_metadata.csv`` (filename, width, height, resolution, magnification),
     ``submission_format.csv`` (all zeros) and ``test_labels.csv`` (one-hot, for scoring).
@@ -61,7 +63,9 @@ def write_dataset(
         start = time.perf_counter()
         if canvas is None:
             slide = spec
-            path = write_slide(out / spec.filename, spec)
+            path = out / spec.filename
+            if not (resume and path.is_file()):
+                write_slide(path, spec)
         else:
             rng = np.random.default_rng([spec.seed, 6])
             x, y = (

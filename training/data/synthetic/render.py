@@ -102,8 +102,14 @@ def compose(spec: SlideSpec) -> pyvips.Image:
 
 
 def write_slide(path: str | Path, spec: SlideSpec) -> Path:
-    """Render ``spec`` and write it to ``path`` (a pyramidal JPEG TIFF); returns ``path``."""
+    """Render ``spec`` and write it to ``path`` (a pyramidal JPEG TIFF; a temporary name until
+    it is complete, so an interrupted write leaves no partial slide); returns ``path``."""
     path = Path(path)
-    save_competition_tiff(compose(spec), path, spec.mpp)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_competition_tiff(compose(spec), partial, spec.mpp)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
     log.info("wrote %s (%dx%d px, class %d)", path.name, spec.width, spec.height, spec.label)
     return path

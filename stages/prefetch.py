@@ -1,0 +1,109 @@
+"""Read the next slide while the networks work on this one: a bounded prefetch thread.
+
+:class:`Prefetcher` runs a ``prepare`` function (:meth:`stages.cascade.Cascade.prepare`: open
+the slide, find its tissue, decode its first detector windows) over the slides in order, in one
+background thread, at most ``depth`` slides ahead of the one being graded. libvips, OpenCV and
+torch release the GIL while they work, so decoding overlaps the networks' arithmetic.
+
+* :meth:`Prefetcher.take` hands over the slides in the same order; a slide whose preparation
+  raised re-raises that exception there, so it costs its own row and nothing else.
+* :meth:`Prefetcher.close` (or leaving the ``with`` block) stops the thread before it starts
+  another slide and closes every slide prepared but never taken; it waits at most ``timeout_s``
+  for a preparation in progress (a stuck native read cannot hold the run).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+T = TypeVar("T", bound=Closable)
+
+
+class Prefetcher(Generic[T]):
+    """Prepares ``names`` in order with ``prepare(name)`` in a daemon thread, ``depth`` ahead."""
+
+    def __init__(self, prepare: Callable[[str], T], names: Sequence[str], depth: int = 1) -> None:
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self._prepare = prepare
+        self._names = list(names)
+        self._ready: queue.Queue[tuple[str, T | None, BaseException | None]] = queue.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._stop = threading.Event()
+        self._next = 0  # index of the next name take() hands over
+        self._thread = threading.Thread(target=self._run, daemon=True, name="prefetch")
+        self._thread.start()
+
+    def __enter__(self) -> Prefetcher[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        for name in self._names:
+            self._slots.acquire()  # released when the consumer takes a slide, or on close
+            if self._stop.is_set():
+                return
+            try:
+                item: tuple[str, T | None, BaseException | None] = (name, self._prepare(name), None)
+            except BaseException as exc:  # handed to the consumer with its slide
+                item = (name, None, exc)
+            if self._stop.is_set():
+                _close_quietly(item[1])
+                return
+            self._ready.put(item)
+
+    def take(self, name: str) -> T:
+        """The prepared slide ``name`` (the next in order), waiting for it if need be; raises
+        what its preparation raised."""
+        if self._next >= len(self._names) or self._names[self._next] != name:
+            expected = self._names[self._next] if self._next < len(self._names) else None
+            raise ValueError(f"take({name!r}) out of order: the next slide is {expected!r}")
+        self._next += 1
+        got, prepared, error = self._ready.get()
+        self._slots.release()
+        assert got == name, (got, name)  # one producer, in order
+        if error is not None:
+            raise error
+        assert prepared is not None
+        return prepared
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop preparing; close what was prepared and not taken. Idempotent."""
+        self._stop.set()
+        self._slots.release()  # wake the thread if it waits for a slot
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("prefetch: a slide still being read after %.0f s is left behind", timeout_s)
+        while True:
+            try:
+                _, prepared, _ = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            _close_quietly(prepared)
+
+    @property
+    def alive(self) -> bool:
+        """True while the thread runs."""
+        return self._thread.is_alive()
+
+
+def _close_quietly(prepared: Closable | None) -> None:
+    if prepared is None:
+        return
+    try:
+        prepared.close()
+    except Exception:
+        log.exception("prefetch: closing a prepared slide failed")

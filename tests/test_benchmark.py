@@ -1,0 +1,109 @@
+"""The benchmark's parts: mode assets, repeated sets, the exhaustive baseline, the floors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stages.cascade import Cascade
+from stages.config import load_assets, load_config
+from stages.detector import tissue_windows
+from stages.submission import read_table
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.evaluate.benchmark import Mode, mode_assets, repeat_set, replace_block
+from training.evaluate.exhaustive import grade_exhaustively, top_tiles
+from training.evaluate.floors import compute_floor, network_flops
+from training.pack.export import init_assets
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_assets(tmp_path_factory.mktemp("assets") / "assets")
+
+
+def test_mode_assets_change_only_the_budget_and_link_the_weights(
+    assets: Path, tmp_path: Path
+) -> None:
+    assert mode_assets(assets, Mode("cascade k=32"), tmp_path) == assets  # nothing to change
+    variant = mode_assets(assets, Mode("detector only", max_k=2, stage2=False), tmp_path)
+    shipped, config = load_config(assets), load_config(variant)
+    assert (config.budget.max_k, config.budget.min_k, config.budget.stage2) == (2, 2, False)
+    assert config.detector == shipped.detector and config.decision == shipped.decision
+    assert (variant / shipped.detector.weights).resolve() == (
+        assets / shipped.detector.weights
+    ).resolve()
+
+
+def test_repeat_set_lists_the_slides_over_and_over_with_their_labels(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    generate_dataset(source, 3, seed=61, split="test", config=SynthConfig(size_range=(3000, 3000)))
+    target = repeat_set(source, tmp_path / "repeated", 7)
+    fmt = read_table(target / "submission_format.csv")
+    labels = read_table(target / "test_labels.csv").set_index("filename")
+    original = read_table(source / "test_labels.csv").set_index("filename")
+    assert len(fmt) == 7 and fmt["filename"].is_unique
+    for name in fmt["filename"]:
+        base = name.split("_", 1)[1]
+        assert (target / name).resolve() == (source / base).resolve()
+        assert labels.loc[name].tolist() == original.loc[base].tolist()
+    assert (fmt[["0", "1", "2", "3"]] == 0).all().all()
+    metadata = pd.read_csv(target / "test_metadata.csv")
+    assert list(metadata["filename"]) == list(fmt["filename"])
+
+
+def test_replace_block_rewrites_only_between_the_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- benchmark:start -->\nold\n<!-- benchmark:end -->\nb\n")
+    replace_block(readme, "new table")
+    expected = "a\n<!-- benchmark:start -->\nnew table\n<!-- benchmark:end -->\nb\n"
+    assert readme.read_text() == expected
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no <!-- benchmark:start -->"):
+        replace_block(readme, "x")
+
+
+def test_exhaustive_grades_every_tissue_tile_once(assets: Path, tmp_path: Path) -> None:
+    config = SynthConfig(size_range=(5000, 6000))
+    generate_dataset(tmp_path, 1, seed=62, split="test", config=config)
+    path = next(tmp_path.glob("*.tif"))
+    cascade = Cascade(load_assets(assets, torch.device("cpu")))
+    result = grade_exhaustively(cascade, path, None)
+    prepared = cascade.prepare(path, None)
+    try:
+        slide = prepared.slide
+        page = slide.page_for_mpp(cascade.config.classifier.target_mpp)
+        info = slide.pages[page]
+        patch = cascade.config.classifier.patch
+        tiles = tissue_windows(
+            info.size, info.scale, prepared.mask, slide.pages[prepared.mask_page].scale, patch, 0
+        )
+    finally:
+        prepared.close()
+    assert len(result.grades) == len(tiles) > 0
+    assert result.pages["classifier"] == page
+    # every tile decoded once: the tiles' pixels inside the page, plus the tissue page
+    inside = sum(min(patch, info.width - x) * min(patch, info.height - y) for x, y in tiles)
+    tissue_page = slide.pages[prepared.mask_page]
+    tissue_pixels = tissue_page.width * tissue_page.height
+    assert result.decoded_mpx * 1e6 == pytest.approx(inside + tissue_pixels)
+    np.testing.assert_allclose(result.grades.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_top_tiles_rank_by_lesion_probability_ties_in_tile_order() -> None:
+    grades = np.array([[0.9, 0.1, 0, 0], [0.2, 0.8, 0, 0], [0.9, 0, 0.1, 0], [0.5, 0, 0, 0.5]])
+    np.testing.assert_array_equal(top_tiles(grades, 3), grades[[1, 3, 0]])
+
+
+def test_compute_floor_counts_the_networks_arithmetic(assets: Path) -> None:
+    loaded = load_assets(assets, torch.device("cpu"))
+    window, patch = network_flops(loaded)
+    assert window > 0 and patch > 0
+    # a detector window (256² px) costs more than a classifier patch (128² px) of the same net
+    assert window > patch
+    assert compute_floor(10, 4, (window, patch), gflops=100.0) == pytest.approx(
+        (10 * window + 4 * patch) / 100e9
+    )

@@ -1,0 +1,202 @@
+"""The prefetch thread: same predictions as without it, bounded, and stopping cleanly."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import runtime
+from stages.budget import BudgetConfig, RunBudget
+from stages.cascade import Cascade, SlideResult
+from stages.config import load_assets
+from stages.decision import Decision
+from stages.prefetch import Prefetcher
+from stages.submission import read_table
+from training.data.synthetic import generate_dataset
+from training.pack.export import init_assets
+
+
+class Item:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def prefetch_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "prefetch"]
+
+
+def test_slides_come_in_order_and_a_failed_preparation_raises_at_its_turn() -> None:
+    def prepare(name: str) -> Item:
+        if name == "bad":
+            raise OSError("unreadable")
+        return Item(name)
+
+    with Prefetcher(prepare, ["a", "bad", "c"]) as ahead:
+        assert ahead.take("a").name == "a"
+        with pytest.raises(OSError, match="unreadable"):
+            ahead.take("bad")
+        assert ahead.take("c").name == "c"
+        with pytest.raises(ValueError, match="out of order"):
+            ahead.take("d")
+    assert not ahead.alive
+
+
+def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest() -> None:
+    started: list[str] = []
+    items: list[Item] = []
+
+    def prepare(name: str) -> Item:
+        started.append(name)
+        items.append(Item(name))
+        return items[-1]
+
+    names = [f"s{i}" for i in range(6)]
+    ahead = Prefetcher(prepare, names, depth=1)
+    taken = ahead.take("s0")
+    deadline = time.monotonic() + 5
+    while len(started) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # give a thread that would run further ahead the chance to
+    assert started == ["s0", "s1"]  # the slide in hand plus one ahead, no more
+    ahead.close()
+    assert not ahead.alive and started == ["s0", "s1"]
+    assert items[1].closed and not taken.closed  # prepared but never taken: closed by close()
+
+
+class FakeCascade:
+    """Stands in for :class:`Cascade`: each graded slide advances a fake clock by ``cost_s``."""
+
+    def __init__(self, clock: list[float], cost_s: float, bad: set[str]) -> None:
+        self.clock, self.cost_s, self.bad = clock, cost_s, bad
+        self.prepared: list[Item] = []
+
+    def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Item:
+        if path.name in self.bad:
+            raise OSError(f"{path.name}: unreadable")
+        self.prepared.append(Item(path.name))
+        return self.prepared[-1]
+
+    def grade_slide(self, path, mpp, budget, costs, prepared=None) -> SlideResult:
+        assert prepared is not None and prepared.name == path.name
+        self.clock[0] += self.cost_s
+        prepared.close()
+        return SlideResult(path.name, 3, (0.0, 0.0, 0.0, 1.0), "patches")
+
+
+def grade_all(cascade: FakeCascade, names: list[str], time_limit_s: float) -> runtime.RunReport:
+    clock = [0.0]
+    cascade.clock = clock
+    budget = RunBudget(
+        time_limit_s, len(names), BudgetConfig(reserve_s=0.0), clock=lambda: clock[0]
+    )
+    report = runtime.RunReport()
+    checkpoint = runtime.Checkpoint(lambda quiet: None, Path("unused"))
+    checkpoint.maybe_write = lambda: None  # type: ignore[method-assign]
+    runtime._grade_all(
+        cascade,  # type: ignore[arg-type]
+        Path("data"),
+        names,
+        dict.fromkeys(names),
+        budget,
+        report,
+        prior=Decision((0.25,) * 4, 1, "prior"),
+        save_heatmaps=None,
+        checkpoint=checkpoint,
+        prefetch=True,
+    )
+    return report
+
+
+def test_prefetch_stops_at_the_time_limit_and_closes_what_it_read() -> None:
+    names = [f"s{i}.tif" for i in range(10)]
+    cascade = FakeCascade([0.0], cost_s=10.0, bad=set())
+    report = grade_all(cascade, names, time_limit_s=35.0)
+    # slides take 10 s of a 35 s run: the 4th starts with 5 s left, then the run is out of time
+    assert sorted(report.results) == names[:4]
+    assert report.not_started == names[4:]
+    assert not prefetch_threads()
+    assert len(cascade.prepared) <= 5  # at most one ahead of the last slide started
+    assert all(item.closed for item in cascade.prepared)
+
+
+def test_a_slide_that_fails_in_the_prefetch_costs_only_its_row() -> None:
+    names = ["a.tif", "bad.tif", "c.tif"]
+    report = grade_all(FakeCascade([0.0], 1.0, bad={"bad.tif"}), names, time_limit_s=100.0)
+    assert {n: r.source for n, r in report.results.items()} == {
+        "a.tif": "patches",
+        "bad.tif": "fallback",
+        "c.tif": "patches",
+    }
+    assert "unreadable" in report.results["bad.tif"].errors[0]
+    assert not prefetch_threads()
+
+
+@pytest.mark.slow
+def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    generate_dataset(data, 3, seed=41, split="test")
+    (data / "broken.tif").write_bytes(b"II*\x00 not a slide")
+    fmt = read_table(data / "submission_format.csv")
+    fmt.loc[len(fmt)] = ["broken.tif", 0, 0, 0, 0]
+    fmt.to_csv(data / "submission_format.csv", index=False)
+    assets = init_assets(tmp_path / "assets")
+    outputs = {}
+    for prefetch in (False, True):
+        out = tmp_path / f"prefetch-{prefetch}"
+        code = runtime.run(
+            data,
+            out / "submission.csv",
+            assets,
+            device="cpu",
+            save_heatmaps=out / "maps",
+            prefetch=prefetch,
+        )
+        assert code == 0
+        outputs[prefetch] = out
+    assert not prefetch_threads()
+    submissions = [read_table(outputs[p] / "submission.csv") for p in (False, True)]
+    assert submissions[0].equals(submissions[1])
+    for name in fmt["filename"][:3]:
+        stem = Path(name).stem
+        saved = [SlideResult.load(outputs[p] / "maps" / f"{stem}.npz") for p in (False, True)]
+        assert saved[0].probs == saved[1].probs and saved[0].cls == saved[1].cls
+        np.testing.assert_array_equal(saved[0].grades, saved[1].grades)
+        np.testing.assert_array_equal(saved[0].heatmap.probs, saved[1].heatmap.probs)
+        # the prefetched run read its detector windows ahead, whole rows of them at a time, so
+        # that it decoded no more than the batch-by-batch reads
+        assert saved[1].seconds["prefetched"] > 0 == saved[0].seconds["prefetched"]
+        assert 0 < saved[1].decoded_mpx <= saved[0].decoded_mpx
+    summary = json.loads((outputs[True] / "maps" / "broken.json").read_text())
+    assert summary["source"] == "fallback"
+
+
+@pytest.mark.slow
+def test_read_ahead_windows_give_the_same_heatmap(tmp_path: Path) -> None:
+    generate_dataset(tmp_path, 1, seed=42, split="test")
+    path = next(tmp_path.glob("*.tif"))
+    cascade = Cascade(load_assets(init_assets(tmp_path / "assets"), torch.device("cpu")))
+    config = replace(cascade.config.budget, min_k=2, max_k=2)
+    results = []
+    for read_ahead in (0, 5 * 3 * cascade.config.detector.window**2, 10**9):  # none, 5, all
+        budget = RunBudget(3600, 1, config)
+        prepared = cascade.prepare(path, None, read_ahead)
+        expected = 0 if not read_ahead else 5 if read_ahead < 10**9 else None
+        if expected is not None:
+            assert (0 if prepared.windows is None else len(prepared.windows)) == expected
+        results.append(
+            cascade.grade_slide(path, None, budget.start_slide(), budget.costs, prepared)
+        )
+    for other in results[1:]:
+        np.testing.assert_array_equal(other.heatmap.probs, results[0].heatmap.probs)
+        assert other.probs == results[0].probs
