@@ -25,6 +25,14 @@ def seconds(text: str) -> float:
     return value
 
 
+def levels(text: str) -> tuple[float, ...]:
+    """argparse type: comma-separated probabilities in (0, 1]."""
+    values = tuple(float(v) for v in text.split(","))
+    if not values or not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"levels must be in (0, 1], got {text}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from stages.nets import PRECISIONS
     from stages.runtime import DEFAULT_TIME_LIMIT_S, TIME_LIMIT_ENV
@@ -42,6 +50,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
     parser.add_argument(
         "--save-heatmaps", type=Path, default=None, help="write per-slide heatmaps/hotspots here"
+    )
+    parser.add_argument(
+        "--contour-levels",
+        type=levels,
+        default="0.5",
+        help="heatmap probability levels outlined in the --save-heatmaps GeoJSON, e.g. 0.5,0.8",
     )
     parser.add_argument(
         "--precision",
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         started=STARTED,
         prefetch=args.prefetch,
         precision=args.precision,
+        contour_levels=args.contour_levels,
     )
 
 

@@ -51,7 +51,8 @@ class SlideResult:
     ``tissue_scale`` page-0 px per pixel; ``heatmap`` see :class:`stages.detector.Heatmap`;
     ``grades`` ``(k, 4)`` float32 are the classifier's probabilities for ``hotspots[:k]``;
     ``seconds`` per stage (see :meth:`Cascade.grade_slide`); ``decoded_mpx`` the megapixels of
-    the slide read; ``pages`` the pyramid pages used; ``errors`` one line per failure.
+    the slide read; ``size`` the slide's page-0 ``(width, height)`` (0s when unknown);
+    ``pages`` the pyramid pages used; ``errors`` one line per failure.
     """
 
     filename: str
@@ -65,6 +66,7 @@ class SlideResult:
     tissue_scale: tuple[float, float] = (1.0, 1.0)
     seconds: dict[str, float] = field(default_factory=dict)
     decoded_mpx: float = 0.0
+    size: tuple[int, int] = (0, 0)
     pages: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -89,6 +91,7 @@ class SlideResult:
             "graded": len(self.grades),
             "seconds": self.seconds,
             "decoded_mpx": self.decoded_mpx,
+            "size": list(self.size),
             "pages": self.pages,
             "errors": self.errors,
             "degraded": self.degraded,
@@ -167,6 +170,7 @@ class SlideResult:
             tissue_scale=tuple(map(float, arrays.get("tissue_scale", (1.0, 1.0)))),
             seconds=summary["seconds"],
             decoded_mpx=summary.get("decoded_mpx", 0.0),
+            size=tuple(summary.get("size", (0, 0))),
             pages=summary["pages"],
             errors=summary["errors"],
         )
@@ -415,6 +419,7 @@ class Cascade:
             tissue_scale=mask_scale,
             seconds=clock.finish(),
             decoded_mpx=slide.reads.pixels / 1e6,
+            size=(slide.width, slide.height),
             pages=pages,
             errors=errors,
         )

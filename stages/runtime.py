@@ -34,6 +34,7 @@ from stages.budget import RunBudget
 from stages.cascade import READ_AHEAD_BYTES, Cascade, Prepared, SlideResult, fallback_result
 from stages.config import load_assets
 from stages.decision import Decision, decide_slide
+from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
 from stages.nets import AssetsError, pick_device
 from stages.prefetch import Prefetcher
 from stages.submission import (
@@ -151,12 +152,14 @@ def run(
     started: float | None = None,
     prefetch: bool = True,
     precision: str = "auto",
+    contour_levels: tuple[float, ...] = DEFAULT_LEVELS,
 ) -> int:
     """Grade every slide listed in ``data/submission_format.csv`` and write ``out``.
 
     ``started`` is the ``time.monotonic()`` the time limit counts from (default: now);
     ``prefetch``: prepare the next slide in a background thread (:mod:`stages.prefetch`);
-    ``precision``: the networks' dtype (:data:`stages.nets.PRECISIONS`).
+    ``precision``: the networks' dtype (:data:`stages.nets.PRECISIONS`); ``contour_levels``:
+    the heatmap levels outlined in the ``<stem>.geojson`` files ``save_heatmaps`` gets.
     Returns the exit status: 0 when a valid submission was written, 2 for a run-wide input
     problem, 3 for bad assets.
     """
@@ -203,6 +206,7 @@ def run(
             "save_heatmaps": save_heatmaps,
             "checkpoint": checkpoint,
             "prefetch": prefetch,
+            "contour_levels": contour_levels,
         },
         daemon=True,
         name="cascade",
@@ -278,6 +282,7 @@ def _grade_all(
     save_heatmaps: Path | None,
     checkpoint: Checkpoint,
     prefetch: bool,
+    contour_levels: tuple[float, ...] = DEFAULT_LEVELS,
 ) -> None:
     """The worker: slides in format order, each within its share of the budget; with
     ``prefetch``, the next slide is prepared in the background meanwhile."""
@@ -320,6 +325,12 @@ def _grade_all(
                 _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
                 if save_heatmaps is not None:
                     result.save(save_heatmaps)
+                    if result.source != "fallback":
+                        stem = Path(result.filename).stem
+                        write_geojson(
+                            result_features(result, contour_levels),
+                            save_heatmaps / f"{stem}.geojson",
+                        )
                 checkpoint.maybe_write()
             except Exception:
                 log.exception("%s: reporting after grading failed", name)

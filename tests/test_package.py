@@ -131,7 +131,7 @@ def test_runtime_set_is_the_requirements_closure(tmp_path: Path) -> None:
     assert runtime_distributions(requirements) == frozenset({"numpy"})
     closure = runtime_distributions()
     assert {"segmentation-models-pytorch", "timm", "torch", "huggingface-hub", "pyvips"} <= closure
-    assert not {"matplotlib", "pytest", "pip", "psutil", "shapely"} & closure
+    assert not {"matplotlib", "pytest", "pip", "psutil", "scipy"} & closure
     requirements.write_text("numpy\nnot a requirement!\n")
     with pytest.raises(PackageError, match=r"requirements\.txt:2: not a requirement"):
         runtime_distributions(requirements)

@@ -54,6 +54,9 @@ def test_generated_slides_give_a_valid_submission_and_heatmaps(
         assert saved["heatmap"].ndim == 3 and saved["heatmap"].shape[0] == 4
         assert saved["tissue"].any()
         assert len(saved["hotspot_boxes"]) == len(saved["hotspot_scores"]) > 0
+        qupath = json.loads((tmp_path / "maps" / f"{Path(name).stem}.geojson").read_text())
+        hotspots = [f for f in qupath["features"] if f["properties"]["name"].startswith("Hotspot")]
+        assert len(hotspots) == len(saved["hotspot_boxes"])
         summary = json.loads((tmp_path / "maps" / f"{Path(name).stem}.json").read_text())
         assert summary["pages"]["detector"] in (4, 5) and summary["pages"]["classifier"] in (0, 1)
     assert "done: 3 slides" in log and "failed 0" in log
