@@ -5,12 +5,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 DEMO := build/demo
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint format demo benchmark train evaluate clean
+.PHONY: setup test lint format demo report benchmark train evaluate clean
 
 setup: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
+	# Chromium (Debian's) for the report's browser test, if the machine has none
+	command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium || \
+		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	# the repo root on the venv's path, so notebooks and tools import stages/ and training/
@@ -37,6 +41,14 @@ demo: setup $(DEMO)/data/submission_format.csv
 # The demo's sample slides in the competition's test layout (also test-submission's default DATA).
 $(DEMO)/data/submission_format.csv: | setup
 	$(PY) -m training.data.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
+
+# The demo's run as one HTML report (labels, overviews, patches), opened in headless Chromium;
+# its screenshot and the worst slide's overview go to training/evaluate/results for the README.
+report: demo
+	$(PY) -m training.evaluate.report $(DEMO)/heatmaps --out $(DEMO)/report.html \
+		--labels $(DEMO)/data/test_labels.csv --data $(DEMO)/data \
+		--screenshot training/evaluate/results/report.png \
+		--overlay training/evaluate/results/overlay.png
 
 # Train both stages on generated slides, fit the decision, write assets/ (seeded; CPU by default).
 # Work files (slides, cache, checkpoints, logs) go to $(TRAIN); a rerun resumes the data steps.
