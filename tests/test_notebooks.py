@@ -11,10 +11,13 @@ import pytest
 import torch
 from conftest import REPO, TEST_RECIPE
 
+from stages import runtime
 from stages.budget import RunBudget
 from stages.cascade import Cascade
 from stages.config import load_assets, save_config
-from training.data.synthetic import generate_dataset
+from training.data.dataset import read_training_set
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.fit.decision import run_cascade
 from training.pack.export import init_assets
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -88,16 +91,23 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
 
 
 def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    generate_dataset(data, 1, seed=9, split="test")
+    data, maps = tmp_path / "data", tmp_path / "maps"
+    generate_dataset(data, 2, seed=9, split="test")
     assets = init_assets(tmp_path / "assets")
+    assert runtime.run(data, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
     result = execute(
         REPO / "notebooks" / "05_heatmap_inspection.ipynb",
         tmp_path / "05.ipynb",
         data_dir=str(data),
         assets_dir=str(assets),
+        run_dir=str(maps),
+        labels_csv=str(data / "test_labels.csv"),
+        budgets=[2, 8],
     )
     outputs = [o for c in result.cells for o in c.get("outputs", [])]
+    texts = [o.get("data", {}).get("text/plain", "") for o in outputs]
+    compared = next(text for text in texts if "max_k" in text)
+    assert compared.count("patches") == 2  # one row per budget
     summary = next(
         o["data"]["text/plain"]
         for o in outputs
@@ -130,3 +140,35 @@ def test_run_inspection_notebook(tmp_path: Path) -> None:
     printed = "".join(o.get("text", "") for o in outputs)
     assert "on 2 slides" in printed and "true\\pred" in printed
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+def test_cohort_review_notebook(tmp_path: Path) -> None:
+    test, train = tmp_path / "test", tmp_path / "train"
+    generate_dataset(test, 3, seed=11, split="test")
+    generate_dataset(train, 2, seed=12, split="train", config=SynthConfig(class_mix=(0, 0, 1, 0)))
+    assets = init_assets(tmp_path / "assets")
+    maps = tmp_path / "maps"
+    assert runtime.run(test, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
+    slides = read_training_set(train)
+    run_cascade(
+        assets, [s.path for s in slides], [s.mpp for s in slides], tmp_path / "recall",
+        torch.device("cpu"),
+    )  # fmt: skip
+    result = execute(
+        REPO / "notebooks" / "07_cohort_review.ipynb",
+        tmp_path / "07.ipynb",
+        run_dir=str(maps),
+        data_dir=str(test),
+        labels_csv=str(test / "test_labels.csv"),
+        assets_dir=str(assets),
+        train_set=str(train),
+        train_results_dir=str(tmp_path / "recall"),
+        ks=[1, 4, 32],
+        worst=2,
+    )
+    outputs = [o for c in result.cells for o in c.get("outputs", [])]
+    printed = "".join(o.get("text", "") for o in outputs)
+    assert "3 slides: cascade" in printed
+    assert "class 2" in printed and "@32" in printed  # recall by class
+    assert " k " in printed.replace("\n", " ") or "k  score" in printed  # the budget sweep
+    assert images(result) >= 2  # confusion matrix and the sweep, at least

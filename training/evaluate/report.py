@@ -25,9 +25,6 @@ import io
 import logging
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -66,12 +63,12 @@ def plot_overlay(
     None: the tissue mask instead) with the tissue outline, the any-lesion heatmap (colour bar)
     and the hotspots, ranked, coloured by grade, solid when graded and dotted when not."""
     figure, axis = plt.subplots(figsize=(7, 5.2), constrained_layout=True)
-    width, height = result.size if min(result.size) > 0 else (1, 1)
-    shape = (round(height / scale[1]), round(width / scale[0]))
     if image is None:
         tissue = result.tissue if result.tissue is not None else np.zeros((2, 2), bool)
         image = np.where(tissue[..., None], 215, 250).astype(np.uint8).repeat(3, axis=2)
-        shape = image.shape[:2]
+        scale = result.tissue_scale
+    shape = image.shape[:2]
+    width, height = shape[1] * scale[0], shape[0] * scale[1]  # page-0 px the image covers
     extent = (0, shape[1], shape[0], 0)
     axis.imshow(image, extent=extent)
     if result.heatmap is not None:
@@ -172,7 +169,7 @@ def _table(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.2f}", border=0)
 
 
-def _overview(
+def overview(
     result: SlideResult, data: Path | None
 ) -> tuple[np.ndarray | None, tuple[float, float]]:
     """The slide's overview page and its scale, when its file is in ``data``."""
@@ -186,13 +183,13 @@ def _overview(
 
 def first_overlay(result: SlideResult, data: Path | None) -> bytes:
     """PNG of :func:`plot_overlay` for ``result`` (at a higher resolution than in the page)."""
-    image, scale = _overview(result, data)
+    image, scale = overview(result, data)
     return png(plot_overlay(result, image, scale), dpi=110)
 
 
 def slide_section(result: SlideResult, data: Path | None, label: int | None, patch: int) -> str:
     """One slide's part of the page."""
-    image, scale = _overview(result, data)
+    image, scale = overview(result, data)
     patches = None
     graded = result.hotspots[: min(len(result.grades), GALLERY)]
     if image is not None and graded and "classifier" in result.pages:
