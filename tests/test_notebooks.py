@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
+import cv2
 import nbformat
+import numpy as np
 import papermill
 import pytest
 import torch
@@ -42,10 +45,19 @@ def execute(path: Path, out: Path, **parameters: object) -> nbformat.NotebookNod
 
 
 def images(notebook: nbformat.NotebookNode) -> int:
-    """How many PNG figures a run notebook holds."""
-    return sum(
-        "image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", [])
-    )
+    """How many PNG figures a run notebook holds; each must decode and none may be blank (one
+    colour), so that every figure function the notebooks call is checked for drawing something."""
+    pngs = [
+        o["data"]["image/png"]
+        for c in notebook.cells
+        for o in c.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    for data in pngs:
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(data), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and min(image.shape[:2]) > 50, "a figure did not decode"
+        assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10, "a blank figure"
+    return len(pngs)
 
 
 def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:

@@ -6,15 +6,21 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from conftest import REPO
 from matplotlib.figure import Figure
 
 from stages import runtime
-from stages.cascade import Hotspot, SlideResult
+from stages.budget import RunBudget
+from stages.cascade import Cascade, Hotspot, SlideResult
+from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geometry import Box
-from training.data.synthetic import generate_dataset
+from stages.slide import Slide
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.evaluate import figures, inspection
 from training.evaluate.report import (
     build_report,
     open_in_browser,
@@ -63,9 +69,18 @@ def decoded(figure: Figure, dpi: int = 90) -> tuple[np.ndarray, tuple[int, int]]
         plot_decision,
         lambda r: plot_gallery(NOISE, r.grades),
         plot_time,
+        lambda r: figures.plot_confusion(np.array([[3, 1, 0, 0], [0, 2, 1, 0], [0, 0, 4, 1],
+                                                   [0, 0, 1, 5]]), "confusion"),
+        lambda r: figures.plot_recall({1: 0.2, 4: 0.5, 16: 0.9, 32: 1.0}),
+        lambda r: figures.plot_reliability(np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.4, 0.8]),
+                                           np.array([10, 5, 7])),
+        lambda r: figures.plot_gallery(list(NOISE) * 3, ["a", "b", "c"], columns=3),
+        lambda r: figures.plot_sweeps({"patch_weight": (np.array([0.5, 1, 2]),
+                                                         np.array([0.9, 0.95, 0.93]), 1.0)}),
     ],
-)
+)  # fmt: skip
 def test_every_figure_is_a_non_blank_image_of_its_size(make) -> None:
+    """The report's figures and the notebooks' (``training.evaluate.figures``)."""
     image, size = decoded(make(result()))
     assert image.shape[:2] == size
     assert image.std() > 5 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10
@@ -93,3 +108,30 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
         assert image["width"] > 100 and image["height"] > 50, image
         assert image["spread"] > 0, f"blank image: {image['alt']}"
     assert (ARTEFACTS / "report.png").stat().st_size > 10_000
+
+
+def test_the_inspection_figures_on_a_graded_slide_are_non_blank(tmp_path: Path) -> None:
+    """``training.evaluate.inspection``'s figures, on a slide the cascade graded, and the
+    training curves and windows figures."""
+    config = SynthConfig(size_range=(6000, 7000))
+    generate_dataset(tmp_path, 1, seed=82, split="test", config=config)
+    path = next(tmp_path.glob("*.tif"))
+    cascade = Cascade(load_assets(init_assets(tmp_path / "assets"), torch.device("cpu")))
+    budget = RunBudget(600, 1, cascade.config.budget)
+    graded = cascade.grade_slide(path, None, budget.start_slide(), budget.costs)
+    curves = pd.DataFrame(
+        {"epoch": [0, 1, 2], "train_loss": [1.0, 0.7, 0.5], "val_loss": [1.1, 0.8, 0.7]}
+    )
+    with Slide(path) as slide:
+        made = [
+            inspection.plot_result(slide, graded),
+            inspection.plot_patches(slide, graded, graded.pages["classifier"], 128, n=4),
+            inspection.plot_overviews([slide], {path.name: [graded.hotspots[0].box]}),
+            inspection.plot_resolutions(slide, graded.hotspots[0].box, (0.5, 4.0)),
+            figures.plot_windows(list(NOISE) * 2, [np.zeros((64, 64), np.uint8)] * 2),
+            figures.plot_curves(curves, [["train_loss", "val_loss"]]),
+        ]
+    for figure in made:
+        image, size = decoded(figure)
+        assert image.shape[:2] == size
+        assert image.std() > 5 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10
