@@ -214,6 +214,11 @@ def classes_from_onehot(table: pd.DataFrame) -> np.ndarray:
     return table[list(CLASS_COLUMNS)].to_numpy().argmax(axis=1).astype(np.int64)
 
 
+def classes_by_filename(table: pd.DataFrame) -> dict[str, int]:
+    """Filename → class index of a one-hot table (labels or a submission)."""
+    return dict(zip(table["filename"], classes_from_onehot(table).tolist(), strict=True))
+
+
 def build_submission(
     fmt: pd.DataFrame, classes: Mapping[str, int], fallback: int, quiet: bool = False
 ) -> pd.DataFrame:

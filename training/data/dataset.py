@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from stages.submission import SubmissionError, classes_from_onehot, read_metadata, read_table
+from stages.submission import SubmissionError, classes_by_filename, read_metadata, read_table
 from training.data.annotations import Annotation, parse_annotations
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ def read_training_set(data: Path) -> list[TrainSlide]:
         labels = read_table(data / LABELS)
     except SubmissionError as exc:
         raise ValueError(f"not a training folder: {exc}") from exc
-    classes = dict(zip(labels["filename"], classes_from_onehot(labels).tolist(), strict=True))
+    classes = classes_by_filename(labels)
     unlabelled = sorted(set(metadata["filename"]) - set(classes))
     if unlabelled:
         raise ValueError(

@@ -56,7 +56,7 @@ from stages.cascade import SlideResult
 from stages.config import CascadeConfig, load_assets, load_config, save_config
 from stages.decision import decide_slide
 from stages.metric import score
-from stages.submission import classes_from_onehot, read_table
+from stages.submission import classes_by_filename, classes_from_onehot, read_table
 from training.cli import command_parser, setup_logging
 from training.data.synthetic import layout_specs, sample_specs, write_dataset
 from training.evaluate.exhaustive import top_tiles
@@ -279,7 +279,7 @@ def fit_exhaustive_decision(out: Path, assets: Path, device: str) -> CascadeConf
     if not (run / "submission.csv").is_file():
         run_mode(data, run, assets, Mode("exhaustive", exhaustive=True), device)
     config = load_config(assets)
-    truth = classes_by_name(data / "test_labels.csv")
+    truth = classes_by_filename(read_table(data / "test_labels.csv"))
     evidence = []
     for name, label in truth.items():
         result = SlideResult.load(run / "maps" / f"{Path(name).stem}.npz")
@@ -291,18 +291,12 @@ def fit_exhaustive_decision(out: Path, assets: Path, device: str) -> CascadeConf
 # -- reading the runs ---------------------------------------------------------------------
 
 
-def classes_by_name(csv: Path) -> dict[str, int]:
-    """Filename → class of a one-hot table (labels or a submission)."""
-    table = read_table(csv)
-    return dict(zip(table["filename"], classes_from_onehot(table).tolist(), strict=True))
-
-
 def slide_rows(
     data: Path, run: Path, mode: Mode, exhaustive: CascadeConfig | None, floors: dict
 ) -> pd.DataFrame:
     """One row per slide of a finished run: class, label, seconds, work and floors."""
-    truth = classes_by_name(data / "test_labels.csv")
-    written = classes_by_name(run / "submission.csv")
+    truth = classes_by_filename(read_table(data / "test_labels.csv"))
+    written = classes_by_filename(read_table(run / "submission.csv"))
     metadata = pd.read_csv(data / "test_metadata.csv").set_index("filename")
     assets = floors["assets"]
     rows = []

@@ -25,7 +25,7 @@ from stages.cascade import SlideResult
 from stages.decision import DecisionConfig, decide_slide
 from stages.geometry import Box
 from stages.metric import ERROR_MATRIX, score
-from stages.submission import classes_from_onehot, read_table
+from stages.submission import classes_by_filename, read_table
 from training.data.targets import recall_at_k
 
 
@@ -44,8 +44,7 @@ def cohort_table(
 ) -> pd.DataFrame:
     """Per slide: ``true``, ``cascade``, ``stage1`` (heatmap only), ``cost`` and ``stage1_cost``
     (the competition's error costs), ``source`` and ``graded``; worst error first."""
-    table = read_table(labels)
-    truth = dict(zip(table["filename"], classes_from_onehot(table).tolist(), strict=True))
+    truth = classes_by_filename(read_table(labels))
     rows = []
     for r in results:
         true, stage1 = truth[r.filename], heat_only_class(r, decision)

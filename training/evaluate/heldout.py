@@ -29,7 +29,7 @@ from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
 from stages.metric import confusion_matrix, format_confusion, score
-from stages.submission import classes_from_onehot, read_table
+from stages.submission import classes_by_filename, classes_from_onehot, read_table
 from training.cli import command_parser, setup_logging
 from training.data.dataset import read_training_set
 from training.data.targets import recall_at_k
@@ -55,7 +55,7 @@ def heldout_scores(test: Path, assets: Path, out: Path, device: str) -> dict:
     if status != 0:
         raise RuntimeError(f"main.py exited with {status}; see {out / 'log.txt'}")
     labels = read_table(test / "test_labels.csv")
-    truth = dict(zip(labels["filename"], classes_from_onehot(labels).tolist(), strict=True))
+    truth = classes_by_filename(labels)
     submission = read_table(out / "submission.csv")
     names = list(submission["filename"])
     y_true = np.array([truth[n] for n in names])

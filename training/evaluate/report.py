@@ -36,7 +36,7 @@ from stages.classifier import read_patches
 from stages.decision import expected_costs
 from stages.metric import ERROR_MATRIX, confusion_matrix, score
 from stages.slide import Slide
-from stages.submission import classes_from_onehot, read_table
+from stages.submission import classes_by_filename, read_table
 from training.cli import command_parser, setup_logging
 from training.evaluate.figures import plot_confusion
 from training.evaluate.inspection import GRADE_COLOURS, GRADE_NAMES, overview_page
@@ -244,8 +244,7 @@ def build_report(
         raise ValueError(f"{run}: no saved results (<stem>.npz); run main.py --save-heatmaps")
     truth: dict[str, int] = {}
     if labels is not None:
-        table = read_table(labels)
-        truth = dict(zip(table["filename"], classes_from_onehot(table).tolist(), strict=True))
+        truth = classes_by_filename(read_table(labels))
     predicted = np.array([r.cls for r in results])
     summary = [
         f"<p>{len(results)} slides; classes predicted (0–3): "
