@@ -15,9 +15,7 @@ import torch
 from conftest import REPO, TEST_RECIPE
 
 from stages import runtime
-from stages.budget import RunBudget
-from stages.cascade import Cascade
-from stages.config import load_assets, save_config
+from stages.config import save_config
 from training.data.dataset import read_training_set
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit.decision import run_cascade
@@ -102,11 +100,18 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     assert images(decision) >= 3  # confusion, reliability, sweeps
 
 
-def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
+def graded_run(tmp_path: Path, n_slides: int, seed: int) -> tuple[Path, Path, Path]:
+    """``(data, maps, assets)``: ``n_slides`` generated test-layout slides graded by the runtime
+    with random-weight assets, their results saved as ``main.py --save-heatmaps`` saves them."""
     data, maps = tmp_path / "data", tmp_path / "maps"
-    generate_dataset(data, 2, seed=9, split="test")
+    generate_dataset(data, n_slides, seed=seed, split="test")
     assets = init_assets(tmp_path / "assets")
     assert runtime.run(data, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
+    return data, maps, assets
+
+
+def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
+    data, maps, assets = graded_run(tmp_path, 2, seed=9)
     result = execute(
         REPO / "notebooks" / "05_heatmap_inspection.ipynb",
         tmp_path / "05.ipynb",
@@ -133,14 +138,7 @@ def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
 
 
 def test_run_inspection_notebook(tmp_path: Path) -> None:
-    data, maps = tmp_path / "data", tmp_path / "maps"
-    generate_dataset(data, 2, seed=10, split="test")
-    assets = load_assets(init_assets(tmp_path / "assets"), torch.device("cpu"))
-    cascade = Cascade(assets)
-    budget = RunBudget(600, 2, assets.config.budget)
-    for path in sorted(data.glob("*.tif")):
-        cascade.grade_slide(path, None, budget.start_slide(), budget.costs).save(maps)
-        budget.finish_slide()
+    data, maps, _ = graded_run(tmp_path, 2, seed=10)
     result = execute(
         REPO / "notebooks" / "06_run_inspection.ipynb",
         tmp_path / "06.ipynb",
@@ -155,12 +153,9 @@ def test_run_inspection_notebook(tmp_path: Path) -> None:
 
 
 def test_cohort_review_notebook(tmp_path: Path) -> None:
-    test, train = tmp_path / "test", tmp_path / "train"
-    generate_dataset(test, 3, seed=11, split="test")
+    test, maps, assets = graded_run(tmp_path, 3, seed=11)
+    train = tmp_path / "train"
     generate_dataset(train, 2, seed=12, split="train", config=SynthConfig(class_mix=(0, 0, 1, 0)))
-    assets = init_assets(tmp_path / "assets")
-    maps = tmp_path / "maps"
-    assert runtime.run(test, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
     slides = read_training_set(train)
     run_cascade(
         assets, [s.path for s in slides], [s.mpp for s in slides], tmp_path / "recall",
