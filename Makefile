@@ -3,15 +3,16 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+REQUIREMENTS := requirements.txt requirements-cluster.txt requirements-dev.txt
+STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint format demo report benchmark train evaluate clean
+.PHONY: setup test lint format demo report benchmark cluster-benchmark train evaluate clean
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): $(REQUIREMENTS)
 	# Chromium (Debian's) for the report's browser test, if the machine has none
 	command -v chromium >/dev/null || { $(SUDO) apt-get install -y -q chromium || \
 		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
@@ -76,6 +77,11 @@ BENCH := build/benchmark
 benchmark: setup
 	$(PY) -m training.evaluate.benchmark $(BENCH) --limits --publish training/evaluate/results \
 		--readme README.md
+
+# Slides per hour with 1 and 2 Ray workers on this machine against main.py, on make benchmark's
+# held-out and real-size sets (generated under $(BENCH) if absent, then kept).
+cluster-benchmark: setup
+	$(PY) -m training.evaluate.scaling $(BENCH) --publish training/evaluate/results
 
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache

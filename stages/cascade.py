@@ -181,6 +181,29 @@ def fallback_result(filename: str, decision: Decision, error: str) -> SlideResul
     return SlideResult(filename, decision.cls, decision.probs, "fallback", errors=[error])
 
 
+def grade_or_fallback(
+    cascade: Cascade,
+    path: Path,
+    mpp: float | None,
+    budget: SlideBudget,
+    costs: CostModel,
+    prior: Decision,
+    prepared: Callable[[], Prepared | None] = lambda: None,
+) -> SlideResult:
+    """:meth:`Cascade.grade_slide`, or the ``prior``'s :func:`fallback_result` (with the error)
+    when the slide cannot be graded at all: one bad slide costs only its own row. ``prepared``
+    gives what :meth:`Cascade.prepare` made of the slide ahead of time (a failure to prepare it
+    counts as the slide's). Adds ``slide`` (the wall time spent here) and ``allotment`` (the
+    budget's seconds) to the result's ``seconds``."""
+    start = time.monotonic()
+    try:
+        result = cascade.grade_slide(path, mpp, budget, costs, prepared())
+    except Exception as exc:
+        result = fallback_result(path.name, prior, f"{type(exc).__name__}: {exc}")
+    result.seconds |= {"slide": time.monotonic() - start, "allotment": budget.allotment}
+    return result
+
+
 #: Detector windows a :class:`Prepared` slide may hold read ahead (RGB bytes).
 READ_AHEAD_BYTES = 256 * 1024 * 1024
 

@@ -17,6 +17,7 @@ Guarantees, in order of priority:
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ import pandas as pd
 import pyvips
 
 from stages.budget import RunBudget
-from stages.cascade import READ_AHEAD_BYTES, Cascade, Prepared, SlideResult, fallback_result
+from stages.cascade import READ_AHEAD_BYTES, Cascade, Prepared, SlideResult, grade_or_fallback
 from stages.config import load_assets
 from stages.decision import Decision, decide_slide
 from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
@@ -122,16 +123,17 @@ class RunReport:
             log.info("failed: %s: %s", name, "; ".join(self.results[name].errors))
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """``H:MM:SS`` of ``seconds`` (rounded, ≥ 0)."""
     seconds = max(0, round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _resolutions(data: Path, names: list[str]) -> dict[str, float | None]:
-    """µm/pixel per filename from ``test_metadata.csv``; None where missing (the slide's own
-    tags are used then). A missing or unreadable metadata file is logged, not fatal."""
+def resolutions(metadata_csv: Path, names: list[str]) -> dict[str, float | None]:
+    """µm/pixel per filename from a metadata table (``test_metadata.csv``); None where missing
+    (the slide's own tags are used then). A missing or unreadable file is logged, not fatal."""
     try:
-        metadata = read_metadata(data / METADATA_NAME)
+        metadata = read_metadata(metadata_csv)
     except SubmissionError as exc:
         log.warning("metadata unusable, using the slides' own resolution tags: %s", exc)
         return dict.fromkeys(names)
@@ -181,7 +183,7 @@ def run(
     log.info(
         "%d slides, time limit %s, device %s, fallback class %d",
         len(names),
-        _hms(time_limit_s),
+        hms(time_limit_s),
         assets.device,
         prior.cls,
     )
@@ -200,7 +202,14 @@ def run(
     )
     worker = threading.Thread(
         target=_grade_all,
-        args=(Cascade(assets), data, names, _resolutions(data, names), budget, report),
+        args=(
+            Cascade(assets),
+            data,
+            names,
+            resolutions(data / METADATA_NAME, names),
+            budget,
+            report,
+        ),
         kwargs={
             "prior": prior,
             "save_heatmaps": save_heatmaps,
@@ -304,33 +313,24 @@ def _grade_all(
                 return
             slide_budget = budget.start_slide()
             report.current = name
-            start = time.monotonic()
-            try:
-                prepared = None if ahead is None else ahead.take(name)
-                result = cascade.grade_slide(
-                    data / name, mpps.get(name), slide_budget, budget.costs, prepared
+            try:  # the slide's wall time as the budget saw it (waiting for the prefetch included)
+                result = grade_or_fallback(
+                    cascade,
+                    data / name,
+                    mpps.get(name),
+                    slide_budget,
+                    budget.costs,
+                    prior,
+                    (lambda: None) if ahead is None else functools.partial(ahead.take, name),
                 )
-            except Exception as exc:  # one bad slide costs only its own row
-                result = fallback_result(name, prior, f"{type(exc).__name__}: {exc}")
             finally:
                 budget.finish_slide()
                 report.current = None
-            # the slide's wall time as the budget saw it (waiting for the prefetch included)
-            result.seconds |= {
-                "slide": time.monotonic() - start,
-                "allotment": slide_budget.allotment,
-            }
             report.add(result)
             try:  # reporting must not stop the run either
                 _log_slide(i, len(names), result, budget, time.monotonic() - run_start)
                 if save_heatmaps is not None:
-                    result.save(save_heatmaps)
-                    if result.source != "fallback":
-                        stem = Path(result.filename).stem
-                        write_geojson(
-                            result_features(result, contour_levels),
-                            save_heatmaps / f"{stem}.geojson",
-                        )
+                    save_result(result, save_heatmaps, contour_levels)
                 checkpoint.maybe_write()
             except Exception:
                 log.exception("%s: reporting after grading failed", name)
@@ -338,6 +338,18 @@ def _grade_all(
     finally:
         if ahead is not None:
             ahead.close()
+
+
+def save_result(
+    result: SlideResult, directory: Path, contour_levels: tuple[float, ...] = DEFAULT_LEVELS
+) -> None:
+    """What ``--save-heatmaps`` writes for a slide into ``directory``: ``<stem>.npz`` and
+    ``<stem>.json`` (:meth:`SlideResult.save`) and, unless it got the fallback, ``<stem>.geojson``
+    for QuPath with the heatmap outlined at ``contour_levels``."""
+    result.save(directory)
+    if result.source != "fallback":
+        stem = Path(result.filename).stem
+        write_geojson(result_features(result, contour_levels), directory / f"{stem}.geojson")
 
 
 def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elapsed: float) -> None:
@@ -369,6 +381,6 @@ def _log_slide(i: int, total: int, result: SlideResult, budget: RunBudget, elaps
         s.get("detector", 0.0),
         s.get("classifier", 0.0),
         f" DEGRADED: {'; '.join(result.problems())}" if result.degraded else "",
-        _hms(budget.remaining()),
-        _hms(eta),
+        hms(budget.remaining()),
+        hms(eta),
     )

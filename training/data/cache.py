@@ -23,11 +23,13 @@ A slide that cannot be read is skipped and named in the log; the others go on.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import logging
 import math
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,6 +243,28 @@ def _settings(cascade: CascadeConfig, config: CacheConfig) -> dict:
     }
 
 
+#: Caches ``(slide, fold)`` pairs into a folder with the given settings, yielding each slide
+#: with None when it is done or with the exception that stopped it (:func:`cache_serially`; the
+#: Ray pool of :mod:`training.cluster.cache` is the other).
+CacheRunner = Callable[
+    [list[tuple[TrainSlide, int]], Path, CascadeConfig, CacheConfig],
+    Iterator[tuple[TrainSlide, BaseException | None]],
+]
+
+
+def cache_serially(
+    todo: list[tuple[TrainSlide, int]], out: Path, cascade: CascadeConfig, config: CacheConfig
+) -> Iterator[tuple[TrainSlide, BaseException | None]]:
+    """The single-machine :data:`CacheRunner`: :func:`cache_slide` on each slide in turn."""
+    for item, fold in tqdm(todo, desc="cache", unit="slide"):
+        try:
+            cache_slide(item, fold, out, cascade, config)
+        except Exception as exc:  # one unreadable slide never stops the others
+            yield item, exc
+        else:
+            yield item, None
+
+
 def build_cache(
     data: Path,
     out: Path,
@@ -248,9 +272,11 @@ def build_cache(
     config: CacheConfig = CacheConfig(),
     folds: int = 4,
     by_centre: bool = False,
+    runner: CacheRunner = cache_serially,
 ) -> pd.DataFrame:
     """Cache every slide of the training folder ``data`` into ``out`` (resuming after the slides
-    already done), write the index tables and return ``slides.csv`` as a frame."""
+    already done) with ``runner``, write the index tables and return ``slides.csv`` as a
+    frame."""
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(_settings(cascade, config)))  # tuples as lists
     path = out / SETTINGS
@@ -259,17 +285,15 @@ def build_cache(
     path.write_text(json.dumps(settings, indent=1) + "\n")
     slides = read_training_set(data)
     fold_of = assign_folds(slides, folds, config.seed, by_centre)
+    todo = [(s, fold_of[s.filename]) for s in slides if not (out / s.stem / DONE).is_file()]
+    if len(todo) < len(slides):
+        log.info("%s: %d of %d slides cached already", out, len(slides) - len(todo), len(slides))
     failed = []
-    for item in tqdm(slides, desc="cache", unit="slide"):
-        done = out / item.stem / DONE
-        if done.is_file():
-            continue
-        try:
-            cache_slide(item, fold_of[item.filename], out, cascade, config)
-        except Exception as exc:  # one unreadable slide never stops the others
+    for item, error in runner(todo, out, cascade, config):
+        if error is not None:
             failed.append(item.filename)
             log.error(
-                "%s: skipped, cannot be cached: %s: %s", item.filename, type(exc).__name__, exc
+                "%s: skipped, cannot be cached: %s: %s", item.filename, type(error).__name__, error
             )
     if failed:
         log.warning("%d slide(s) skipped: %s", len(failed), ", ".join(failed))
@@ -403,10 +427,8 @@ class CachedSlide:
         return crop_padded(self.image, x0, y0, width, height, 255)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from training.pack.export import load_recipe
-
-    parser = command_parser("training.data.cache", __doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The cache command's arguments (``DATA OUT`` and its settings), for :func:`from_arguments`."""
     parser.add_argument("data", type=Path, help="training folder (train_*.csv and the TIFs)")
     parser.add_argument("out", type=Path, help="cache folder (resumed when it exists)")
     parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
@@ -415,17 +437,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--square-patches", type=int, default=CacheConfig.square_patches)
     parser.add_argument("--benign-patches", type=int, default=CacheConfig.benign_patches)
-    args = parser.parse_args(argv)
-    setup_logging()
+
+
+def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_serially) -> int:
+    """Build the cache that :func:`add_arguments`' ``args`` describe with ``runner``; prints the
+    slides per fold and label."""
+    from training.pack.export import load_recipe
+
     config = CacheConfig(
         square_patches=args.square_patches, benign_patches=args.benign_patches, seed=args.seed
     )
     slides = build_cache(
-        args.data, args.out, load_recipe(args.config), config, args.folds, args.by_centre
+        args.data, args.out, load_recipe(args.config), config, args.folds, args.by_centre, runner
     )
     counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
     print(f"cached {len(slides)} slides in {args.out}; slides per fold and label:\n{counts}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = command_parser("training.data.cache", __doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return from_arguments(args)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade, SlideResult, fallback_result
+from stages.cascade import Cascade, SlideResult, grade_or_fallback
 from stages.classifier import PatchClassifier
 from stages.config import load_assets
 from stages.decision import DecisionConfig, decide, decide_slide, slide_probabilities
@@ -91,13 +91,11 @@ def run_cascade(
     prior = decide_slide([], [], loaded.config.decision)
     results = []
     for path, mpp in tqdm(list(zip(paths, mpps, strict=True)), desc="cascade", unit="slide"):
-        slide_budget = budget.start_slide()
-        try:
-            result = cascade.grade_slide(path, mpp, slide_budget, budget.costs)
-        except Exception as exc:  # graded like main.py: the slide gets the fallback
-            log.error("%s: %s: %s", path.name, type(exc).__name__, exc)
-            result = fallback_result(path.name, prior, f"{type(exc).__name__}: {exc}")
+        # graded like main.py: a slide that cannot be graded gets the fallback
+        result = grade_or_fallback(cascade, path, mpp, budget.start_slide(), budget.costs, prior)
         budget.finish_slide()
+        if result.source == "fallback":
+            log.error("%s: %s", path.name, "; ".join(result.errors))
         result.save(out)
         results.append(result)
     costs = {"patch_s": budget.costs.patch.value, "detector_mpx_s": budget.costs.detector.value}

@@ -1,0 +1,302 @@
+"""Distributed grading and cache building on a local Ray instance with 2 CPUs, and DDP training on
+two CPU processes, all on small generated slides.
+
+The Ray instance is started once by this module and the commands join it with ``--address``, as
+they would join a cluster (Ray serves on this machine's own address).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from conftest import REPO, TEST_RECIPE
+from safetensors.torch import load_file
+
+from stages.config import load_config, save_config
+from stages.decision import decide_slide
+from stages.submission import read_table, validate
+from training.cluster.grade import COLUMNS, GradeOptions, ResultsTable, grade_archive
+from training.cluster.pool import PoolConfig, Progress, Sizing, connect, size_pool
+from training.data.cache import CacheConfig, build_cache
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.evaluate.scaling import projection
+from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
+
+pytestmark = pytest.mark.slow
+
+ASSETS = REPO / "assets"
+FORMAT = "submission_format.csv"
+SMALL = CacheConfig(square_patches=3, benign_patches=6, hard_negatives=4)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """The address of a local Ray instance with 2 CPUs, shut down after the module."""
+    connect(PoolConfig(local_cpus=2))
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four generated test slides, one of each class, with main.py's submission and heatmaps
+    (the committed assets) in ``../main``."""
+    data = tmp_path_factory.mktemp("cluster") / "data"
+    generate_dataset(data, 4, seed=31, split="test")
+    labels = read_table(data / "test_labels.csv")[["0", "1", "2", "3"]].to_numpy().argmax(1)
+    assert sorted(labels) == [0, 1, 2, 3]
+    main = data.parent / "main"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "main.py"), "--data", str(data), "--assets", str(ASSETS)]
+        + ["--out", str(main / "submission.csv"), "--save-heatmaps", str(main / "maps")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return data
+
+
+def grade_command(data: Path, out: Path, address: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "training.cluster", "grade", "--data", str(data)] + [
+        "--out", str(out), "--assets", str(ASSETS), "--address", address, *extra,
+    ]  # fmt: skip
+
+
+def main_classes(data: Path) -> dict[str, int]:
+    table = read_table(data.parent / "main" / "submission.csv")
+    return dict(
+        zip(table["filename"], table[["0", "1", "2", "3"]].to_numpy().argmax(1), strict=True)
+    )
+
+
+def test_cluster_grade_gives_the_classes_of_main_py(
+    slides: Path, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        grade_command(slides, out, cluster, "--workers", "2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    assert "2 GradeWorker workers, 1 CPU and 0 GPU each" in log
+    assert "[4/4]" in log and "slides/h, ETA" in log
+    fmt = read_table(slides / "submission_format.csv")
+    submission = read_table(out / "submission.csv")
+    validate(submission, fmt)
+    assert submission.equals(read_table(slides.parent / "main" / "submission.csv"))
+    rows = ResultsTable(out / "results.csv").rows()
+    assert sorted(rows.index) == sorted(fmt["filename"]) and set(rows["source"]) == {"patches"}
+    assert len({w.split(":")[1] for w in rows["worker"]}) == 2  # both workers graded
+    for name in fmt["filename"]:
+        stem = Path(name).stem
+        ours = np.load(out / "heatmaps" / f"{stem}.npz")
+        theirs = np.load(slides.parent / "main" / "maps" / f"{stem}.npz")
+        assert np.array_equal(ours["hotspot_boxes"], theirs["hotspot_boxes"])
+        assert ours["grades"].shape == theirs["grades"].shape
+        assert (out / "heatmaps" / f"{stem}.geojson").is_file()
+        assert rows.at[name, "class"] == main_classes(slides)[name]
+
+
+def test_a_worker_that_dies_costs_only_its_slide(
+    slides: Path, cluster: str, tmp_path: Path
+) -> None:
+    names = list(read_table(slides / "submission_format.csv")["filename"])
+    marks = tmp_path / "crashes"
+    marks.mkdir()
+    options = GradeOptions(crash_on=frozenset({names[1]}), crash_marks=str(marks))
+    report = grade_archive(slides, tmp_path / "out", ASSETS, PoolConfig(workers=2), options)
+    assert report.done == report.total == 4 and sorted(report.graded) == sorted(names)
+    rows = ResultsTable(tmp_path / "out" / "results.csv").rows()
+    crashed = rows.loc[names[1]]
+    prior = decide_slide([], [], load_config(ASSETS).decision)
+    assert crashed["source"] == "fallback" and crashed["class"] == prior.cls
+    assert "died on each of 2 tries" in crashed["errors"]
+    # tried twice, on two processes: the worker was restarted and the slide retried once
+    assert len({p.suffix for p in marks.iterdir()}) == 2
+    expected = main_classes(slides)
+    for name in names[:1] + names[2:]:  # the restarted worker went on grading
+        assert rows.at[name, "source"] == "patches" and rows.at[name, "class"] == expected[name]
+    validate(read_table(tmp_path / "out" / "submission.csv"), read_table(slides / FORMAT))
+    assert (tmp_path / "out" / "heatmaps" / f"{Path(names[1]).stem}.json").is_file()
+
+
+def test_an_interrupted_run_resumes_with_the_rest(
+    slides: Path, cluster: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    names = list(read_table(slides / FORMAT)["filename"])
+    first = grade_archive(slides, out, ASSETS, PoolConfig(workers=1), limit=1)
+    assert first.graded == names[:1] and first.output is None and first.done == 1
+    assert not (out / "submission.csv").exists()
+    kept = (out / "heatmaps" / f"{Path(names[0]).stem}.npz").stat().st_mtime_ns
+
+    # a run killed outright (SIGKILL) as soon as it has finished one more slide (this one
+    # writing results.csv rows only)
+    proc = subprocess.Popen(
+        grade_command(slides, out, cluster, "--workers", "2", "--no-heatmaps"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 240
+    while len((out / "results.csv").read_text().splitlines()) < 3 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the second run finished no slide"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with (out / "results.csv").open("a") as f:
+        f.write("syn31_0003.tif,2,0.1")  # and a row cut short, as a kill mid-write would leave
+    before = set(ResultsTable(out / "results.csv").rows().index)
+    assert names[0] in before and 2 <= len(before) <= 4
+
+    last = grade_archive(slides, out, ASSETS, PoolConfig(workers=2))
+    assert sorted(last.graded) == sorted(set(names) - before)  # only the rest
+    rows = pd.read_csv(out / "results.csv", keep_default_na=False)
+    assert sorted(rows["filename"]) == sorted(names)  # each slide once
+    assert (out / "heatmaps" / f"{Path(names[0]).stem}.npz").stat().st_mtime_ns == kept
+    maps = {p.stem for p in (out / "heatmaps").glob("*.npz")}
+    assert maps == {Path(n).stem for n in [names[0], *last.graded]}  # none from --no-heatmaps
+    assert read_table(out / "submission.csv").equals(
+        read_table(slides.parent / "main" / "submission.csv")
+    )
+
+
+def test_results_table_keeps_whole_lines_only(tmp_path: Path) -> None:
+    table = ResultsTable(tmp_path / "results.csv")
+    row = dict.fromkeys(COLUMNS, 0) | {"filename": "a.tif", "source": "patches", "errors": "x, y"}
+    table.append(row)
+    with (tmp_path / "results.csv").open("a") as f:
+        f.write("b.tif,1,0.")
+    rows = ResultsTable(tmp_path / "results.csv").rows()
+    assert list(rows.index) == ["a.tif"] and rows.at["a.tif", "errors"] == "x, y"
+    assert (tmp_path / "results.csv").read_text().endswith('x, y"\n')
+    (tmp_path / "other.csv").write_text("filename,class\n")
+    with pytest.raises(ValueError, match="not a results table"):
+        ResultsTable(tmp_path / "other.csv")
+
+
+def test_the_runtime_set_leaves_ray_out() -> None:
+    # the packed submission's test hides every module outside requirements.txt's closure
+    assert blocked_modules(runtime_distributions()).get("ray") == "ray"
+    sources = {f"stages/{p.name}": p.read_text() for p in (REPO / "stages").glob("*.py")}
+    sources["main.py"] = (REPO / "main.py").read_text()
+    assert unresolved_imports(sources, blocked_modules(runtime_distributions())) == []
+
+
+def test_pool_sizing() -> None:
+    cpus_only = {"CPU": 16.0}
+    assert size_pool(PoolConfig(), cpus_only) == Sizing(16, 1.0, 0.0)
+    assert size_pool(PoolConfig(cpus_per_worker=4), cpus_only) == Sizing(4, 4.0, 0.0)
+    gpus = {"CPU": 32.0, "GPU": 8.0}
+    assert size_pool(PoolConfig(), gpus) == Sizing(8, 4.0, 1.0)  # one actor per GPU
+    assert size_pool(PoolConfig(gpus_per_worker=0.5), gpus) == Sizing(16, 2.0, 0.5)
+    assert size_pool(PoolConfig(workers=3, gpus_per_worker=0), gpus) == Sizing(3, 1.0, 0.0)
+    with pytest.raises(ValueError, match="workers"):
+        PoolConfig(workers=0)
+
+
+def test_progress_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    progress = Progress(10, clock=lambda: now[0])
+    now[0] = 136.0
+    with caplog.at_level("INFO"):
+        progress.step("a.tif: class 1")
+    assert progress.rate() == 100.0  # 1 slide in 36 s
+    assert "[1/10] a.tif: class 1; 100 slides/h, ETA 0:05:24" in caplog.text
+
+
+def test_projection_divides_the_archive_by_the_steady_rates() -> None:
+    table = pd.DataFrame(
+        [
+            {"set": "real", "pool": "main.py", "steady_per_h": np.nan},
+            {"set": "real", "pool": "2 worker(s) x 1 CPU", "steady_per_h": 1024.0},
+        ]
+    )
+    hours = projection(table)
+    assert list(hours["machines"]) == [1, 4, 16] and set(hours["pool"]) == {"2 worker(s) x 1 CPU"}
+    assert list(hours["2048 slides, h"]) == [2.0, 0.5, 0.125]
+    assert hours["50000 slides, h"].iloc[0] == 50_000 / 1024
+
+
+@pytest.fixture(scope="module")
+def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cluster_train") / "data"
+    mix = SynthConfig(size_range=(3000, 4000), class_mix=(0.5, 0.0, 0.5, 0.0))
+    generate_dataset(out, 4, seed=24, split="train", config=mix)
+    (out / "syn24_0003.tif").write_bytes(b"not a tiff")  # listed, and unreadable
+    return out
+
+
+def test_distributed_cache_equals_the_single_machine_one(
+    train_data: Path, cluster: str, tmp_path: Path
+) -> None:
+    recipe = save_config(TEST_RECIPE, tmp_path / "recipe")
+    settings = ["--config", str(recipe), "--folds", "2", "--square-patches", "3"]
+    settings += ["--benign-patches", "6"]
+    single = subprocess.run(
+        [sys.executable, "-m", "training.data.cache", str(train_data), str(tmp_path / "single")]
+        + settings,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert single.returncode == 0, single.stdout + single.stderr
+    command = [sys.executable, "-m", "training.cluster", "cache", str(train_data)]
+    command += [str(tmp_path / "ray"), *settings, "--address", cluster]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "cached 3 slides" in proc.stdout
+    assert "syn24_0003.tif: skipped, cannot be cached: SlideError" in proc.stderr
+    single = sorted(p.relative_to(tmp_path / "single") for p in (tmp_path / "single").rglob("*"))
+    ours = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray").rglob("*"))
+    assert single == ours and len([p for p in single if p.suffix == ".npy"]) == 15
+    for rel in single:
+        a, b = tmp_path / "single" / rel, tmp_path / "ray" / rel
+        if a.suffix == ".npy":
+            assert np.array_equal(np.load(a), np.load(b)), rel
+        elif a.is_file():
+            assert a.read_bytes() == b.read_bytes(), rel
+    # a rerun resumes: nothing is cached again
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert again.returncode == 0 and "3 of 4 slides cached already" in again.stderr
+
+
+def test_ddp_step_on_two_cpu_processes_ends_with_equal_weights(
+    train_data: Path, tmp_path: Path
+) -> None:
+    build_cache(train_data, tmp_path / "cache", TEST_RECIPE, SMALL, folds=2)
+    recipe = save_config(TEST_RECIPE, tmp_path / "recipe")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_step.py"), str(tmp_path / "cache")]
+        + [str(tmp_path / "run"), str(recipe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    infos = [(tmp_path / "run" / f"rank{r}.json").read_text() for r in (0, 1)]
+    assert infos[0] == infos[1] == '{"world_size": 2, "steps": 2}'
+    start = load_file(str(tmp_path / "run" / "start.safetensors"))
+    ranks = [load_file(str(tmp_path / "run" / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() == start.keys()
+    for name in start:
+        assert ranks[0][name].equal(ranks[1][name]), name  # the gradients were all-reduced
+    moved = [name for name in start if not ranks[0][name].equal(start[name])]
+    assert len(moved) > len(start) // 2  # and the steps changed the weights

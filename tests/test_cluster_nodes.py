@@ -1,0 +1,73 @@
+"""A node lost in the middle of a distributed grading run: a Ray cluster of two 1-CPU worker nodes
+simulated on this machine (``ray.cluster_utils.Cluster``), one of them removed while it grades.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+from conftest import REPO
+from ray.cluster_utils import Cluster
+
+from stages.submission import read_table, validate
+from training.cluster.grade import GradeReport, ResultsTable, grade_archive
+from training.cluster.pool import PoolConfig
+from training.data.synthetic import generate_dataset
+
+pytestmark = pytest.mark.slow
+
+ASSETS = REPO / "assets"
+
+
+@pytest.fixture
+def two_nodes() -> Iterator[tuple[Cluster, list]]:
+    """A head without CPUs (the driver's) and two worker nodes of 1 CPU each."""
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, logging_level="WARNING")
+    yield cluster, nodes
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_a_lost_node_loses_no_finished_result(
+    two_nodes: tuple[Cluster, list], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster, nodes = two_nodes
+    data = tmp_path / "data"
+    generate_dataset(data, 6, seed=33, split="test")
+    out = tmp_path / "out"
+    reports: list[GradeReport] = []
+    errors: list[BaseException] = []
+
+    def grade() -> None:
+        try:
+            reports.append(grade_archive(data, out, ASSETS, PoolConfig()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=grade)
+    worker.start()
+    deadline = time.monotonic() + 240
+    while not (out / "results.csv").is_file() or len(ResultsTable(out / "results.csv").rows()) < 1:
+        assert time.monotonic() < deadline and worker.is_alive(), errors
+        time.sleep(0.05)
+    finished = dict(ResultsTable(out / "results.csv").rows()["class"])
+    cluster.remove_node(nodes[0], allow_graceful=False)  # as a machine that goes down
+    worker.join(timeout=300)
+    assert not worker.is_alive() and not errors, errors
+    rows = ResultsTable(out / "results.csv").rows()
+    (report,) = reports
+    assert report.done == report.total == 6 and sorted(rows.index) == sorted(report.graded)
+    for name, cls in finished.items():  # what was finished before the loss is kept as it was
+        assert rows.at[name, "class"] == cls
+    # the lost node's slide in flight was tried again on the other node, not given the fallback
+    assert "its worker was lost" in caplog.text
+    assert set(rows["source"]) == {"patches"}, rows[["source", "errors"]]
+    validate(read_table(out / "submission.csv"), read_table(data / "submission_format.csv"))

@@ -1,0 +1,328 @@
+"""Grade a whole archive of slides on a Ray pool, resumably: ``python -m training.cluster grade``.
+
+Each slide is one task, served to a pool of :class:`GradeWorker` actors that load ``assets/``
+once and grade with the same :class:`stages.cascade.Cascade` as ``main.py``. Each slide gets a
+fixed share of time (``seconds_per_slide``: there is no run-wide limit to share out, as in the
+competition). The driver, the one process that writes ``OUT``, keeps every finished result:
+
+* ``OUT/heatmaps/``: per slide the files ``main.py --save-heatmaps`` writes (``<stem>.npz``,
+  ``<stem>.json``, ``<stem>.geojson``), sent back by the worker and written before its row;
+* ``OUT/results.csv``: one row per finished slide (class, probabilities, source, errors, the
+  worker's seconds, the worker, the Unix time it was recorded), appended and synced as each
+  finishes. A slide with a row is done: a rerun grades only the others, and a run killed at
+  any point loses at most the slides in flight;
+* at the end, once every slide has a row: ``OUT/submission.csv`` in the order of
+  ``DATA/submission_format.csv`` when that file exists, else ``OUT/predictions.csv`` for every
+  TIF found in ``DATA``.
+
+Faults: a slide that raises gets the fallback row with its error, as in ``main.py``; a worker
+process that dies (libvips crash, out of memory) is restarted and its slide tried once more,
+then given the fallback (:mod:`training.cluster.pool`). Results live with the driver, so a lost
+node loses none of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pandas as pd
+import ray
+import torch
+
+from stages.budget import CostModel, SlideBudget
+from stages.cascade import Cascade, SlideResult, fallback_result, grade_or_fallback
+from stages.config import load_assets, load_config
+from stages.decision import Decision, decide_slide
+from stages.geojson import DEFAULT_LEVELS
+from stages.nets import pick_device
+from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions, save_result
+from stages.submission import build_submission, read_table, write_submission
+from training.cluster.pool import (
+    RETRIES_ON_CRASH,
+    PoolConfig,
+    PoolWorker,
+    Progress,
+    connect,
+    serve,
+    size_pool,
+    start_actors,
+)
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.csv"
+MAPS = "heatmaps"
+SUBMISSION = "submission.csv"
+PREDICTIONS = "predictions.csv"
+#: Metadata tables looked for in ``DATA`` (µm/pixel per slide), in this order.
+METADATA_NAMES = (METADATA_NAME, "train_metadata.csv")
+#: The exit status of a worker made to die by :attr:`GradeOptions.crash_on`.
+CRASH_EXIT = 70
+COLUMNS = (
+    "filename", "class", "p0", "p1", "p2", "p3", "source", "degraded", "hotspots", "graded",
+    "seconds", "worker", "finished", "errors",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class GradeOptions:
+    """How each slide is graded: ``seconds_per_slide``, its time budget; ``device`` / ``precision``
+    as ``main.py``'s (None: the worker's GPU if it has one); ``contour_levels`` for the GeoJSON;
+    ``heatmaps``: send back and write each slide's files (False: its ``results.csv`` row only,
+    for archives whose heatmaps, about 12 MB a real-size slide, would be too much for the
+    driver); ``crash_on``: a test hook, filenames on which the worker process exits at once (as
+    a libvips crash would), leaving an empty file ``<filename>.<pid>`` in the folder
+    ``crash_marks`` (if given) each time."""
+
+    seconds_per_slide: float = 60.0
+    device: str | None = None
+    precision: str = "auto"
+    contour_levels: tuple[float, ...] = DEFAULT_LEVELS
+    heatmaps: bool = True
+    crash_on: frozenset[str] = frozenset()
+    crash_marks: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.seconds_per_slide) and self.seconds_per_slide > 0):
+            raise ValueError(f"seconds_per_slide must be positive, got {self.seconds_per_slide}")
+
+
+def result_row(result: SlideResult, worker: str) -> dict:
+    """The ``results.csv`` row of a graded slide (see :data:`COLUMNS`)."""
+    return {
+        "filename": result.filename,
+        "class": result.cls,
+        **{f"p{c}": round(float(p), 6) for c, p in enumerate(result.probs)},
+        "source": result.source,
+        "degraded": int(result.degraded),
+        "hotspots": len(result.hotspots),
+        "graded": len(result.grades),
+        "seconds": round(result.seconds.get("slide", 0.0), 3),
+        "worker": worker,
+        "finished": 0.0,  # set by the driver when it records the row
+        "errors": "; ".join(result.problems()),
+    }
+
+
+def saved_files(
+    result: SlideResult, contour_levels: tuple[float, ...] = DEFAULT_LEVELS
+) -> dict[str, bytes]:
+    """The files ``main.py --save-heatmaps`` writes for ``result``, as name → bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_result(result, Path(tmp), contour_levels)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+
+
+class GradeWorker(PoolWorker):
+    """One actor of the pool: the assets loaded once (from their files' bytes, so that no node
+    needs the driver's ``assets/``), grading slides of ``data`` (a path every node reads) with
+    ``threads`` torch threads."""
+
+    def __init__(
+        self, assets: dict[str, bytes], data: str, options: GradeOptions, threads: int
+    ) -> None:
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("pyvips").setLevel(logging.WARNING)
+        torch.set_num_threads(max(1, threads))
+        with tempfile.TemporaryDirectory(prefix="tissuenet-assets-") as tmp:
+            for name, blob in assets.items():
+                (Path(tmp) / name).write_bytes(blob)
+            self.assets = load_assets(Path(tmp), pick_device(options.device), options.precision)
+        self.cascade = Cascade(self.assets)
+        self.costs = CostModel(self.assets.config.budget)
+        self.prior = decide_slide([], [], self.assets.config.decision)
+        self.data = Path(data)
+        self.options = options
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def grade(self, filename: str, mpp: float | None) -> tuple[dict, dict[str, bytes]]:
+        """Grade one slide: its ``results.csv`` row and its saved files (name → bytes)."""
+        if filename in self.options.crash_on:
+            if self.options.crash_marks:
+                (Path(self.options.crash_marks) / f"{filename}.{os.getpid()}").touch()
+            os._exit(CRASH_EXIT)
+        seconds = self.options.seconds_per_slide
+        budget = SlideBudget(
+            time.monotonic, seconds, time.monotonic() + seconds, self.assets.config.budget
+        )
+        result = grade_or_fallback(
+            self.cascade, self.data / filename, mpp, budget, self.costs, self.prior
+        )
+        files = saved_files(result, self.options.contour_levels) if self.options.heatmaps else {}
+        return result_row(result, self.name), files
+
+
+class ResultsTable:
+    """``results.csv``: a header, then one whole line per finished slide, appended with one
+    write and synced. A line cut short by a kill is dropped when the table is opened again."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        header = ",".join(COLUMNS) + "\n"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(header)
+            return
+        text = path.read_text()
+        if not text.startswith(header):
+            raise ValueError(f"{path}: not a results table of this version (header {header!r})")
+        whole = text[: text.rfind("\n") + 1]
+        if len(whole) < len(text):
+            log.warning("%s: dropping a last line cut short: %r", path, text[len(whole) :])
+            with path.open("r+") as f:
+                f.truncate(len(whole.encode()))
+
+    def rows(self) -> pd.DataFrame:
+        """Every row, the last one of a filename winning, indexed by filename."""
+        table = pd.read_csv(self.path, keep_default_na=False, dtype={"filename": str})
+        return table.drop_duplicates("filename", keep="last").set_index("filename")
+
+    def append(self, row: dict) -> None:
+        """Add ``row`` (:data:`COLUMNS`) durably."""
+        line = io.StringIO()
+        csv.writer(line, lineterminator="\n").writerow([row[c] for c in COLUMNS])
+        with self.path.open("a") as f:
+            f.write(line.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def list_slides(data: Path) -> tuple[list[str], pd.DataFrame | None]:
+    """The slides of ``data``: the filenames of ``submission_format.csv`` in its order (and the
+    table) when it exists, else every ``*.tif``/``*.tiff`` in the folder, sorted (and None)."""
+    if (data / FORMAT_NAME).is_file():
+        fmt = read_table(data / FORMAT_NAME)
+        return [str(n) for n in fmt["filename"]], fmt
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: no such folder")
+    names = sorted(p.name for p in data.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+    return names, None
+
+
+def _write_files(directory: Path, files: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, blob in files.items():
+        tmp = directory / f".{name}.tmp"
+        tmp.write_bytes(blob)
+        os.replace(tmp, directory / name)
+
+
+def _lost(filename: str, prior: Decision, exc: BaseException) -> SlideResult:
+    """The fallback of a slide whose task failed in Ray (its worker died on every try)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ray.exceptions.RayActorError):
+        why = f"its worker process died on each of {1 + RETRIES_ON_CRASH} tries"
+    else:
+        why = "the task failed"
+    return fallback_result(filename, prior, f"{type(exc).__name__}: {why}: {first}"[:500])
+
+
+@dataclass
+class GradeReport:
+    """What a run did: ``graded`` the slides finished in this run (in finishing order),
+    ``done`` the slides with a row, ``total`` the slides listed, ``output`` the submission or
+    predictions written (None while slides are left)."""
+
+    graded: list[str] = field(default_factory=list)
+    done: int = 0
+    total: int = 0
+    output: Path | None = None
+
+
+def grade_archive(
+    data: Path,
+    out: Path,
+    assets_dir: Path,
+    pool: PoolConfig | None = None,
+    options: GradeOptions = GradeOptions(),
+    limit: int | None = None,
+    metadata: Path | None = None,
+) -> GradeReport:
+    """Grade every slide of ``data`` not yet in ``out/results.csv`` (at most ``limit`` of them
+    in this run) on the Ray pool ``pool`` (default: a local one); write the final table when
+    none is left (see the module doc). ``metadata``: the µm/pixel table (default: the first of
+    :data:`METADATA_NAMES` in ``data``; without one, the slides' own tags)."""
+    names, fmt = list_slides(data)
+    config = load_config(assets_dir)  # the whole config validated before any slide is sent
+    prior = decide_slide([], [], config.decision)
+    table = ResultsTable(out / RESULTS)
+    done = set(table.rows().index) & set(names)
+    todo = [n for n in names if n not in done][:limit]
+    log.info(
+        "%d slides in %s: %d done already, %d to grade now", len(names), data, len(done), len(todo)
+    )
+    report = GradeReport(total=len(names))
+    if todo:
+        if metadata is None:
+            found = [data / n for n in METADATA_NAMES if (data / n).is_file()]
+            metadata = found[0] if found else data / METADATA_NAME
+        mpps = resolutions(metadata, todo)
+        pool = pool or PoolConfig()
+        _grade_on_pool(todo, mpps, data, out, assets_dir, pool, options, prior, table, report)
+    rows = table.rows()
+    report.done = len(set(rows.index) & set(names))
+    if report.done < len(names):
+        log.info("%d slides not graded yet: run again to resume", len(names) - report.done)
+        return report
+    if fmt is not None:
+        classes = {name: int(rows.at[name, "class"]) for name in names}
+        report.output = out / SUBMISSION
+        write_submission(build_submission(fmt, classes, prior.cls), report.output)
+    else:
+        report.output = out / PREDICTIONS
+        columns = ["class", "p0", "p1", "p2", "p3", "source"]
+        rows.loc[names, columns].reset_index().to_csv(report.output, index=False)
+        log.info("wrote %s (%d rows)", report.output, len(names))
+    return report
+
+
+def _grade_on_pool(
+    todo: list[str],
+    mpps: dict[str, float | None],
+    data: Path,
+    out: Path,
+    assets_dir: Path,
+    pool: PoolConfig,
+    options: GradeOptions,
+    prior: Decision,
+    table: ResultsTable,
+    report: GradeReport,
+) -> None:
+    connect(pool)
+    sizing = size_pool(pool, ray.cluster_resources())
+    sizing = replace(sizing, workers=min(sizing.workers, len(todo)))
+    blobs = ray.put({p.name: p.read_bytes() for p in sorted(assets_dir.iterdir()) if p.is_file()})
+    actors = start_actors(
+        GradeWorker, sizing, blobs, str(data.resolve()), options, math.floor(sizing.cpus)
+    )
+    progress = Progress(len(todo))
+    try:
+        for name, reply in serve(actors, todo, lambda a, n: a.grade.remote(n, mpps[n])):
+            if isinstance(reply, BaseException):
+                result = _lost(name, prior, reply)
+                row = result_row(result, "")
+                files = saved_files(result) if options.heatmaps else {}
+            else:
+                row, files = reply
+            _write_files(out / MAPS, files)
+            table.append(row | {"finished": round(time.time(), 3)})
+            report.graded.append(name)
+            failed = row["source"] == "fallback"
+            progress.step(
+                f"{name}: class {row['class']} from {row['source']}, {row['graded']}/"
+                f"{row['hotspots']} hotspots graded, {row['seconds']:.1f} s"
+                + (f" FAILED: {row['errors']}" if failed else ""),
+                logging.ERROR if failed else logging.INFO,
+            )
+    finally:
+        for actor in actors:
+            ray.kill(actor)
