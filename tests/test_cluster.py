@@ -135,6 +135,24 @@ def test_a_worker_that_dies_costs_only_its_slide(
     assert (tmp_path / "out" / "heatmaps" / f"{Path(names[1]).stem}.json").is_file()
 
 
+def test_a_folder_without_csvs_gets_a_predictions_table(
+    slides: Path, cluster: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "archive"  # TIFs only, as a hospital's backlog might come
+    folder.mkdir()
+    names = sorted(read_table(slides / FORMAT)["filename"])[:2]
+    for name in names:
+        (folder / name).symlink_to(slides / name)
+    report = grade_archive(folder, tmp_path / "out", ASSETS, PoolConfig(workers=2))
+    assert report.output == tmp_path / "out" / "predictions.csv"
+    table = pd.read_csv(report.output)
+    assert list(table.columns) == ["filename", "class", "p0", "p1", "p2", "p3", "source"]
+    assert list(table["filename"]) == names  # every TIF found, sorted
+    # no metadata: the slides' own resolution tags, and still main.py's classes
+    assert [main_classes(slides)[n] for n in names] == list(table["class"])
+    assert np.allclose(table[["p0", "p1", "p2", "p3"]].sum(axis=1), 1.0, atol=1e-4)
+
+
 def test_an_interrupted_run_resumes_with_the_rest(
     slides: Path, cluster: str, tmp_path: Path
 ) -> None:
