@@ -13,18 +13,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import ray
-
 from stages.config import CascadeConfig
-from training.cluster.pool import (
-    PoolConfig,
-    PoolWorker,
-    Progress,
-    connect,
-    serve,
-    size_pool,
-    start_actors,
-)
+from training.cluster.pool import PoolConfig, PoolWorker, Progress, map_on_pool
 from training.data.cache import CacheConfig, CacheRunner, cache_slide
 from training.data.dataset import TrainSlide
 
@@ -52,20 +42,18 @@ def ray_runner(pool: PoolConfig) -> CacheRunner:
     ) -> Iterator[tuple[TrainSlide, BaseException | None]]:
         if not todo:
             return
-        connect(pool)
-        sizing = size_pool(pool, ray.cluster_resources())
-        sizing = replace(sizing, workers=min(sizing.workers, len(todo)), gpus=0.0)
-        actors = start_actors(CacheWorker, sizing, str(out.resolve()), cascade, config)
         progress = Progress(len(todo))
-        try:
-            for (item, _), reply in serve(actors, todo, lambda a, job: a.cache.remote(*job)):
-                error = None  # the worker returns None for a cached slide
-                if isinstance(reply, BaseException):  # the slide's own error, unwrapped
-                    error = getattr(reply, "cause", None) or reply
-                progress.step(f"{item.filename}: {'cached' if error is None else 'FAILED'}")
-                yield item, error
-        finally:
-            for actor in actors:
-                ray.kill(actor)
+        for (item, _), reply in map_on_pool(
+            replace(pool, gpus_per_worker=0.0),  # reading and writing arrays: CPUs only
+            CacheWorker,
+            (str(out.resolve()), cascade, config),
+            todo,
+            lambda a, job: a.cache.remote(*job),
+        ):
+            error = None  # the worker returns None for a cached slide
+            if isinstance(reply, BaseException):  # the slide's own error, unwrapped
+                error = getattr(reply, "cause", None) or reply
+            progress.step(f"{item.filename}: {'cached' if error is None else 'FAILED'}")
+            yield item, error
 
     return run

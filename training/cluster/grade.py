@@ -31,7 +31,7 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -52,9 +52,7 @@ from training.cluster.pool import (
     PoolWorker,
     Progress,
     connect,
-    serve,
-    size_pool,
-    start_actors,
+    map_on_pool,
 )
 
 log = logging.getLogger(__name__)
@@ -125,14 +123,13 @@ def saved_files(
 class GradeWorker(PoolWorker):
     """One actor of the pool: the assets loaded once (from their files' bytes, so that no node
     needs the driver's ``assets/``), grading slides of ``data`` (a path every node reads) with
-    ``threads`` torch threads."""
+    as many torch threads as the actor has CPUs."""
 
-    def __init__(
-        self, assets: dict[str, bytes], data: str, options: GradeOptions, threads: int
-    ) -> None:
+    def __init__(self, assets: dict[str, bytes], data: str, options: GradeOptions) -> None:
         logging.basicConfig(level=logging.WARNING)
         logging.getLogger("pyvips").setLevel(logging.WARNING)
-        torch.set_num_threads(max(1, threads))
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, math.floor(cpus)))
         with tempfile.TemporaryDirectory(prefix="tissuenet-assets-") as tmp:
             for name, blob in assets.items():
                 (Path(tmp) / name).write_bytes(blob)
@@ -218,7 +215,7 @@ def _write_files(directory: Path, files: dict[str, bytes]) -> None:
 
 def _lost(filename: str, prior: Decision, exc: BaseException) -> SlideResult:
     """The fallback of a slide whose task failed in Ray (its worker died on every try)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    first = next(iter(str(exc).strip().splitlines()), "")
     if isinstance(exc, ray.exceptions.RayActorError):
         why = f"its worker process died on each of {1 + RETRIES_ON_CRASH} tries"
     else:
@@ -297,32 +294,29 @@ def _grade_on_pool(
     table: ResultsTable,
     report: GradeReport,
 ) -> None:
-    connect(pool)
-    sizing = size_pool(pool, ray.cluster_resources())
-    sizing = replace(sizing, workers=min(sizing.workers, len(todo)))
+    connect(pool)  # to put the assets once in the object store, for every actor
     blobs = ray.put({p.name: p.read_bytes() for p in sorted(assets_dir.iterdir()) if p.is_file()})
-    actors = start_actors(
-        GradeWorker, sizing, blobs, str(data.resolve()), options, math.floor(sizing.cpus)
-    )
     progress = Progress(len(todo))
-    try:
-        for name, reply in serve(actors, todo, lambda a, n: a.grade.remote(n, mpps[n])):
-            if isinstance(reply, BaseException):
-                result = _lost(name, prior, reply)
-                row = result_row(result, "")
-                files = saved_files(result) if options.heatmaps else {}
-            else:
-                row, files = reply
-            _write_files(out / MAPS, files)
-            table.append(row | {"finished": round(time.time(), 3)})
-            report.graded.append(name)
-            failed = row["source"] == "fallback"
-            progress.step(
-                f"{name}: class {row['class']} from {row['source']}, {row['graded']}/"
-                f"{row['hotspots']} hotspots graded, {row['seconds']:.1f} s"
-                + (f" FAILED: {row['errors']}" if failed else ""),
-                logging.ERROR if failed else logging.INFO,
-            )
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    for name, reply in map_on_pool(
+        pool,
+        GradeWorker,
+        (blobs, str(data.resolve()), options),
+        todo,
+        lambda a, n: a.grade.remote(n, mpps[n]),
+    ):
+        if isinstance(reply, BaseException):
+            result = _lost(name, prior, reply)
+            row = result_row(result, "")
+            files = saved_files(result) if options.heatmaps else {}
+        else:
+            row, files = reply
+        _write_files(out / MAPS, files)
+        table.append(row | {"finished": round(time.time(), 3)})
+        report.graded.append(name)
+        failed = row["source"] == "fallback"
+        progress.step(
+            f"{name}: class {row['class']} from {row['source']}, {row['graded']}/"
+            f"{row['hotspots']} hotspots graded, {row['seconds']:.1f} s"
+            + (f" FAILED: {row['errors']}" if failed else ""),
+            logging.ERROR if failed else logging.INFO,
+        )

@@ -18,7 +18,7 @@ import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import ray
@@ -63,9 +63,9 @@ class PoolConfig:
 
 def connect(config: PoolConfig) -> None:
     """Join the cluster at ``config.address``, or start a local Ray instance (without the
-    dashboard). A process already connected stays so. On a
-    remote cluster the code of ``stages`` and ``training`` travels with the job (Ray's
-    ``py_modules``); the workers need only the same packages installed."""
+    dashboard). A process already connected stays so. On a remote cluster the code of
+    ``stages`` and ``training`` travels with the job (Ray's ``py_modules``); the workers need
+    only the same packages installed."""
     if ray.is_initialized():
         return
     if config.address is None:
@@ -180,6 +180,26 @@ def serve(
         else:
             ray.kill(actor)
         yield item, result
+
+
+def map_on_pool(
+    config: PoolConfig,
+    cls: type[PoolWorker],
+    args: tuple,
+    items: list[T],
+    call: Callable[[Any, T], ray.ObjectRef],
+) -> Iterator[tuple[T, Any]]:
+    """:func:`serve` ``items`` on a pool of ``cls(*args)`` actors sized by ``config`` (never
+    wider than the items), connecting first; every actor is killed when the items are done or
+    the caller stops."""
+    connect(config)
+    sizing = size_pool(config, ray.cluster_resources())
+    actors = start_actors(cls, replace(sizing, workers=min(sizing.workers, len(items))), *args)
+    try:
+        yield from serve(actors, items, call)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
 
 
 class Progress:
