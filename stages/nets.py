@@ -106,10 +106,23 @@ def to_input(
     if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
     tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    tensor = tensor.permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    return (tensor - mean_t) / std_t
+    return standardise(to_unit(tensor), mean, std)
+
+
+def to_unit(batch: torch.Tensor) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 tensor → ``(N, 3, H, W)`` float32 in [0, 1], on its device."""
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def standardise(
+    tensor: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """``(N, 3, H, W)`` float32 RGB in [0, 1] → ``(tensor - mean) / std`` per channel."""
+    mean_t = torch.tensor(mean, device=tensor.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, device=tensor.device).view(1, 3, 1, 1)
+    return (tensor - mean_t).div_(std_t)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

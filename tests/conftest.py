@@ -1,8 +1,17 @@
-"""Shared test helpers: small TIFFs written with pyvips in the competition's layout."""
+"""Shared test helpers: small TIFFs written with pyvips in the competition's layout, a TIFF tag
+reader, tiny random-weight assets, one generated slide, a fake clock, and ``main.py`` with a
+slide held in flight."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +19,8 @@ import numpy as np
 import pytest
 import pyvips
 
-from training.pack.export import TINY
+from training.data.synthetic import SynthConfig, generate_dataset
+from training.pack.export import TINY, init_assets
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -58,3 +68,102 @@ def gradient_rgb() -> np.ndarray:
     return np.stack(
         [(xx * 255 // 3000), (yy * 255 // 2000), np.full_like(xx, 128)], axis=-1
     ).astype(np.uint8)
+
+
+#: The committed assets (trained on generated slides).
+SHIPPED_ASSETS = REPO / "assets"
+#: The script that runs ``main.py`` with :meth:`stages.cascade.Cascade.grade_slide` held on some
+#: slides (see :func:`held_main`).
+HELD_MAIN = REPO / "tests" / "held_main.py"
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random-weight assets (``training.pack.export.init_assets``, seed 0): for tests of
+    mechanics, not grades. Shared by the whole session: tests must not change them."""
+    return init_assets(tmp_path_factory.mktemp("assets") / "assets")
+
+
+class FakeClock:
+    """A clock that only moves when told to (``clock.now`` or :meth:`advance`)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(scope="session")
+def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One generated test-layout slide of 8000–9000 px (seed 31), shared by the session."""
+    data = tmp_path_factory.mktemp("one_slide")
+    generate_dataset(data, 1, seed=31, split="test", config=SynthConfig(size_range=(8000, 9000)))
+    return next(data.glob("*.tif"))
+
+
+#: TIFF field types: struct code and size in bytes (RATIONAL: two LONGs).
+_TIFF_TYPES = {1: "B", 2: "s", 3: "H", 4: "I", 5: "II", 6: "b", 7: "B", 8: "h", 9: "i", 10: "ii",
+               11: "f", 12: "d"}  # fmt: skip
+
+
+def tiff_tags(path: Path) -> list[dict[int, tuple]]:
+    """Every tag of every page (IFD) of a classic TIFF, either byte order: tag → values (numbers
+    as a tuple; ASCII as a one-string tuple; RATIONAL as ``(numerator, denominator)`` pairs)."""
+    data = path.read_bytes()
+    order = {b"II": "<", b"MM": ">"}[data[:2]]
+    magic, offset = struct.unpack_from(order + "HI", data, 2)
+    assert magic == 42, f"{path.name}: not a classic TIFF"
+    pages = []
+    while offset:
+        (n,) = struct.unpack_from(order + "H", data, offset)
+        tags: dict[int, tuple] = {}
+        for entry in range(offset + 2, offset + 2 + 12 * n, 12):
+            tag, kind, count = struct.unpack_from(order + "HHI", data, entry)
+            code = _TIFF_TYPES.get(kind)
+            if code is None:
+                tags[tag] = ()
+                continue
+            size = struct.calcsize(order + code) * count
+            at = entry + 8 if size <= 4 else struct.unpack_from(order + "I", data, entry + 8)[0]
+            if kind == 2:
+                tags[tag] = (data[at : at + count].rstrip(b"\0").decode("latin-1"),)
+            else:
+                values = struct.unpack_from(f"{order}{count * code}", data, at)
+                tags[tag] = tuple(zip(values[::2], values[1::2], strict=True)) if len(code) == 2 else values
+        pages.append(tags)
+        (offset,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * n)
+    return pages
+
+
+def held_main(
+    main_args: list[str],
+    marks: Path,
+    hold: Iterable[str] = (),
+    force: dict[str, int] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """``(command, environment)`` running ``main.py main_args`` in a child process in which
+    ``Cascade.grade_slide`` never returns on the slides named in ``hold`` (as a native call that
+    hangs), after writing ``marks/<filename>.held``; on the slides of ``force`` it grades as
+    usual and returns the class given there. The marker tells a test for certain that the slide
+    is in flight, and so that every slide before it was finished and its row written."""
+    marks.mkdir(parents=True, exist_ok=True)
+    env = os.environ | {
+        "TEST_HOLD": json.dumps(sorted(hold)),
+        "TEST_FORCE": json.dumps(force or {}),
+        "TEST_MARKS": str(marks),
+    }
+    return [sys.executable, str(HELD_MAIN), *main_args], env
+
+
+def wait_for(path: Path, process: subprocess.Popen, deadline_s: float = 300.0) -> None:
+    """Wait until ``path`` exists, failing if ``process`` ends first. The deadline only bounds a
+    hang: it is no claim about speed."""
+    end = time.monotonic() + deadline_s
+    while not path.exists():
+        assert process.poll() is None, f"the process ended ({process.returncode}) before {path}"
+        assert time.monotonic() < end, f"{path} did not appear within {deadline_s:g} s"
+        time.sleep(0.05)

@@ -11,6 +11,7 @@ from conftest import REAL_TISSUENET as REAL
 from stages.geometry import Box
 from training.data.annotations import (
     COLUMNS,
+    Y_FLIPS,
     Annotation,
     annotations_frame,
     format_annotation,
@@ -98,6 +99,21 @@ def test_frame_round_trip(tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "ann.csv", index=False)
     metadata = pd.DataFrame({"filename": ["a.tif"], "height": [5000]})
     assert parse_annotations(tmp_path / "ann.csv", metadata) == annotations
+
+
+def test_heights_replace_the_metadata_height_of_the_slides_they_hold() -> None:
+    assert Y_FLIPS == ("metadata", "tif")
+    metadata = pd.DataFrame({"filename": ["a.tif", "b.tif"], "height": [5000, 7000]})
+    boxes = {"a.tif": Box(10.0, 20.0, 1200.5, 1200.5), "b.tif": Box(30.0, 40.0, 1200.5, 1200.5)}
+    annotations = [Annotation(f"{n[0]}_0", n, box, 1) for n, box in boxes.items()]
+    frame = annotations_frame(annotations, {"a.tif": 5000, "b.tif": 7000})
+    assert parse_annotations(frame, metadata, {}) == parse_annotations(frame, metadata)
+    # a.tif's TIF is 5120 px high (padded): its squares undone with that height move down 120 px
+    a, b = parse_annotations(frame, metadata, {"a.tif": 5120, "c.tif": 9000})
+    assert (a.box.x, a.box.y, a.box.w, a.box.h) == (10.0, 140.0, 1200.5, 1200.5)
+    assert b == annotations[1]  # not in heights: the metadata height
+    with pytest.raises(ValueError, match=r"b\.tif not in metadata"):
+        parse_annotations(frame, metadata.iloc[:1], {"b.tif": 7000})
 
 
 def test_bad_input_names_the_problem(tmp_path: Path) -> None:

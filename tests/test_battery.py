@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -21,9 +22,9 @@ import pyvips
 from conftest import write_tiff
 
 from stages.decision import decide_slide
-from stages.submission import read_table
+from stages.submission import classes_by_filename, read_table
 from training.data.synthetic import SynthConfig, sample_specs, write_sparse_canvas
-from training.pack.export import TINY, init_assets
+from training.pack.export import TINY
 from training.pack.package import RunOutcome, check_outcome, pack, run_local
 
 pytestmark = pytest.mark.slow
@@ -36,10 +37,10 @@ ZEROS = {str(c): 0 for c in range(4)}
 
 
 @pytest.fixture(scope="module")
-def submission(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def submission(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     """The zip as ``make pack-submission`` builds it, with tiny random-weight assets."""
     root = tmp_path_factory.mktemp("submission")
-    return pack(root / "submission.zip", assets=init_assets(root / "assets")).path
+    return pack(root / "submission.zip", assets=assets).path
 
 
 def tissue(seed: int, size: tuple[int, int] = (1200, 1600)) -> np.ndarray:
@@ -51,6 +52,13 @@ def tissue(seed: int, size: tuple[int, int] = (1200, 1600)) -> np.ndarray:
     blob = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 < 1
     pixels[blob] = rng.integers(0, 40, (int(blob.sum()), 3)) + np.array([150, 70, 140])
     return pixels.astype(np.uint8)
+
+
+def stained(seed: int, size: tuple[int, int] = (1800, 2400)) -> np.ndarray:
+    """``(H, W, 3)`` uint8: purple-pink stain over the whole frame, lightly noisy (all tissue:
+    the detector has a window to grade everywhere)."""
+    noise = np.random.default_rng(seed).integers(0, 16, (*size, 3))
+    return (noise + np.array([150, 70, 140])).astype(np.uint8)
 
 
 def make_data(
@@ -88,8 +96,8 @@ def line(outcome: RunOutcome, *parts: str) -> str:
 
 
 def classes(outcome: RunOutcome) -> dict[str, int]:
-    table = read_table(outcome.submission)
-    return dict(zip(table["filename"], table[list(ZEROS)].to_numpy().argmax(axis=1), strict=True))
+    assert outcome.submission is not None, outcome.log_text()
+    return classes_by_filename(read_table(outcome.submission))
 
 
 def assert_valid_run(outcome: RunOutcome, data: Path) -> None:
@@ -98,22 +106,27 @@ def assert_valid_run(outcome: RunOutcome, data: Path) -> None:
     assert check_outcome(outcome, data / "submission_format.csv") == [], outcome.log_text()
 
 
-#: name → (log fragments naming the cause, class expected or None when graded by the networks)
+#: How a slide's result line must read: graded by the networks, failed (its error, then the
+#: fallback class), or decided by the prior because it holds no tissue.
+GRADED, FAILED, PRIOR = "graded", "failed", "prior"
+#: A tissue line that found none (``: 0.0%`` at its end: ``10.0%`` does not match).
+NO_TISSUE = r"tissue on page \d+ \(\d+x\d+ px at [\d.]+ µm/px\): 0\.0%$"
+#: name → (log fragments naming the cause, how the slide's result line reads)
 BAD_SLIDES = {
-    "good_1.tif": (("from patches",), None),
-    "truncated.tif": (("FAILED", "not a readable TIFF"), FALLBACK),
-    "zero.tif": (("FAILED", "empty file"), FALLBACK),
-    "png.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FALLBACK),
-    "text.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FALLBACK),
-    "missing.tif": (("FAILED", "no such file"), FALLBACK),
-    "single_page.tif": (("tissue on page 0 (1600x1200 px at 0.25 µm/px)",), None),
-    "few_pages.tif": (("tissue on page 1 (1024x1024 px at 0.50 µm/px)",), None),
-    "grey.tif": (("tissue on page", "0.0%"), FALLBACK),
-    "rgba.tif": (("from patches",), None),
-    "white.tif": (("tissue on page", "0.0%"), FALLBACK),
-    "black.tif": (("tissue on page", "0.0%"), FALLBACK),
-    "pen.tif": (("tissue on page", "0.0%"), FALLBACK),
-    "good_2.tif": (("from patches",), None),
+    "good_1.tif": (("from patches",), GRADED),
+    "truncated.tif": (("FAILED", "not a readable TIFF"), FAILED),
+    "zero.tif": (("FAILED", "empty file"), FAILED),
+    "png.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FAILED),
+    "text.tif": (("FAILED", "not a readable TIFF", "Not a TIFF file"), FAILED),
+    "missing.tif": (("FAILED", "no such file"), FAILED),
+    "single_page.tif": (("tissue on page 0 (1600x1200 px at 0.25 µm/px)",), GRADED),
+    "few_pages.tif": (("tissue on page 1 (1024x1024 px at 0.50 µm/px)",), GRADED),
+    "grey.tif": ((), PRIOR),
+    "rgba.tif": (("from patches",), GRADED),
+    "white.tif": ((), PRIOR),
+    "black.tif": ((), PRIOR),
+    "pen.tif": ((), PRIOR),
+    "good_2.tif": (("from patches",), GRADED),
 }
 
 
@@ -146,15 +159,25 @@ def test_every_bad_slide_costs_only_its_row(submission: Path, tmp_path: Path) ->
     data = make_data(tmp_path, list(BAD_SLIDES), bad_slides(tmp_path))
     outcome = run(submission, data)
     assert_valid_run(outcome, data)
+    assert FALLBACK == 1  # the prior's least-cost class, as the README says
     got = classes(outcome)
-    for name, (causes, expected) in BAD_SLIDES.items():
-        line(outcome, f"{name}: ", *causes)
-        graded = line(outcome, f"] {name}: ")  # the slide's result line
-        if expected is None:
-            assert "FAILED" not in graded and " from prior" not in graded
-        else:
-            assert got[name] == expected
+    text = outcome.log_text()
+    for name, (causes, kind) in BAD_SLIDES.items():
+        if causes:
+            line(outcome, f"{name}: ", *causes)
+        result = line(outcome, f"] {name}: ")  # the slide's result line
+        if kind == GRADED:
+            assert "FAILED" not in result and " from prior" not in result, result
+            assert got[name] == int(result.split(": class ")[1].split()[0])
+        elif kind == FAILED:  # its error, then the fallback: not a graded class 1
+            assert re.search(rf"\] {re.escape(name)}: FAILED \(.+\) -> fallback class 1$", result)
+            assert got[name] == FALLBACK
+        else:  # no tissue: the prior decides, which is the fallback's class
+            assert re.search(rf"{re.escape(name)}: {NO_TISSUE}", text, re.MULTILINE), name
+            assert f"] {name}: class {FALLBACK} from prior, 0/0 hotspots graded," in result
+            assert got[name] == FALLBACK
     assert "unlisted.tif" in line(outcome, "not in submission_format.csv")
+    assert "unlisted.tif" not in got
     assert "missing.tif" in line(outcome, "listed slides are missing")
 
 
@@ -232,16 +255,32 @@ def test_huge_mostly_white_canvas_among_small_slides(submission: Path, tmp_path:
 
 
 def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_path: Path) -> None:
-    """20 slides needing about 2 s each (the detector on page 0 of single-page slides) in a
-    20 s run, of which start-up takes several seconds."""
-    template = write_tiff(tmp_path / "template.tif", tissue(31), pyramid=False).read_bytes()
+    """20 slides whose detector alone needs several seconds each (page 0 of single-page slides
+    that are all tissue) in a 20 s run, of which start-up takes several seconds: each slide's
+    share is under the 1 s below which no slide starts, so the budget must cut the run, and the
+    budget, not the watchdog, ends it. (Whether it ends inside the limit is a wall-time figure;
+    the cut at the limit is checked on a fake clock in test_runtime.py.)"""
+    template = write_tiff(tmp_path / "template.tif", stained(31), pyramid=False).read_bytes()
     names = [f"s{i:02d}.tif" for i in range(20)]
     data = make_data(tmp_path, names, dict.fromkeys(names, template))
     outcome = run(submission, data, time_limit_s=20, grace_s=15)
-    # ended within the limit, exit 0, every row valid: what the runtime accepts
-    assert check_outcome(outcome, data / "submission_format.csv") == [], outcome.log_text()
     text = outcome.log_text()
-    assert "time limit" in text or "stopped by the budget" in text, text
+    assert outcome.returncode == 0 and not outcome.timed_out, text
+    problems = check_outcome(outcome, data / "submission_format.csv")
+    assert [p for p in problems if "over the time limit" not in p] == [], text
+    cut = re.search(r"time limit: (\d+) slides not started get the fallback class (\d)", text)
+    assert cut is not None, f"the budget did not cut the run:\n{text}"
+    started = len(names) - int(cut[1])
+    assert 1 <= started < len(names) and int(cut[2]) == FALLBACK, text
+    assert "abandoning" not in text  # no slide was still running at the limit
+    got = classes(outcome)
+    for name in names[:started]:  # each row is its slide's graded class
+        graded = line(outcome, f"] {name}: class ")
+        assert got[name] == int(graded.split(": class ")[1].split()[0])
+    for name in names[started:]:  # never read, the fallback's row
+        assert got[name] == FALLBACK and f"] {name}: " not in text
+    # the slides shared the time: the detector was stopped by the budget
+    assert "DEGRADED: detector stopped by the time budget" in text, text
 
 
 def rezip(

@@ -17,12 +17,6 @@ from training.data.synthetic import SynthConfig, generate_dataset
 from training.evaluate.benchmark import Mode, mode_assets, repeat_set, replace_block
 from training.evaluate.exhaustive import grade_exhaustively, top_tiles
 from training.evaluate.floors import compute_floor, network_flops
-from training.pack.export import init_assets
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_assets(tmp_path_factory.mktemp("assets") / "assets")
 
 
 def test_mode_assets_change_only_the_budget_and_link_the_weights(

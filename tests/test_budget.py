@@ -1,21 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import FakeClock
 
 from stages.budget import BudgetConfig, CostModel, Ema, RunBudget
-
-
-class FakeClock:
-    """A clock that only moves when told to."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_run(limit: float, n_slides: int, **config: object) -> tuple[RunBudget, FakeClock]:

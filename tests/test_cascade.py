@@ -7,34 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FakeClock
 
 from stages.budget import RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.slide import SlideError
-from training.data.synthetic import SynthConfig, generate_dataset
-from training.pack.export import init_assets
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(scope="module")
-def cascade(tmp_path_factory: pytest.TempPathFactory) -> Cascade:
-    assets = init_assets(tmp_path_factory.mktemp("assets") / "assets")
+def cascade(assets: Path) -> Cascade:
     return Cascade(load_assets(assets, torch.device("cpu")))
-
-
-@pytest.fixture(scope="module")
-def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    generate_dataset(data, 1, seed=31, split="test", config=SynthConfig(size_range=(8000, 9000)))
-    return next(data.glob("*.tif"))
 
 
 def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path: Path) -> None:
@@ -46,7 +29,15 @@ def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path:
     assert len(result.grades) == len(result.hotspots) <= cascade.config.budget.max_k
     assert result.grades.shape[1] == 4
     assert sum(result.probs) == pytest.approx(1.0)
-    # hotspots are inside the tissue the detector saw, in decreasing score
+    # hotspots are centred in tissue cells the detector saw, in decreasing score
+    heatmap = result.heatmap
+    assert heatmap is not None and result.hotspots
+    seen = heatmap.tissue & heatmap.visited
+    assert 0 < seen.sum() < seen.size  # the test can fail: not every cell qualifies
+    sx, sy = heatmap.scale
+    for hotspot in result.hotspots:
+        cx, cy = hotspot.box.center
+        assert seen[int(cy // sy), int(cx // sx)], hotspot
     scores = [h.score for h in result.hotspots]
     assert scores == sorted(scores, reverse=True)
 
@@ -54,7 +45,7 @@ def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path:
 def test_small_allotment_moves_the_detector_to_a_coarser_page(
     cascade: Cascade, slide_path: Path
 ) -> None:
-    clock = FakeClock()  # frozen: every measured cost is 0, only the estimates matter
+    clock = FakeClock(0.0)  # frozen: every measured cost is 0, only the estimates matter
     budget = RunBudget(2.0, 1, cascade.config.budget, clock=clock)
     budget.costs.detector.update(100.0)  # pretend the detector costs 100 s per megapixel
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
@@ -64,7 +55,7 @@ def test_small_allotment_moves_the_detector_to_a_coarser_page(
 def test_expired_budget_stops_the_detector_and_grades_min_k_only(
     cascade: Cascade, slide_path: Path
 ) -> None:
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RunBudget(1000.0, 2, cascade.config.budget, clock=clock)
     slide_budget = budget.start_slide()
     clock.now = slide_budget.deadline  # the slide's share is already spent

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
-from conftest import REPO, TEST_RECIPE
+from conftest import REPO, SHIPPED_ASSETS, TEST_RECIPE
 from safetensors.torch import load_file
 
 from stages.config import load_config, save_config
 from stages.decision import decide_slide
-from stages.submission import read_table, validate
+from stages.submission import classes_by_filename, read_table, validate
 from training.cluster.grade import COLUMNS, GradeOptions, ResultsTable, grade_archive
 from training.cluster.pool import PoolConfig, Progress, Sizing, connect, size_pool
 from training.data.cache import CacheConfig, build_cache
@@ -34,7 +34,7 @@ from training.pack.package import blocked_modules, runtime_distributions, unreso
 
 pytestmark = pytest.mark.slow
 
-ASSETS = REPO / "assets"
+ASSETS = SHIPPED_ASSETS
 FORMAT = "submission_format.csv"
 SMALL = CacheConfig(square_patches=3, benign_patches=6, hard_negatives=4)
 
@@ -53,8 +53,8 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (the committed assets) in ``../main``."""
     data = tmp_path_factory.mktemp("cluster") / "data"
     generate_dataset(data, 4, seed=31, split="test")
-    labels = read_table(data / "test_labels.csv")[["0", "1", "2", "3"]].to_numpy().argmax(1)
-    assert sorted(labels) == [0, 1, 2, 3]
+    labels = classes_by_filename(read_table(data / "test_labels.csv"))
+    assert sorted(labels.values()) == [0, 1, 2, 3]
     main = data.parent / "main"
     proc = subprocess.run(
         [sys.executable, str(REPO / "main.py"), "--data", str(data), "--assets", str(ASSETS)]
@@ -74,10 +74,8 @@ def grade_command(data: Path, out: Path, address: str, *extra: str) -> list[str]
 
 
 def main_classes(data: Path) -> dict[str, int]:
-    table = read_table(data.parent / "main" / "submission.csv")
-    return dict(
-        zip(table["filename"], table[["0", "1", "2", "3"]].to_numpy().argmax(1), strict=True)
-    )
+    """main.py's classes of the slides in ``data`` (validated as a one-hot table)."""
+    return classes_by_filename(read_table(data.parent / "main" / "submission.csv"))
 
 
 def test_cluster_grade_gives_the_classes_of_main_py(

@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 import ray
-from conftest import REPO
+from conftest import SHIPPED_ASSETS
 from ray.cluster_utils import Cluster
 
 from stages.submission import read_table, validate
-from training.cluster.grade import GradeReport, ResultsTable, grade_archive
+from training.cluster.grade import GradeOptions, GradeReport, ResultsTable, grade_archive
 from training.cluster.pool import PoolConfig
 from training.data.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow
 
-ASSETS = REPO / "assets"
+ASSETS = SHIPPED_ASSETS
 
 
 @pytest.fixture
@@ -42,24 +42,39 @@ def test_a_lost_node_loses_no_finished_result(
     cluster, nodes = two_nodes
     data = tmp_path / "data"
     generate_dataset(data, 6, seed=33, split="test")
+    names = list(read_table(data / "submission_format.csv")["filename"])
     out = tmp_path / "out"
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # the first slide is held in flight by whichever worker takes it: certainly in flight when
+    # its node goes
+    options = GradeOptions(hold_on=frozenset({names[0]}), hold_marks=str(marks))
     reports: list[GradeReport] = []
     errors: list[BaseException] = []
 
     def grade() -> None:
         try:
-            reports.append(grade_archive(data, out, ASSETS, PoolConfig()))
+            reports.append(grade_archive(data, out, ASSETS, PoolConfig(), options))
         except BaseException as exc:
             errors.append(exc)
 
     worker = threading.Thread(target=grade)
     worker.start()
-    deadline = time.monotonic() + 240
-    while not (out / "results.csv").is_file() or len(ResultsTable(out / "results.csv").rows()) < 1:
+    deadline = time.monotonic() + 240  # bounds a hang only
+    while not (
+        list(marks.glob("*.held"))
+        and (out / "results.csv").is_file()
+        and len(ResultsTable(out / "results.csv").rows()) >= 1
+    ):
         assert time.monotonic() < deadline and worker.is_alive(), errors
         time.sleep(0.05)
+    (held,) = marks.glob("*.held")
+    node_id = held.name.removeprefix(f"{names[0]}.").removesuffix(".held")
+    (lost,) = [n for n in nodes if n.node_id == node_id]
     finished = dict(ResultsTable(out / "results.csv").rows()["class"])
-    cluster.remove_node(nodes[0], allow_graceful=False)  # as a machine that goes down
+    assert names[0] not in finished
+    cluster.remove_node(lost, allow_graceful=False)  # as a machine that goes down
+    (marks / "release").touch()  # the slide may now be graded, on the node left
     worker.join(timeout=300)
     assert not worker.is_alive() and not errors, errors
     rows = ResultsTable(out / "results.csv").rows()
@@ -68,6 +83,6 @@ def test_a_lost_node_loses_no_finished_result(
     for name, cls in finished.items():  # what was finished before the loss is kept as it was
         assert rows.at[name, "class"] == cls
     # the lost node's slide in flight was tried again on the other node, not given the fallback
-    assert "its worker was lost" in caplog.text
+    assert f"{names[0]}: its worker was lost" in caplog.text
     assert set(rows["source"]) == {"patches"}, rows[["source", "errors"]]
     validate(read_table(out / "submission.csv"), read_table(data / "submission_format.csv"))

@@ -19,7 +19,6 @@ from stages.slide import Slide
 from training.data.annotations import parse_annotations
 from training.data.synthetic import SynthConfig, generate_dataset, sample_specs
 from training.evaluate.qupath import export_run
-from training.pack.export import init_assets
 
 SIZE = (4000, 3000)
 
@@ -109,12 +108,14 @@ def test_hotspot_boxes_round_trip_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_hotspots_and_annotations_land_where_the_slide_has_them(tmp_path: Path) -> None:
+def test_hotspots_and_annotations_land_where_the_slide_has_them(
+    tmp_path: Path, assets: Path
+) -> None:
     config = SynthConfig(size_range=(7000, 8000), class_mix=(0.0, 0.0, 1.0, 0.0))
     spec = sample_specs(1, 71, config)[0]
     generate_dataset(tmp_path / "data", 1, seed=71, split="train", config=config)
     path = tmp_path / "data" / spec.filename
-    cascade = Cascade(load_assets(init_assets(tmp_path / "assets"), torch.device("cpu")))
+    cascade = Cascade(load_assets(assets, torch.device("cpu")))
     budget = RunBudget(3600, 1, cascade.config.budget)
     result = cascade.grade_slide(path, None, budget.start_slide(), budget.costs)
     result.save(tmp_path / "run")

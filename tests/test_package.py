@@ -19,7 +19,6 @@ import pytest
 from conftest import REPO
 
 from training.pack import package
-from training.pack.export import init_assets
 from training.pack.package import (
     PackageError,
     RunOutcome,
@@ -34,11 +33,6 @@ from training.pack.package import (
 
 ZEROS = {str(c): 0 for c in range(4)}
 NAMESPACES = package.namespaces_available()
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return init_assets(tmp_path_factory.mktemp("assets") / "assets")
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import runtime
+from stages import prefetch, runtime
 from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
@@ -20,7 +21,6 @@ from stages.decision import Decision
 from stages.prefetch import Prefetcher
 from stages.submission import read_table
 from training.data.synthetic import generate_dataset
-from training.pack.export import init_assets
 
 
 class Item:
@@ -52,7 +52,27 @@ def test_slides_come_in_order_and_a_failed_preparation_raises_at_its_turn() -> N
     assert not ahead.alive
 
 
-def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest() -> None:
+class WatchedSemaphore(threading.Semaphore):
+    """A semaphore that records, each time an ``acquire`` has to wait, what ``snapshot()`` then
+    returns, and sets ``waiting``."""
+
+    def __init__(self, value: int = 1) -> None:
+        super().__init__(value)
+        self.snapshot: Callable[[], object] = lambda: None
+        self.waits: list[object] = []
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(blocking=False):
+            return True
+        self.waits.append(self.snapshot())
+        self.waiting.set()
+        return super().acquire(blocking, timeout)
+
+
+def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     started: list[str] = []
     items: list[Item] = []
 
@@ -61,13 +81,23 @@ def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest() -
         items.append(Item(name))
         return items[-1]
 
+    semaphores: list[WatchedSemaphore] = []
+
+    def semaphore(value: int = 1) -> WatchedSemaphore:
+        semaphores.append(WatchedSemaphore(value))
+        semaphores[-1].snapshot = lambda: list(started)
+        return semaphores[-1]
+
+    monkeypatch.setattr(prefetch.threading, "Semaphore", semaphore)
     names = [f"s{i}" for i in range(6)]
     ahead = Prefetcher(prepare, names, depth=1)
+    (slots,) = semaphores
     taken = ahead.take("s0")
-    deadline = time.monotonic() + 5
-    while len(started) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)  # give a thread that would run further ahead the chance to
+    # the thread blocks for a slot once it holds s1 ahead: it can prepare nothing more
+    deadline = time.monotonic() + 30  # bounds a hang only
+    while ["s0", "s1"] not in slots.waits:
+        assert time.monotonic() < deadline, slots.waits
+        assert slots.waiting.wait(1) or ahead.alive
     assert started == ["s0", "s1"]  # the slide in hand plus one ahead, no more
     ahead.close()
     assert not ahead.alive and started == ["s0", "s1"]
@@ -143,14 +173,13 @@ def test_a_slide_that_fails_in_the_prefetch_costs_only_its_row() -> None:
 
 
 @pytest.mark.slow
-def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path) -> None:
+def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path, assets: Path) -> None:
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=41, split="test")
     (data / "broken.tif").write_bytes(b"II*\x00 not a slide")
     fmt = read_table(data / "submission_format.csv")
     fmt.loc[len(fmt)] = ["broken.tif", 0, 0, 0, 0]
     fmt.to_csv(data / "submission_format.csv", index=False)
-    assets = init_assets(tmp_path / "assets")
     outputs = {}
     for prefetch in (False, True):
         out = tmp_path / f"prefetch-{prefetch}"
@@ -182,10 +211,10 @@ def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_read_ahead_windows_give_the_same_heatmap(tmp_path: Path) -> None:
+def test_read_ahead_windows_give_the_same_heatmap(tmp_path: Path, assets: Path) -> None:
     generate_dataset(tmp_path, 1, seed=42, split="test")
     path = next(tmp_path.glob("*.tif"))
-    cascade = Cascade(load_assets(init_assets(tmp_path / "assets"), torch.device("cpu")))
+    cascade = Cascade(load_assets(assets, torch.device("cpu")))
     config = replace(cascade.config.budget, min_k=2, max_k=2)
     results = []
     for read_ahead in (0, 5 * 3 * cascade.config.detector.window**2, 10**9):  # none, 5, all

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
 from matplotlib.figure import Figure
 
 from stages import runtime
@@ -30,9 +29,7 @@ from training.evaluate.report import (
     plot_time,
     png,
 )
-from training.pack.export import init_assets
 
-ARTEFACTS = REPO / "build" / "test-artifacts"
 NOISE = np.random.default_rng(0).integers(0, 255, (1, 64, 64, 3), np.uint8)
 
 
@@ -87,12 +84,12 @@ def test_every_figure_is_a_non_blank_image_of_its_size(make) -> None:
 
 
 @pytest.mark.slow
-def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+def test_the_report_renders_in_headless_chromium(tmp_path: Path, assets: Path) -> None:
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=81, split="test")
     maps = tmp_path / "maps"
     code = runtime.run(
-        data, tmp_path / "submission.csv", init_assets(tmp_path / "assets"), device="cpu",
+        data, tmp_path / "submission.csv", assets, device="cpu",
         save_heatmaps=maps,
     )  # fmt: skip
     assert code == 0
@@ -100,23 +97,25 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     page.write_text(build_report(maps, data / "test_labels.csv", data))
     text = page.read_text()
     assert "Score" in text and 'alt="confusion matrix"' in text and "Why this class" in text
-    errors, images = open_in_browser(page, ARTEFACTS / "report.png")
+    errors, images = open_in_browser(page, tmp_path / "report.png")
     assert errors == []
     # summary confusion matrix, then per slide: overview, decision, patches, time
     assert len(images) == 1 + 3 * 4
     for image in images:
         assert image["width"] > 100 and image["height"] > 50, image
         assert image["spread"] > 0, f"blank image: {image['alt']}"
-    assert (ARTEFACTS / "report.png").stat().st_size > 10_000
+    assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
-def test_the_inspection_figures_on_a_graded_slide_are_non_blank(tmp_path: Path) -> None:
+def test_the_inspection_figures_on_a_graded_slide_are_non_blank(
+    tmp_path: Path, assets: Path
+) -> None:
     """``training.evaluate.inspection``'s figures, on a slide the cascade graded, and the
     training curves and windows figures."""
     config = SynthConfig(size_range=(6000, 7000))
     generate_dataset(tmp_path, 1, seed=82, split="test", config=config)
     path = next(tmp_path.glob("*.tif"))
-    cascade = Cascade(load_assets(init_assets(tmp_path / "assets"), torch.device("cpu")))
+    cascade = Cascade(load_assets(assets, torch.device("cpu")))
     budget = RunBudget(600, 1, cascade.config.budget)
     graded = cascade.grade_slide(path, None, budget.start_slide(), budget.costs)
     curves = pd.DataFrame(

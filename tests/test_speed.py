@@ -4,31 +4,23 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import FakeClock, held_main, wait_for
 
 from stages import runtime
 from stages.cascade import StageClock
+from stages.config import load_config
+from stages.decision import decide_slide
 from stages.detector import read_windows
 from stages.geometry import Box
 from stages.nets import AssetsError, cpu_has_bf16, pick_precision
 from stages.slide import ReadStats, Slide
-from stages.submission import read_table
-from training.data.synthetic import SynthConfig, generate_dataset
-from training.pack.export import init_assets
-
-
-@pytest.fixture(scope="module")
-def slide_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    data = tmp_path_factory.mktemp("data")
-    generate_dataset(data, 1, seed=51, split="test", config=SynthConfig(size_range=(6000, 7000)))
-    return next(data.glob("*.tif"))
+from stages.submission import classes_by_filename, read_table, validate
+from training.data.synthetic import generate_dataset
 
 
 def test_strip_reads_equal_window_reads_and_decode_shared_columns_once(slide_path: Path) -> None:
@@ -76,16 +68,16 @@ class FakeSlide:
 
 
 def test_stage_clock_counts_reads_once_as_decode() -> None:
-    now = [0.0]
+    now = FakeClock(0.0)
     slide = FakeSlide()
-    clock = StageClock(slide, {"tissue": 0.5}, clock=lambda: now[0])  # type: ignore[arg-type]
+    clock = StageClock(slide, {"tissue": 0.5}, clock=now)  # type: ignore[arg-type]
     with clock.stage("detector"):
-        now[0] += 3.0
+        now.advance(3.0)
         slide.reads.add(1.0, 1000)  # one second of it was spent reading pixels
     with clock.stage("detector"):
-        now[0] += 0.5
+        now.advance(0.5)
     with clock.stage("classifier"):
-        now[0] += 0.25
+        now.advance(0.25)
         slide.reads.add(0.125, 10)
     assert clock.finish() == {"tissue": 0.5, "detector": 2.5, "classifier": 0.125, "decode": 1.125}
 
@@ -93,20 +85,20 @@ def test_stage_clock_counts_reads_once_as_decode() -> None:
 def test_checkpoints_are_skipped_only_while_they_would_cost_too_much(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    now = [100.0]
+    now = FakeClock(100.0)
 
     def table(quiet: bool) -> None:
-        now[0] += 0.01  # every write takes 10 ms
+        now.advance(0.01)  # every write takes 10 ms
 
-    monkeypatch.setattr(runtime.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(runtime.time, "monotonic", now)
     monkeypatch.setattr(runtime, "write_submission", lambda table, out, quiet: None)
     checkpoint = runtime.Checkpoint(table, tmp_path / "submission.csv")
     checkpoint.maybe_write()
     assert checkpoint.writes == 1
-    now[0] += 0.49  # 10 ms / 2 % = 0.5 s must pass before the next
+    now.advance(0.49)  # 10 ms / 2 % = 0.5 s must pass before the next
     checkpoint.maybe_write()
     assert checkpoint.writes == 1
-    now[0] += 0.02
+    now.advance(0.02)
     checkpoint.maybe_write()
     assert checkpoint.writes == 2 and checkpoint.seconds == pytest.approx(0.02)
     checkpoint.write(quiet=False)  # the final write is never skipped
@@ -114,39 +106,36 @@ def test_checkpoints_are_skipped_only_while_they_would_cost_too_much(
 
 
 @pytest.mark.slow
-def test_a_run_killed_after_a_slide_keeps_that_slide_row(tmp_path: Path) -> None:
+def test_a_run_killed_after_a_slide_keeps_that_slide_row(tmp_path: Path, assets: Path) -> None:
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=52, split="test")
-    names = list(read_table(data / "submission_format.csv")["filename"])
-    assets = init_assets(tmp_path / "assets")
+    fmt = read_table(data / "submission_format.csv")
+    names = list(fmt["filename"])
+    fallback = decide_slide([], [], load_config(assets).decision).cls
+    graded = (fallback + 2) % 4  # a class the provisional file cannot hold
     out = tmp_path / "submission.csv"
-    # the second slide hangs; the first one's row must be on disk before the kill
-    script = (
-        "import sys, time; sys.argv[0] = 'main.py'; sys.path.insert(0, sys.argv[1]);"
-        "import stages.cascade as c; grade = c.Cascade.grade_slide;"
-        f"c.Cascade.grade_slide = lambda self, path, *a, **k: time.sleep(3600) "
-        f"if path.name == {names[1]!r} else grade(self, path, *a, **k);"
-        "import main; sys.exit(main.main(sys.argv[2:]))"
+    # the first slide is graded (and given ``graded``); the second is held in flight, and its
+    # marker is written only once the first slide's row has been written
+    command, env = held_main(
+        ["--data", str(data), "--out", str(out), "--assets", str(assets), "--device", "cpu"],
+        tmp_path / "marks",
+        hold={names[1]},
+        force={names[0]: graded},
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, str(REPO), "--data", str(data), "--out", str(out)]
-        + ["--assets", str(assets), "--device", "cpu"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    graded = None
-    deadline = time.monotonic() + 120
-    assert process.stdout is not None
-    for line in process.stdout:
-        if f"[1/3] {names[0]}: class" in line:
-            graded = int(line.split(": class ")[1].split()[0])
-            break
-        assert time.monotonic() < deadline, "the first slide was never graded"
-    time.sleep(0.5)  # the row is written right after the log line
-    process.send_signal(signal.SIGKILL)
-    process.wait(30)
-    submission = read_table(out).set_index("filename")
-    assert graded is not None
-    assert int(np.argmax(submission.loc[names[0], ["0", "1", "2", "3"]].to_numpy())) == graded
-    assert len(submission) == 3
+    with (tmp_path / "log.txt").open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(tmp_path / "marks" / f"{names[1]}.held", process)
+        finally:
+            process.kill()
+            process.wait(60)
+    assert process.returncode == -signal.SIGKILL
+    text = (tmp_path / "log.txt").read_text()
+    assert f"[1/3] {names[0]}: class {graded} from" in text, text
+    submission = read_table(out)
+    validate(submission, fmt)
+    assert classes_by_filename(submission) == {
+        names[0]: graded,  # written after the slide, before the kill
+        names[1]: fallback,  # in flight: the provisional row
+        names[2]: fallback,
+    }, text

@@ -69,7 +69,8 @@ def test_ignore_regions_glass_and_overlaps() -> None:
         Annotation("normal", "s", Box(80.0, 0.0, 20.0, 20.0), 0),  # pixels 8..9, rows 0..1
     ]
     target = detector_target(tissue, (10.0, 10.0), (0, 0), squares, label=3)
-    assert (target[:, :2] == 0).all()  # glass is background, even inside a square
+    assert (target[:6, :2] == IGNORE).all()  # mask-glass inside a lesion square is ignored
+    assert (target[6:, :2] == 0).all()  # glass outside the squares is background
     assert (target[0:4, 2:6] == 1).all() and (target[4:6, 2:4] == 1).all()
     assert (target[4:8, 4:8] == 3).all()  # the most severe class wins where squares overlap
     assert (target[0:2, 8:10] == 0).all()  # a class-0 square is benign supervision
@@ -110,3 +111,19 @@ def test_hits_and_recall_at_k() -> None:
         {1: 1 / 3, 2: 2 / 3, 3: 2 / 3}
     )
     assert np.isnan(recall_at_k([[]], [np.zeros((0, 2))], [1])[1])
+
+
+def test_a_lesion_square_over_tissue_the_mask_missed_is_ignored() -> None:
+    """The mask missed the left half of a lesion square's tissue: there the target neither
+    teaches lesion nor "no lesion"; the found half takes the class, glass elsewhere stays 0,
+    and a class-0 square over missed tissue keeps its glass as background."""
+    tissue = np.zeros((8, 12), bool)
+    tissue[:, 4:8] = True  # the mask found columns 4..7 only
+    square = Annotation("hsil", "s", Box(0.0, 0.0, 80.0, 80.0), 2)  # columns 0..7, every row
+    target = detector_target(tissue, (10.0, 10.0), (0, 0), [square], label=2)
+    assert (target[:, 0:4] == IGNORE).all()
+    assert (target[:, 4:8] == 2).all()
+    assert (target[:, 8:] == 0).all()
+    normal = Annotation("normal", "s", Box(0.0, 0.0, 80.0, 80.0), 0)
+    benign = detector_target(tissue, (10.0, 10.0), (0, 0), [normal], label=0)
+    assert (benign == 0).all()

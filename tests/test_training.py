@@ -141,7 +141,8 @@ def test_cache_serves_the_slide_and_resumes(
     cached = CachedSlide(cache, row["filename"])
     page = int(row["detector_page"])
     sx, sy = cached.pages[page].scale
-    box = Box((row["left"] + 10) * sx, (row["top"] + 5) * sy, 100 * sx, 60 * sy)
+    left, top, _, _ = cache.fragments(row["stem"])[0]
+    box = Box((left + 10) * sx, (top + 5) * sy, 100 * sx, 60 * sy)
     with Slide(data / row["filename"], mpp=float(row["mpp"])) as slide:
         np.testing.assert_array_equal(cached.read_region(box, page), slide.read_region(box, page))
         outside = Box(-100 * sx, -100 * sy, 50 * sx, 50 * sy)
@@ -210,9 +211,9 @@ def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
     torch.manual_seed(0)
     rows = cache.patches.query("source == 'patches'").groupby("cls").head(4)
     data = classifier.PatchSet(cache, rows, RECIPE.classifier, 0, False, 0)
-    x = torch.stack([data[i][0] for i in range(len(data))])
-    y = torch.tensor([data[i][1] for i in range(len(data))])
     module = ClassifierModule(RECIPE.classifier, lr=3e-3, weight_decay=0.0, epochs=1)
+    x = module.inputs(torch.stack([data[i][0] for i in range(len(data))]))
+    y = torch.tensor([data[i][1] for i in range(len(data))])
     optimizer = torch.optim.Adam(module.model.parameters(), lr=3e-3)
     losses = []
     for _ in range(40):

@@ -1,23 +1,29 @@
 """``make train``: data → cache → detector → hard negatives → classifier → decision → assets.
 
-``python -m training.pipeline WORK ASSETS [--slides 128] [--seed 1000] [--data DIR] …``
+``python -m training.pipeline WORK ASSETS [--config tiny|standard] [--data DIR] [--by-centre]
+[--device D] …``
 
 Each step is the command a user would run by hand (see the README); this runs them in order,
 seeded, and prints the time of each. Without ``--data`` it first generates ``--slides``
 synthetic training slides (seed ``--seed``) into ``WORK/data``; with ``--data`` it trains on that
-folder (the real TissueNet training layout, or any folder in it). Generation and the cache
-resume where they stopped; the training steps run afresh (``--resume`` continues them from
-their last checkpoints).
+folder (the real TissueNet training layout, or any folder in it). ``--config`` picks the networks
+and the training defaults that go with them (:data:`RECIPES`): ``tiny`` is ``make train``'s CPU
+recipe, ``standard`` the README's real-data recipe for a GPU (5 folds, 40 epochs per stage, the
+README's samples and batch sizes); any option given on the command line overrides its default.
+Generation and the cache resume where they stopped; the training steps run afresh
+(``--resume`` continues them from their last checkpoints).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from training.cli import command_parser, setup_logging
+from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
 from training.data.dataset import METADATA
 from training.data.hard_negatives import mine_hard_negatives
@@ -28,6 +34,26 @@ from training.fit.decision import fit_stage
 from training.pack.export import PRESETS, export, load_recipe
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The training defaults that go with a preset's networks."""
+
+    folds: int
+    detector: TrainOptions
+    classifier: TrainOptions
+
+
+#: ``tiny``: the CPU recipe of ``make train``; ``standard``: the README's real-data recipe.
+RECIPES = {
+    "tiny": Recipe(4, detector.DEFAULTS, classifier.DEFAULTS),
+    "standard": Recipe(
+        5,
+        replace(detector.DEFAULTS, epochs=40, samples=16384, batch_size=32, patience=8),
+        replace(classifier.DEFAULTS, epochs=40, samples=65536, batch_size=128, patience=8),
+    ),
+}
 
 
 def train(
@@ -41,8 +67,13 @@ def train(
     detector_options: TrainOptions = detector.DEFAULTS,
     classifier_options: TrainOptions = classifier.DEFAULTS,
     size_range: tuple[int, int] = SynthConfig().size_range,
+    by_centre: bool = False,
+    device: str | None = None,
+    y_flip: str = CacheConfig.y_flip,
 ) -> dict[str, float]:
-    """Run every step; returns the seconds of each (and ``total``)."""
+    """Run every step; returns the seconds of each (and ``total``). ``device`` runs hard-negative
+    mining and the decision fit (the trainers pick theirs through Lightning's ``accelerator``);
+    None: the GPU when there is one."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -59,25 +90,45 @@ def train(
         description = str(data)
     step("data")
     cascade = load_recipe(recipe)
-    build_cache(data, work / "cache", cascade, CacheConfig(seed=seed), folds)
+    cache_config = CacheConfig(seed=seed, y_flip=y_flip)
+    build_cache(data, work / "cache", cascade, cache_config, folds, by_centre)
     step("cache")
     detector.train_detector(
         work / "cache", work / "detector", cascade, replace(detector_options, seed=seed)
     )
     step("detector")
-    mine_hard_negatives(work / "cache", data, work / "detector")
+    mine_hard_negatives(work / "cache", data, work / "detector", device=device)
     step("hard_negatives")
     classifier.train_classifier(
         work / "cache", work / "classifier", cascade, replace(classifier_options, seed=seed)
     )
     step("classifier")
-    fit_stage(data, work / "cache", work / "detector", work / "classifier", work / "decision")
+    fit_device = device or ("cuda" if detector_options.gpu() else "cpu")
+    fit_stage(
+        data, work / "cache", work / "detector", work / "classifier", work / "decision",
+        folds, fit_device,
+    )  # fmt: skip
     step("decision")
     note = f"trained by make train on {description}"
     export(work, assets, note, description)
     step("export")
     seconds["total"] = time.perf_counter() - started
     return seconds
+
+
+def _options(defaults: TrainOptions, args: argparse.Namespace, stage: str) -> TrainOptions:
+    """``defaults`` with the options given on the command line (``--STAGE-epochs`` …,
+    ``--workers``, ``--accelerator``, ``--devices``) in place."""
+    given = {
+        "epochs": getattr(args, f"{stage}_epochs"),
+        "samples": getattr(args, f"{stage}_samples"),
+        "batch_size": getattr(args, f"{stage}_batch_size"),
+        "workers": args.workers,
+        "accelerator": args.accelerator,
+        "devices": args.devices,
+        "encoder_weights": args.encoder_weights,
+    }
+    return replace(defaults, **{k: v for k, v in given.items() if v is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,15 +139,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slides", type=int, default=128, help="synthetic slides to generate")
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--config", default="tiny", help=f"{sorted(PRESETS)} or a JSON file")
-    parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--detector-epochs", type=int, default=detector.DEFAULTS.epochs)
-    parser.add_argument("--detector-samples", type=int, default=detector.DEFAULTS.samples)
-    parser.add_argument("--classifier-epochs", type=int, default=classifier.DEFAULTS.epochs)
-    parser.add_argument("--classifier-samples", type=int, default=classifier.DEFAULTS.samples)
+    parser.add_argument("--folds", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
+    parser.add_argument("--y-flip", choices=Y_FLIPS, default=CacheConfig.y_flip)
+    parser.add_argument(
+        "--device", default=None, help="hard negatives and decision fit (default: GPU if any)"
+    )
+    for stage in ("detector", "classifier"):
+        for name, kind in (("epochs", int), ("samples", int), ("batch-size", int)):
+            parser.add_argument(f"--{stage}-{name}", type=kind, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="data loaders (-1: auto)")
+    parser.add_argument("--accelerator", default=None, help="Lightning's (default auto)")
+    parser.add_argument("--devices", default=None, help="Lightning's (default auto)")
+    parser.add_argument(
+        "--encoder-weights", default=None, choices=("none", "imagenet"), help="online users only"
+    )
     parser.add_argument("--size-range", type=int, nargs=2, default=SynthConfig().size_range)
-    parser.add_argument("--workers", type=int, default=-1, help="data loaders (-1: auto)")
     args = parser.parse_args(argv)
     setup_logging()
+    recipe = RECIPES["standard" if args.config == "standard" else "tiny"]
     seconds = train(
         args.work,
         args.assets,
@@ -104,20 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         args.slides,
         args.seed,
         args.config,
-        args.folds,
-        replace(
-            detector.DEFAULTS,
-            epochs=args.detector_epochs,
-            samples=args.detector_samples,
-            workers=args.workers,
-        ),
-        replace(
-            classifier.DEFAULTS,
-            epochs=args.classifier_epochs,
-            samples=args.classifier_samples,
-            workers=args.workers,
-        ),
+        args.folds or recipe.folds,
+        _options(recipe.detector, args, "detector"),
+        _options(recipe.classifier, args, "classifier"),
         tuple(args.size_range),
+        args.by_centre,
+        args.device,
+        args.y_flip,
     )
     for name, value in seconds.items():
         print(f"{name:>15}: {value / 60:6.1f} min")

@@ -79,7 +79,10 @@ class GradeOptions:
     for archives whose heatmaps, about 12 MB a real-size slide, would be too much for the
     driver); ``crash_on``: a test hook, filenames on which the worker process exits at once (as
     a libvips crash would), leaving an empty file ``<filename>.<pid>`` in the folder
-    ``crash_marks`` (if given) each time."""
+    ``crash_marks`` (if given) each time; ``hold_on``: a test hook, filenames that the worker
+    holds in flight: it writes ``<filename>.<node id>.held`` in the folder ``hold_marks``, then
+    waits until a file ``release`` is there before grading the slide, so that a test knows for
+    certain which node has the slide in hand."""
 
     seconds_per_slide: float = 60.0
     device: str | None = None
@@ -88,6 +91,8 @@ class GradeOptions:
     heatmaps: bool = True
     crash_on: frozenset[str] = frozenset()
     crash_marks: str = ""
+    hold_on: frozenset[str] = frozenset()
+    hold_marks: str = ""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds_per_slide) and self.seconds_per_slide > 0):
@@ -147,6 +152,12 @@ class GradeWorker(PoolWorker):
             if self.options.crash_marks:
                 (Path(self.options.crash_marks) / f"{filename}.{os.getpid()}").touch()
             os._exit(CRASH_EXIT)
+        if filename in self.options.hold_on and self.options.hold_marks:
+            marks = Path(self.options.hold_marks)
+            node = ray.get_runtime_context().get_node_id()
+            (marks / f"{filename}.{node}.held").touch()
+            while not (marks / "release").exists():
+                time.sleep(0.05)
         seconds = self.options.seconds_per_slide
         budget = SlideBudget(
             time.monotonic, seconds, time.monotonic() + seconds, self.assets.config.budget

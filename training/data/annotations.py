@@ -2,8 +2,11 @@
 
 The real file has columns ``annotation_id, filename, geometry, annotation_class``; ``geometry`` is
 a WKT ``POLYGON`` of an axis-aligned 300 µm square in page-0 pixels with the y axis **flipped**
-(origin at the bottom of page 0: ``row = height - y``, ``height`` from the metadata). Everything
-returned here is in the project's convention (:mod:`stages.geometry`: y down).
+(origin at the bottom of page 0: ``row = height - y``). Which ``height`` is a convention
+(:data:`Y_FLIPS`): the metadata's (the default) or the TIF's own page-0 height, which differs when
+the file's page 0 is padded past the metadata size (``python -m training.data.check`` measures
+which one the squares' tissue coverage supports). Everything returned here is in the project's
+convention (:mod:`stages.geometry`: y down).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import shapely
 from stages.geometry import Box
 
 COLUMNS = ("annotation_id", "filename", "geometry", "annotation_class")
+#: The page-0 height the flipped y axis is undone with: the metadata's, or the TIF's own.
+Y_FLIPS = ("metadata", "tif")
 
 
 @dataclass(frozen=True)
@@ -50,26 +55,31 @@ def parse_geometry(wkt: str, height: int) -> Box:
 
 
 def parse_annotations(
-    annotations: str | Path | pd.DataFrame, metadata: pd.DataFrame | str | Path
+    annotations: str | Path | pd.DataFrame,
+    metadata: pd.DataFrame | str | Path,
+    heights: dict[str, int] | None = None,
 ) -> list[Annotation]:
     """All rows of an annotations CSV (or its frame) as :class:`Annotation` (boxes in page-0 px,
     y down).
 
-    ``metadata`` (a frame or a ``*_metadata.csv`` path) gives each slide's page-0 height, needed
-    to undo the y flip; a row whose slide it lacks is an error.
+    ``metadata`` (a frame or a ``*_metadata.csv`` path) lists the slides and gives each one's
+    page-0 height, with which the y flip is undone; a row whose slide it lacks is an error.
+    ``heights`` (filename → page-0 px, e.g. the TIFs' own heights) replaces the metadata's height
+    for the slides it holds; the others keep the metadata's.
     """
     frame = annotations if isinstance(annotations, pd.DataFrame) else pd.read_csv(annotations)
     source = "annotations" if isinstance(annotations, pd.DataFrame) else str(annotations)
     missing = set(COLUMNS) - set(frame.columns)
     if missing:
         raise ValueError(f"{source}: missing column(s) {sorted(missing)}")
-    heights = _metadata_heights(metadata)
+    listed = _metadata_heights(metadata)
+    flip = listed | {name: int(h) for name, h in (heights or {}).items() if name in listed}
     annotations = []
     for row in frame.itertuples(index=False):
-        if row.filename not in heights:
+        if row.filename not in listed:
             raise ValueError(f"{source}: {row.annotation_id}: {row.filename} not in metadata")
         try:
-            box = parse_geometry(row.geometry, heights[row.filename])
+            box = parse_geometry(row.geometry, flip[row.filename])
         except ValueError as exc:
             raise ValueError(f"{source}: {row.annotation_id}: {exc}") from exc
         annotations.append(

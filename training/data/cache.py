@@ -5,10 +5,16 @@
 Per slide, in ``CACHE_DIR/<stem>/`` (written to temporary names, then renamed; ``slide.json``
 last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
 
-* ``detector.npy`` ``(H, W, 3)`` uint8: the tissue's bounding box (plus half a window) on the
-  detector page, the page nearest ``detector.target_mpp`` chosen as the cascade chooses it;
-  ``tissue.npy`` ``(H, W)`` bool and ``target.npy`` ``(H, W)`` uint8
-  (:func:`training.data.targets.detector_target`) on the same grid;
+* the detector page (the page nearest ``detector.target_mpp``, chosen as the cascade chooses it)
+  is cached **per tissue fragment**: the tissue mask's 8-connected components of at least
+  ``min_fragment_um2`` (smaller specks dropped, unless they meet an annotation square), each box
+  grown by half a training crop and merged with the boxes it overlaps. Fragment ``i`` is
+  ``detector-i.npy`` ``(H, W, 3)`` uint8, ``tissue-i.npy`` ``(H, W)`` bool and ``target-i.npy``
+  ``(H, W)`` uint8 (:func:`training.data.targets.detector_target`) on one grid; ``slide.json``
+  holds the boxes (detector-page ``left, top, width, height``). A 66 × 71 mm canvas with 2 %
+  tissue thus costs its fragments, not its glass;
+* ``cells.npy`` ``(n, 3)`` uint16: ``(fragment, row, column)`` of the ``cell`` × ``cell`` cells of
+  the fragments that hold tissue, the compact index training windows are drawn from;
 * ``mask.npy``: the cascade's tissue mask (:func:`stages.tissue.mask_for_slide`);
 * ``patches.npy`` ``(N, S, S, 3)`` uint8 on the classifier page, ``S = crop_factor × patch``:
   jittered inside each annotation square (its class) and, on label-0 slides, on random tissue
@@ -16,9 +22,14 @@ last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
 * ``hard.npy`` / ``hard.csv``: hard negatives, added later by
   :mod:`training.data.hard_negatives`.
 
-``slides.csv`` (one row per cached slide, with its fold) and ``patches.csv`` (every patch) index
-the cache; ``cache.json`` holds the settings, and a rerun with other settings is refused.
-A slide that cannot be read is skipped and named in the log; the others go on.
+``slides.csv`` (one row per cached slide, with its fold, fragments, bytes on disk and seconds) and
+``patches.csv`` (every patch) index the cache; ``cache.json`` holds the settings (the y-flip
+convention of the annotations among them), and a rerun with other settings is refused. A slide
+that cannot be read is skipped and named in the log; the others go on.
+
+Arrays are read memory-mapped through an :class:`ArrayPool` of at most ``max_open`` maps (each
+holds a file descriptor), so a training process keeps a bounded number of files open whatever
+the number of slides.
 """
 
 from __future__ import annotations
@@ -29,10 +40,13 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -47,6 +61,7 @@ from stages.hotspots import Hotspot
 from stages.slide import Page, Slide
 from stages.tissue import mask_for_slide
 from training.cli import command_parser, setup_logging
+from training.data.annotations import Y_FLIPS
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.targets import detector_target, jittered_centres, tissue_points
 
@@ -64,14 +79,21 @@ DONE = "slide.json"
 class CacheConfig:
     """What the cache holds. Counts are per slide (``square_patches`` per annotation square);
     ``crop_factor``: windows and patches are cut this much larger than the networks' inputs, so
-    that augmentation (rotation, scale) is centre-cropped without borders; ``max_pixels``: the
-    largest detector-page crop kept (a bigger tissue box is refused, naming the slide)."""
+    that augmentation (rotation, scale) is centre-cropped without borders; ``min_fragment_um2``:
+    tissue components smaller than this are specks and not cached (unless they meet an
+    annotation square); ``max_pixels``: the largest detector-page fragment kept (a bigger one is
+    refused, naming the slide); ``cell``: side in detector-page pixels of the cells of the
+    window index; ``y_flip``: the page-0 height the annotations' flipped y axis is undone with
+    (:data:`training.data.annotations.Y_FLIPS`: the metadata's, or the TIF's own)."""
 
     square_patches: int = 12
     benign_patches: int = 32
     hard_negatives: int = 16
     crop_factor: float = 1.25
+    min_fragment_um2: float = 100_000.0
     max_pixels: int = 200_000_000
+    cell: int = 64
+    y_flip: str = "metadata"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,6 +101,10 @@ class CacheConfig:
             raise ValueError("patch counts must be >= 0")
         if not 1.0 <= self.crop_factor <= 2.0:
             raise ValueError(f"crop_factor must be in [1, 2], got {self.crop_factor}")
+        if not 1 <= self.cell <= 1024 or self.min_fragment_um2 < 0:
+            raise ValueError("cell must be in [1, 1024] and min_fragment_um2 >= 0")
+        if self.y_flip not in Y_FLIPS:
+            raise ValueError(f"y_flip must be one of {Y_FLIPS}, got {self.y_flip!r}")
 
 
 def crop_size(size: int, factor: float) -> int:
@@ -92,11 +118,18 @@ def crop_padded(
     """``(height, width, …)`` uint8 cut of ``array`` at pixel ``(left, top)``, ``fill`` where it
     falls outside the array."""
     out = np.full((height, width, *array.shape[2:]), fill, np.uint8)
+    paste(out, array, left, top)
+    return out
+
+
+def paste(out: np.ndarray, array: np.ndarray, left: int, top: int) -> None:
+    """Copy into ``out`` the part of ``array`` that ``out`` covers, ``out``'s pixel (0, 0) lying
+    at ``array``'s pixel ``(left, top)`` (either may be outside the other)."""
     h, w = array.shape[:2]
-    x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + width, w), min(top + height, h)
+    x0, y0 = max(left, 0), max(top, 0)
+    x1, y1 = min(left + out.shape[1], w), min(top + out.shape[0], h)
     if x1 > x0 and y1 > y0:
         out[y0 - top : y1 - top, x0 - left : x1 - left] = array[y0:y1, x0:x1]
-    return out
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -105,14 +138,78 @@ def _save(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _tissue_box(mask: np.ndarray, mask_scale: tuple[float, float]) -> Box | None:
-    """Page-0 bounding box of the mask's tissue, None without tissue."""
-    rows, cols = np.nonzero(mask)
-    if not len(rows):
-        return None
+def tissue_fragments(
+    mask: np.ndarray,
+    mask_scale: tuple[float, float],
+    mpp: float,
+    min_um2: float,
+    keep: Sequence[Box] = (),
+) -> list[Box]:
+    """Page-0 bounding boxes of the 8-connected tissue components of ``mask`` (``(h, w)`` bool,
+    ``mask_scale`` page-0 px per pixel, ``mpp`` µm per page-0 px) of at least ``min_um2`` µm²,
+    largest first. Smaller components (specks, debris) are dropped unless their box meets one
+    of the page-0 boxes ``keep`` (the annotation squares)."""
+    if not mask.any():
+        return []
+    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8), connectivity=8)
+    pixel_um2 = mask_scale[0] * mask_scale[1] * mpp**2
     sx, sy = mask_scale
-    x0, y0 = cols.min() * sx, rows.min() * sy
-    return Box(x0, y0, (cols.max() + 1) * sx - x0, (rows.max() + 1) * sy - y0)
+    fragments = []
+    for label in range(1, n):
+        x, y, w, h, area = (int(v) for v in stats[label])
+        box = Box(x * sx, y * sy, w * sx, h * sy)
+        meets = any(
+            b.x < box.right and box.x < b.right and b.y < box.bottom and box.y < b.bottom
+            for b in keep
+        )
+        if area * pixel_um2 >= min_um2 or meets:
+            fragments.append((area, box))
+    return [box for _, box in sorted(fragments, key=lambda f: -f[0])]
+
+
+def fragment_boxes(
+    boxes: Sequence[Box], scale: tuple[float, float], margin: int, page_size: tuple[int, int]
+) -> list[tuple[int, int, int, int]]:
+    """Detector-page ``(left, top, width, height)`` of page-0 ``boxes`` on a page of ``scale``
+    and ``page_size`` ``(width, height)``: each grown by ``margin`` px, clipped to the page, and
+    merged with every box it overlaps (until none overlap); largest first."""
+    rects = []
+    for box in boxes:
+        left, top, width, height = box.to_page(scale)
+        x0, y0 = max(left - margin, 0), max(top - margin, 0)
+        x1 = min(left + width + margin, page_size[0])
+        y1 = min(top + height + margin, page_size[1])
+        if x1 > x0 and y1 > y0:
+            rects.append((x0, y0, x1, y1))
+    merged = True
+    while merged:
+        merged = False
+        for i in range(len(rects)):
+            for j in range(i + 1, len(rects)):
+                a, b = rects[i], rects[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    rects[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
+                    del rects[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    out = [(x0, y0, x1 - x0, y1 - y0) for x0, y0, x1, y1 in rects]
+    return sorted(out, key=lambda r: (-r[2] * r[3], r[1], r[0]))
+
+
+def tissue_cells(tissue: np.ndarray, cell: int, fragment: int) -> np.ndarray:
+    """``(n, 3)`` uint16 ``(fragment, row, column)`` of the ``cell`` × ``cell`` cells of
+    ``tissue`` (``(H, W)`` bool, one fragment's grid) that hold tissue, row-major."""
+    h, w = tissue.shape
+    rows, cols = math.ceil(h / cell), math.ceil(w / cell)
+    padded = np.zeros((rows * cell, cols * cell), bool)
+    padded[:h, :w] = tissue
+    occupied = padded.reshape(rows, cell, cols, cell).any(axis=(1, 3))
+    r, c = np.nonzero(occupied)
+    if max(rows, cols, fragment + 1) > np.iinfo(np.uint16).max:
+        raise ValueError(f"{rows}x{cols} cells of fragment {fragment} overflow uint16")
+    return np.stack([np.full_like(r, fragment), r, c], axis=1).astype(np.uint16)
 
 
 def resample_mask(
@@ -138,34 +235,42 @@ def cache_slide(
 
     Raises what the reader raises for an unreadable slide (:class:`stages.slide.SlideError`).
     """
+    started = time.perf_counter()
     folder = out / item.stem
     folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.npy"):  # an interrupted earlier attempt
+        stale.unlink()
     rng = np.random.default_rng([config.seed, *item.stem.encode()])
+    margin = crop_size(cascade.detector.window, config.crop_factor) // 2
     with Slide(item.path, mpp=item.mpp, default_mpp=cascade.default_mpp) as slide:
         mask, mask_page = mask_for_slide(slide, cascade.tissue)
         mask_scale = slide.pages[mask_page].scale
         det_page = slide.page_for_mpp(cascade.detector.target_mpp)
         info = slide.pages[det_page]
-        box = _tissue_box(mask, mask_scale)
-        margin = cascade.detector.window // 2
-        if box is None:
-            left, top, width, height = 0, 0, 1, 1
-        else:
-            left, top, width, height = box.to_page(info.scale)
-            left, top = max(left - margin, 0), max(top - margin, 0)
-            width = min(width + 2 * margin, info.width - left)
-            height = min(height + 2 * margin, info.height - top)
-        if width * height > config.max_pixels:
-            raise ValueError(
-                f"{item.filename}: tissue box of {width}x{height} px on page {det_page} exceeds "
-                f"max_pixels={config.max_pixels}"
-            )
+        squares = [a.box for a in item.annotations]
+        fragments = tissue_fragments(
+            mask, mask_scale, slide.mpp, config.min_fragment_um2, squares
+        )
+        boxes = fragment_boxes(fragments, info.scale, margin, info.size)
+        for _, _, width, height in boxes:
+            if width * height > config.max_pixels:
+                raise ValueError(
+                    f"{item.filename}: a tissue fragment of {width}x{height} px on page "
+                    f"{det_page} exceeds max_pixels={config.max_pixels}"
+                )
         sx, sy = info.scale
-        image = slide.read_region(Box(left * sx, top * sy, width * sx, height * sy), det_page)
-        tissue = resample_mask(mask, mask_scale, info.scale, (left, top), image.shape[:2])
-        if box is None:
-            tissue[:] = False
-        target = detector_target(tissue, info.scale, (left, top), item.annotations, item.label)
+        cells = []
+        for i, (left, top, width, height) in enumerate(boxes):
+            image = slide.read_region(Box(left * sx, top * sy, width * sx, height * sy), det_page)
+            tissue = resample_mask(mask, mask_scale, info.scale, (left, top), image.shape[:2])
+            target = detector_target(
+                tissue, info.scale, (left, top), item.annotations, item.label
+            )
+            _save(folder / f"detector-{i}.npy", image)
+            _save(folder / f"tissue-{i}.npy", tissue)
+            _save(folder / f"target-{i}.npy", target)
+            cells.append(tissue_cells(tissue, config.cell, i))
+            del image, tissue, target
 
         cls_page = slide.page_for_mpp(cascade.classifier.target_mpp)
         csx, csy = slide.pages[cls_page].scale
@@ -186,23 +291,26 @@ def cache_slide(
         n_pages = len(slide.pages)
         cls_info = slide.pages[cls_page]
 
-    _save(folder / "detector.npy", image)
-    _save(folder / "tissue.npy", tissue)
-    _save(folder / "target.npy", target)
+    _save(folder / "cells.npy", np.concatenate(cells) if cells else np.zeros((0, 3), np.uint16))
     _save(folder / "mask.npy", mask)
     _save(folder / "patches.npy", patches)
     table = pd.DataFrame(rows, columns=["kind", "cls", "annotation_id"])
     table["x"], table["y"] = centres_xy[:, 0], centres_xy[:, 1]
     table.insert(0, "index", np.arange(len(table)))
     table.to_csv(folder / PATCHES, index=False)
-    squares = pd.DataFrame(
+    squares_frame = pd.DataFrame(
         [
             (a.annotation_id, a.annotation_class, a.box.x, a.box.y, a.box.w, a.box.h)
             for a in item.annotations
         ],
         columns=["annotation_id", "cls", "x", "y", "w", "h"],
     )
-    squares.to_csv(folder / SQUARES, index=False)
+    squares_frame.to_csv(folder / SQUARES, index=False)
+    union = (
+        (min(b[0] for b in boxes), min(b[1] for b in boxes),
+         max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes))
+        if boxes else (0, 0, 0, 0)
+    )  # fmt: skip
     row = {
         "filename": item.filename,
         "stem": item.stem,
@@ -219,15 +327,21 @@ def cache_slide(
         "detector_sy": sy,
         "detector_page_width": info.width,
         "detector_page_height": info.height,
-        "left": left,
-        "top": top,
-        "width": image.shape[1],
-        "height": image.shape[0],
+        "left": union[0],
+        "top": union[1],
+        "width": union[2] - union[0],
+        "height": union[3] - union[1],
+        "fragments": len(boxes),
+        "fragment_pixels": sum(b[2] * b[3] for b in boxes),
+        "tissue_cells": int(sum(len(c) for c in cells)),
         "classifier_page": cls_page,
         "classifier_sx": cls_info.scale[0],
         "classifier_sy": cls_info.scale[1],
         "squares": len(item.annotations),
         "patches": len(table),
+        "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
+        "seconds": round(time.perf_counter() - started, 3),
+        "boxes": [list(b) for b in boxes],
     }
     (folder / DONE).write_text(json.dumps(row, indent=1) + "\n")
     return row
@@ -283,7 +397,7 @@ def build_cache(
     if path.is_file() and json.loads(path.read_text()) != settings:
         raise ValueError(f"{path}: the cache was built with other settings; use a new folder")
     path.write_text(json.dumps(settings, indent=1) + "\n")
-    slides = read_training_set(data)
+    slides = read_training_set(data, config.y_flip)
     fold_of = assign_folds(slides, folds, config.seed, by_centre)
     todo = [(s, fold_of[s.filename]) for s in slides if not (out / s.stem / DONE).is_file()]
     if len(todo) < len(slides):
@@ -306,6 +420,7 @@ def write_index(out: Path, fold_of: dict[str, int] | None = None) -> pd.DataFram
     rows, tables = [], {PATCHES: [], SQUARES: []}
     for done in sorted(out.glob(f"*/{DONE}")):
         row = json.loads(done.read_text())
+        row.pop("boxes", None)  # in slide.json only (Cache.fragments)
         if fold_of is not None and row["filename"] in fold_of:
             row["fold"] = fold_of[row["filename"]]
         rows.append(row)
@@ -331,19 +446,51 @@ def write_index(out: Path, fold_of: dict[str, int] | None = None) -> pd.DataFram
     return slides
 
 
+class ArrayPool:
+    """Memory-mapped ``.npy`` arrays by path, at most ``max_open`` at a time, the least recently
+    used dropped first. Each map holds a file descriptor while it lives, so the pool bounds the
+    open files of a process whatever the number of slides; an array a caller still holds stays
+    valid (its map closes when the last reference goes). Pickled empty (for loader workers)."""
+
+    def __init__(self, max_open: int = 64) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = max_open
+        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def get(self, path: Path) -> np.ndarray:
+        """The array of ``path``, memory-mapped read-only."""
+        array = self._maps.pop(path, None)
+        if array is None:
+            array = np.load(path, mmap_mode="r")
+        self._maps[path] = array
+        while len(self._maps) > self.max_open:
+            self._maps.popitem(last=False)
+        return array
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def __getstate__(self) -> dict:
+        return {"max_open": self.max_open, "_maps": OrderedDict()}
+
+
 @dataclass(frozen=True)
 class Cache:
-    """A built cache: its folder, settings and index tables (slides, patches, squares)."""
+    """A built cache: its folder, settings and index tables (slides, patches, squares), and the
+    pool its arrays are read through."""
 
     root: Path
     settings: dict
     slides: pd.DataFrame
     patches: pd.DataFrame
     squares: pd.DataFrame
+    pool: ArrayPool = field(default_factory=ArrayPool, compare=False, repr=False)
 
     @classmethod
-    def open(cls, root: Path) -> Cache:
-        """Open the cache at ``root``; ValueError when it is not one."""
+    def open(cls, root: Path, max_open: int = 64) -> Cache:
+        """Open the cache at ``root`` (at most ``max_open`` arrays mapped at a time); ValueError
+        when it is not one."""
         if not (root / SLIDES).is_file():
             raise ValueError(f"{root}: no {SLIDES}; build it with python -m training.data.cache")
 
@@ -359,6 +506,7 @@ class Cache:
             table(SLIDES, []),
             table(PATCHES, ["filename", "stem", "source", "index", "kind", "cls", "fold"]),
             table(SQUARES, ["filename", "stem", "annotation_id", "cls", "x", "y", "w", "h"]),
+            ArrayPool(max_open),
         )
 
     def boxes(self, filename: str, min_class: int = 0) -> list[Box]:
@@ -368,9 +516,32 @@ class Cache:
         return [Box(r.x, r.y, r.w, r.h) for r in rows.itertuples(index=False)]
 
     def array(self, stem: str, name: str) -> np.ndarray:
-        """A cached array of slide ``stem`` (``detector``, ``tissue``, ``target``, ``mask``,
-        ``patches``, ``hard``), memory-mapped."""
-        return np.load(self.root / stem / f"{name}.npy", mmap_mode="r")
+        """A cached array of slide ``stem`` (``detector-i``, ``tissue-i``, ``target-i`` of
+        fragment ``i``, ``cells``, ``mask``, ``patches``, ``hard``), memory-mapped through the
+        pool."""
+        return self.pool.get(self.root / stem / f"{name}.npy")
+
+    def fragments(self, stem: str) -> list[tuple[int, int, int, int]]:
+        """Detector-page ``(left, top, width, height)`` of the cached fragments of ``stem``,
+        largest first (fragment ``i`` is the ``i``-th)."""
+        row = json.loads((self.root / stem / DONE).read_text())
+        return [tuple(int(v) for v in box) for box in row["boxes"]]
+
+    def mosaic(self, stem: str, kind: str) -> np.ndarray:
+        """The fragments' ``kind`` arrays (``detector``, ``tissue``, ``target``) pasted on one
+        array covering their union box (``left``, ``top``, ``width``, ``height`` of
+        ``slides.csv``), glass elsewhere (white, False or 0): for figures of small slides."""
+        boxes = self.fragments(stem)
+        glass = 255 if kind == "detector" else 0
+        if not boxes:
+            return np.full((1, 1, 3) if kind == "detector" else (1, 1), glass, np.uint8)
+        x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
+        x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
+        first = self.array(stem, f"{kind}-0")
+        out = np.full((y1 - y0, x1 - x0, *first.shape[2:]), glass, first.dtype)
+        for i, (x, y, _, _) in enumerate(boxes):
+            paste(out, self.array(stem, f"{kind}-{i}"), x0 - x, y0 - y)
+        return out
 
     def row(self, filename: str) -> pd.Series:
         """The ``slides.csv`` row of ``filename``."""
@@ -380,8 +551,8 @@ class Cache:
 class CachedSlide:
     """A cached slide read like :class:`stages.slide.Slide` on its detector page (what
     :func:`stages.detector.predict_heatmap` and :func:`stages.cascade.locate_hotspots` use):
-    ``pages`` holds the detector and classifier pages, ``read_region`` serves the cached crop,
-    white outside it (glass)."""
+    ``pages`` holds the detector and classifier pages, ``read_region`` serves the cached
+    fragments, white elsewhere (glass)."""
 
     def __init__(self, cache: Cache, filename: str) -> None:
         row = cache.row(filename)
@@ -403,18 +574,29 @@ class CachedSlide:
                 cls_scale,
             ),
         }
-        self.offset = (int(row["left"]), int(row["top"]))
-        self.image = cache.array(str(row["stem"]), "detector")
-        self.mask = np.asarray(cache.array(str(row["stem"]), "mask"))
+        self.cache, self.stem = cache, str(row["stem"])
+        self.fragments = cache.fragments(self.stem)
+        self.mask = np.array(cache.array(self.stem, "mask"))
         self.mask_scale = (float(row["mask_sx"]), float(row["mask_sy"]))
 
     def hotspots(
-        self, model: torch.nn.Module, cascade: CascadeConfig, device: torch.device
+        self,
+        model: torch.nn.Module,
+        cascade: CascadeConfig,
+        device: torch.device,
+        autocast: torch.dtype | None = None,
     ) -> tuple[Heatmap, list[Hotspot]]:
         """The cascade's heatmap and hotspots of this slide, computed on the cached page by the
-        cascade's own functions (no budget: the whole tissue)."""
+        cascade's own functions (no budget: the whole tissue), the network in ``autocast``."""
         heatmap = predict_heatmap(
-            model, self, self.detector_page, self.mask, self.mask_scale, cascade.detector, device
+            model,
+            self,
+            self.detector_page,
+            self.mask,
+            self.mask_scale,
+            cascade.detector,
+            device,
+            autocast=autocast,
         )
         return heatmap, locate_hotspots(self, heatmap, cascade, self.classifier_page)
 
@@ -423,8 +605,11 @@ class CachedSlide:
         if page != self.detector_page:
             raise ValueError(f"{self.path}: only the detector page {self.detector_page} is cached")
         left, top, width, height = box.to_page(self.pages[page].scale)
-        x0, y0 = left - self.offset[0], top - self.offset[1]
-        return crop_padded(self.image, x0, y0, width, height, 255)
+        out = np.full((height, width, 3), 255, np.uint8)
+        for i, (x, y, w, h) in enumerate(self.fragments):
+            if x < left + width and left < x + w and y < top + height and top < y + h:
+                paste(out, self.cache.array(self.stem, f"detector-{i}"), left - x, top - y)
+        return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -437,6 +622,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--square-patches", type=int, default=CacheConfig.square_patches)
     parser.add_argument("--benign-patches", type=int, default=CacheConfig.benign_patches)
+    parser.add_argument(
+        "--y-flip",
+        choices=Y_FLIPS,
+        default=CacheConfig.y_flip,
+        help="page-0 height that undoes the annotations' flipped y: the metadata's or the TIF's "
+        "own (python -m training.data.check DATA says which the data supports)",
+    )
+    parser.add_argument(
+        "--min-fragment-um2",
+        type=float,
+        default=CacheConfig.min_fragment_um2,
+        help="tissue components smaller than this (µm²) are specks, not cached",
+    )
 
 
 def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_serially) -> int:
@@ -445,13 +643,21 @@ def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_seriall
     from training.pack.export import load_recipe
 
     config = CacheConfig(
-        square_patches=args.square_patches, benign_patches=args.benign_patches, seed=args.seed
+        square_patches=args.square_patches,
+        benign_patches=args.benign_patches,
+        min_fragment_um2=args.min_fragment_um2,
+        y_flip=args.y_flip,
+        seed=args.seed,
     )
     slides = build_cache(
         args.data, args.out, load_recipe(args.config), config, args.folds, args.by_centre, runner
     )
     counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
     print(f"cached {len(slides)} slides in {args.out}; slides per fold and label:\n{counts}")
+    if len(slides):
+        mb = slides["bytes"] / 1e6
+        print(f"disk per slide: median {mb.median():.1f} MB, max {mb.max():.1f} MB, "
+              f"total {mb.sum() / 1e3:.2f} GB")  # fmt: skip
     return 0
 
 

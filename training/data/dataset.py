@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyvips
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from stages.slide import vips_error_text
 from stages.submission import SubmissionError, classes_by_filename, read_metadata, read_table
-from training.data.annotations import Annotation, parse_annotations
+from training.data.annotations import Y_FLIPS, Annotation, parse_annotations
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +60,33 @@ def centre_of(filename: str) -> str | None:
     return match.group(1).upper() if match else None
 
 
-def read_training_set(data: Path) -> list[TrainSlide]:
+def tif_page0_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of a TIF's page 0 in pixels, from its header (no pixel is decoded).
+
+    Raises ValueError naming the file when libvips cannot read the header.
+    """
+    try:
+        image = pyvips.Image.tiffload(str(path), page=0)
+    except pyvips.Error as exc:
+        reason = vips_error_text(exc)
+        raise ValueError(f"{Path(path).name}: not a readable TIFF ({reason})") from exc
+    return image.width, image.height
+
+
+def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
     """The slides of a training folder whose TIF is present, in metadata order.
 
     Every slide of ``train_metadata.csv`` must have a row in ``train_labels.csv``; annotation
     rows of slides the metadata does not list are an error (ValueError naming the file). Slides
     listed but absent are skipped with one warning that counts them.
+
+    ``y_flip`` (:data:`training.data.annotations.Y_FLIPS`) is the page-0 height the squares'
+    flipped y axis is undone with: ``"metadata"`` (the metadata's ``height``) or ``"tif"`` (each
+    present TIF's own page-0 height, read from its header; a TIF whose header cannot be read is
+    skipped with a warning naming it). Other values raise ValueError.
     """
+    if y_flip not in Y_FLIPS:
+        raise ValueError(f"y_flip must be one of {Y_FLIPS}, got {y_flip!r}")
     try:
         metadata = read_metadata(data / METADATA)
         labels = read_table(data / LABELS)
@@ -76,18 +98,29 @@ def read_training_set(data: Path) -> list[TrainSlide]:
         raise ValueError(
             f"{data / LABELS}: no label for {len(unlabelled)} slide(s), e.g. {unlabelled[:3]}"
         )
+    names = [str(name) for name in metadata["filename"]]
+    absent = [name for name in names if not (data / name).is_file()]
+    skipped = set(absent)
+    heights: dict[str, int] | None = None
+    if y_flip == "tif":
+        heights = {}
+        for name in (name for name in names if name not in skipped):
+            try:
+                heights[name] = tif_page0_size(data / name)[1]
+            except ValueError as exc:
+                log.warning("%s; skipped (its squares cannot be placed with the TIF height)", exc)
+                skipped.add(name)
     path = data / ANNOTATIONS
     boxes: dict[str, list[Annotation]] = {}
     if path.is_file():
-        for annotation in parse_annotations(path, data / METADATA):
+        for annotation in parse_annotations(path, data / METADATA, heights):
             boxes.setdefault(annotation.filename, []).append(annotation)
     else:
         log.warning("%s: missing; training with slide labels only", path)
-    slides, absent = [], []
+    slides = []
     for row in metadata.itertuples(index=False):
         name = str(row.filename)
-        if not (data / name).is_file():
-            absent.append(name)
+        if name in skipped:
             continue
         mpp = float(row.resolution)
         slides.append(
@@ -109,10 +142,11 @@ def read_training_set(data: Path) -> list[TrainSlide]:
             ", ".join(absent[:3]),
         )
     log.info(
-        "%s: %d slides, %d annotation squares",
+        "%s: %d slides, %d annotation squares (y flip: %s height)",
         data,
         len(slides),
         sum(len(s.annotations) for s in slides),
+        y_flip,
     )
     return slides
 

@@ -1,13 +1,14 @@
 """Hard negatives from stage 1: what the trained detector would send stage 2 on benign slides.
 
-``python -m training.data.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16]``
+``python -m training.data.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
 
 For every cached label-0 slide, the trained detector runs over the cached detector page with
 the cascade's own code (:meth:`training.data.cache.CachedSlide.hotspots`); the top
 ``per_slide`` hotspots are then cut from the slide's classifier page (the one TIFF read of this
 step) and stored as ``hard.npy`` / ``hard.csv`` (kind ``hard``, class 0) beside the slide's other
 patches. Stage 2 thus learns on what stage 1 actually sends it. A rerun with the same detector
-weights skips the slides already mined; new weights mine again.
+weights skips the slides already mined; new weights mine again. The detector runs on the GPU
+when there is one (float16), else on the CPU (``--device`` chooses).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from stages.classifier import read_patches
 from stages.detector import build_detector
+from stages.nets import pick_device
 from stages.slide import Slide
 from training.cli import command_parser, setup_logging
 from training.data.cache import HARD, Cache, CachedSlide, crop_size, write_index
@@ -37,12 +39,20 @@ def _weights_digest(path: Path) -> str:
 
 
 def mine_hard_negatives(
-    cache_root: Path, data: Path, detector_dir: Path, per_slide: int = 16
+    cache_root: Path,
+    data: Path,
+    detector_dir: Path,
+    per_slide: int = 16,
+    device: str | None = None,
 ) -> int:
-    """Add hard negatives to every label-0 slide of the cache; returns how many patches."""
+    """Add hard negatives to every label-0 slide of the cache, the detector on ``device`` (the
+    GPU when there is one, by default); returns how many patches."""
     cache = Cache.open(cache_root)
     cascade = stage_cascade(detector_dir, "detector")
+    torch_device = pick_device(device)
+    autocast = torch.float16 if torch_device.type == "cuda" else None
     model = load_stage_model(detector_dir, "detector", build_detector(cascade.detector))
+    model.to(torch_device)
     digest = _weights_digest(detector_dir / "detector.safetensors")
     size = crop_size(cascade.classifier.patch, cache.settings["cache"]["crop_factor"])
     benign = cache.slides[cache.slides["label"] == 0]
@@ -55,7 +65,7 @@ def mine_hard_negatives(
             total += done["patches"]
             continue
         cached = CachedSlide(cache, row.filename)
-        _, hotspots = cached.hotspots(model, cascade, torch.device("cpu"))
+        _, hotspots = cached.hotspots(model, cascade, torch_device, autocast)
         centres = np.array([h.box.center for h in hotspots[:per_slide]]).reshape(-1, 2)
         try:
             with Slide(data / row.filename, float(row.mpp), cascade.default_mpp) as slide:
@@ -90,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="the training folder the cache was built from")
     parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")
     parser.add_argument("--per-slide", type=int, default=16)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
     args = parser.parse_args(argv)
     setup_logging()
-    n = mine_hard_negatives(args.cache, args.data, args.detector, args.per_slide)
+    n = mine_hard_negatives(args.cache, args.data, args.detector, args.per_slide, args.device)
     print(f"{n} hard negatives in {args.cache}")
     return 0
 

@@ -45,14 +45,19 @@ def detector_target(
 
     Glass is 0 (background, no lesion). Tissue is 0 on a label-0 slide and :data:`IGNORE` on a
     lesion slide (annotations mark some lesions, not all); the tissue inside each annotation
-    square takes the square's class, the most severe one where squares overlap.
+    square takes the square's class, the most severe one where squares overlap. What the mask
+    calls glass inside a lesion square is :data:`IGNORE` too: the square says lesion there, the
+    mask may have missed faint tissue, so neither "lesion" nor "no lesion" is taught.
     """
     target = np.zeros(tissue.shape, np.uint8)
     if label:
         target[tissue] = IGNORE
     for annotation in sorted(annotations, key=lambda a: a.annotation_class):  # severest last
         rows, cols = box_pixels(annotation.box, scale, offset, tissue.shape)
-        target[rows, cols][tissue[rows, cols]] = annotation.annotation_class
+        inside, covered = target[rows, cols], tissue[rows, cols]
+        inside[covered] = annotation.annotation_class
+        if annotation.annotation_class:
+            inside[~covered] = IGNORE
     return target
 
 

@@ -1,8 +1,9 @@
 """Figures of the training notebooks: targets, samples, learning curves, heatmaps beside their
 annotations, recall@k, patch galleries, confusion matrices, reliability and parameter sweeps.
 
-Cached detector-page arrays are drawn in their own pixels; page-0 boxes are mapped to them with
-the cache's scale and offset here (:mod:`stages.geometry` conventions).
+Cached detector-page fragments are drawn on their union box (:meth:`Cache.mosaic`), in its own
+pixels; page-0 boxes are mapped to them with the cache's scale and offset here
+(:mod:`stages.geometry` conventions).
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ def plot_targets(cache: Cache, filename: str) -> Figure:
     """A cached slide's detector page with its annotation squares, the detector target (class
     colours) and what the loss ignores (grey). 1 × 3 panels."""
     stem = str(cache.row(filename)["stem"])
-    image = np.asarray(cache.array(stem, "detector"))
-    target = np.asarray(cache.array(stem, "target"))
+    image, target = cache.mosaic(stem, "detector"), cache.mosaic(stem, "target")
     figure, axes = plt.subplots(1, 3, figsize=(16, 5.5), constrained_layout=True)
     axes[0].imshow(image)
     _squares(axes[0], cache, filename)
@@ -121,7 +121,7 @@ def plot_heatmap_beside_annotations(
     hotspot centres (page-0, numbered by rank)."""
     row = cache.row(filename)
     stem = str(row["stem"])
-    image = np.asarray(cache.array(stem, "detector"))
+    image = cache.mosaic(stem, "detector")
     sx, sy = float(row["detector_sx"]), float(row["detector_sy"])
     left, top = int(row["left"]), int(row["top"])
     page_w, page_h = int(row["detector_page_width"]), int(row["detector_page_height"])

@@ -17,8 +17,8 @@ temperature that calibrates the probabilities is fitted afterwards on the valida
 
 Logged per epoch (``OUT/logs``): losses, per-class accuracy, the weighted patch score (the
 competition metric on patches) and the confusion matrix (``OUT/confusion.json``). The weights
-kept are the epoch of least validation loss (the patch score moves in steps of a few patches,
-too coarse to choose by). Writes
+kept are the epoch of best ``val_select``: the weighted patch score, ties broken by the
+validation loss. Writes
 ``OUT/classifier.safetensors``, ``OUT/classifier.json`` and ``OUT/validation.npz`` (logits,
 labels and the patches' cache rows, for the notebook's worst-misgraded gallery).
 """
@@ -40,20 +40,21 @@ import pandas as pd
 import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from stages.classifier import ClassifierConfig, PatchClassifier
 from stages.config import CascadeConfig
 from stages.metric import ERROR_MATRIX, N_CLASSES, confusion_matrix
-from stages.nets import to_input
 from training.cli import setup_logging
-from training.data.augment import pipeline
-from training.data.cache import Cache, crop_size
+from training.data.augment import BatchAugment, SampleAugment
+from training.data.cache import Cache
 from training.fit.common import (
+    EpochDraws,
     StageModule,
     TrainOptions,
     best_state,
     command_line,
+    make_loader,
     make_trainer,
     options_from,
     resume_path,
@@ -65,14 +66,19 @@ from training.fit.common import (
 log = logging.getLogger(__name__)
 
 DEFAULTS = TrainOptions(epochs=24, batch_size=64, lr=3e-3, samples=4096)
+#: Weight of the validation loss in ``val_select``: it only breaks ties of the patch score.
+LOSS_TIE_BREAK = 1e-6
 
 
-class PatchSet(Dataset):
-    """Patches of the cache rows ``rows`` as ``(image (3, p, p) float32, class int64)``.
+class PatchSet(EpochDraws):
+    """Patches of the cache rows ``rows`` as ``(image (p, p, 3) uint8, class int64)`` (the
+    photometric part of augmentation and the normalisation run on the batch, on the training
+    device: :class:`training.data.augment.BatchAugment`).
 
     With ``train``, item ``i`` of epoch ``epoch`` draws a class uniformly and a random patch of
-    it (seeded by ``(seed, epoch, i)``), augmented; otherwise item ``i`` is row ``i``,
-    centre-cropped only.
+    it (seeded by ``(seed, epoch, i)``), geometrically augmented; otherwise item ``i`` is row
+    ``i``, centre-cropped only. The patch arrays are read through the cache's bounded pool of
+    memory maps, so open files do not grow with the slides.
     """
 
     def __init__(
@@ -84,39 +90,37 @@ class PatchSet(Dataset):
         train: bool,
         seed: int,
     ) -> None:
-        self.cache, self.config, self.train, self.seed, self.epoch = cache, config, train, seed, 0
+        super().__init__()
+        self.cache, self.config, self.train, self.seed = cache, config, train, seed
         self.rows = rows.reset_index(drop=True)
         self.samples = samples
-        self.transform = pipeline(config.patch, train)
-        self.by_class = [np.flatnonzero(self.rows["cls"].to_numpy() == c) for c in range(4)]
+        self.augment = SampleAugment(config.patch, train)
+        classes = self.rows["cls"].to_numpy(np.int64)
+        self.by_class = [np.flatnonzero(classes == c) for c in range(N_CLASSES)]
         self.present = [c for c in range(N_CLASSES) if len(self.by_class[c])]
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-        size = crop_size(config.patch, cache.settings["cache"]["crop_factor"])
-        self.size = size
+        # compact columns: a slide's stem and source once, the rest as arrays
+        self._keys = pd.Categorical(self.rows["stem"].astype(str) + "/" + self.rows["source"])
+        self._index = self.rows["index"].to_numpy(np.int64)
+        self._classes = classes
 
     def __len__(self) -> int:
         return self.samples if self.train else len(self.rows)
 
     def image(self, j: int) -> np.ndarray:
         """The cached ``(S, S, 3)`` uint8 crop of row ``j``."""
-        row = self.rows.iloc[j]
-        key = (str(row["stem"]), str(row["source"]))
-        if key not in self._arrays:
-            self._arrays[key] = self.cache.array(*key)
-        return np.asarray(self._arrays[key][int(row["index"])])
+        stem, source = str(self._keys[j]).rsplit("/", 1)
+        return np.array(self.cache.array(stem, source)[self._index[j]])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        rng = None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             members = self.by_class[self.present[int(rng.integers(len(self.present)))]]
             j = int(members[rng.integers(len(members))])
-            self.transform.set_random_seed(int(rng.integers(2**31)))
         else:
             j = i
-        image = self.transform(image=self.image(j))["image"]
-        cfg = self.config
-        tensor = to_input(image[None], torch.device("cpu"), cfg.mean, cfg.std)[0]
-        return tensor, int(self.rows.iloc[j]["cls"])
+        image, _ = self.augment(self.image(j), None, rng)
+        return torch.from_numpy(image), int(self._classes[j])
 
 
 def patch_score(confusion: np.ndarray) -> float:
@@ -137,12 +141,15 @@ def patch_metrics(confusion: np.ndarray) -> dict[str, float]:
 class ClassifierModule(StageModule):
     """The patch classifier with its loss and validation confusion matrix."""
 
-    def __init__(self, config: ClassifierConfig, lr: float, weight_decay: float, epochs: int):
-        super().__init__(lr, weight_decay, epochs)
+    def __init__(
+        self, config: ClassifierConfig, lr: float, weight_decay: float, epochs: int, seed: int = 0
+    ):
+        super().__init__(lr, weight_decay, epochs, config.mean, config.std, seed)
         self.config = config
         self.model = PatchClassifier(config)
         self.loss = nn.CrossEntropyLoss()
         self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
+        self._loss_sum = torch.zeros(2)
         self.confusion_file: Path | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -156,11 +163,14 @@ class ClassifierModule(StageModule):
 
     def on_validation_epoch_start(self) -> None:
         self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
+        self._loss_sum = torch.zeros(2)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
-        self.log("val_loss", self.loss(logits, y), on_epoch=True, sync_dist=True)
+        loss = self.loss(logits, y)
+        self.log("val_loss", loss, on_epoch=True, sync_dist=True)
+        self._loss_sum += torch.tensor([float(loss) * len(y), len(y)])
         pred = logits.argmax(1)
         self.confusion += torch.from_numpy(
             confusion_matrix(y.cpu().numpy(), pred.cpu().numpy())
@@ -169,7 +179,12 @@ class ClassifierModule(StageModule):
     def on_validation_epoch_end(self) -> None:
         matrix = self.trainer.strategy.reduce(self.confusion.to(self.device), reduce_op="sum")
         matrix = matrix.cpu().numpy()
-        self.log_dict(patch_metrics(matrix))
+        loss_sum, count = self.trainer.strategy.reduce(
+            self._loss_sum.to(self.device), reduce_op="sum"
+        ).tolist()
+        metrics = patch_metrics(matrix)
+        metrics["val_select"] = selection_score(metrics["val_score"], loss_sum / max(count, 1))
+        self.log_dict(metrics)
         if self.confusion_file is not None and self.trainer.is_global_zero:
             self.confusion_file.write_text(json.dumps(matrix.astype(int).tolist()) + "\n")
 
@@ -189,15 +204,22 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(math.exp(result.x))
 
 
+def selection_score(score: float, loss: float) -> float:
+    """``val_select``: the weighted patch score, ties broken by the validation loss (weighted
+    :data:`LOSS_TIE_BREAK`, below one patch's step of the score)."""
+    return (score if math.isfinite(score) else 0.0) - LOSS_TIE_BREAK * min(loss, 100.0)
+
+
 def predict_logits(
     model: nn.Module, data: PatchSet, batch_size: int, device: torch.device
 ) -> np.ndarray:
     """``(N, C)`` float32 logits of every item of an evaluation :class:`PatchSet`."""
     model.eval().to(device)
+    normalise = BatchAugment(data.config.mean, data.config.std, train=False).to(device)
     out = []
     with torch.inference_mode():
         for x, _ in DataLoader(data, batch_size=batch_size):
-            out.append(model(x.to(device)).float().cpu().numpy())
+            out.append(model(normalise(x.to(device))).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
@@ -224,16 +246,17 @@ def train_classifier(
     log.info("classifier patches (kind, class): %s", counts)
     train = PatchSet(cache, train_rows, config, options.samples, True, options.seed)
     val = PatchSet(cache, val_rows, config, 0, False, options.seed)
-    module = ClassifierModule(config, options.lr, options.weight_decay, options.epochs)
+    module = ClassifierModule(
+        config, options.lr, options.weight_decay, options.epochs, options.seed
+    )
     start_weights(module.model, options, config.encoder)
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
-    loader = dict(batch_size=options.batch_size, num_workers=options.loader_workers())
-    trainer = make_trainer(options, out, "val_loss", "min", callbacks)
+    trainer = make_trainer(options, out, "val_select", "max", callbacks)
     trainer.fit(
         module,
-        DataLoader(train, drop_last=True, **loader),
-        DataLoader(val, **loader),
+        make_loader(train, options, train=True),
+        make_loader(val, options, train=False),
         ckpt_path=resume_path(options, out),
     )
     metrics: dict = {}

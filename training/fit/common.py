@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import multiprocessing as mp
 import os
 import shlex
 import sys
@@ -32,10 +33,12 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
 
 from stages.config import CascadeConfig, from_dict
 from stages.nets import load_weights, save_weights
 from training.cli import command_parser
+from training.data.augment import BatchAugment
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,8 @@ class TrainOptions:
     smp's pretrained encoder (online users only; never in tests); ``init``: a local state dict
     (safetensors or ``torch.save`` file) to start from; ``accelerator`` / ``devices`` /
     ``num_nodes`` / ``precision`` go to Lightning (``auto`` precision: 16-bit mixed on a GPU,
-    32-bit on a CPU); ``workers``: data-loading processes, -1 for none on a CPU (augmenting in
-    the training process was faster on 2 cores) and 4 with a GPU."""
+    32-bit on a CPU); ``workers``: data-loading processes, -1 for auto (:meth:`loader_workers`);
+    ``prefetch``: batches each loading process prepares ahead."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -68,18 +71,28 @@ class TrainOptions:
     resume: bool = False
     encoder_weights: str = "none"
     init: str = ""
+    prefetch: int = 4
 
     def __post_init__(self) -> None:
-        if min(self.epochs, self.batch_size, self.samples, self.num_nodes) < 1:
-            raise ValueError("epochs, batch_size, samples and num_nodes must be >= 1")
+        if min(self.epochs, self.batch_size, self.samples, self.num_nodes, self.prefetch) < 1:
+            raise ValueError("epochs, batch_size, samples, num_nodes and prefetch must be >= 1")
         if self.encoder_weights not in ENCODER_WEIGHTS:
             raise ValueError(f"encoder_weights must be one of {ENCODER_WEIGHTS}")
 
-    def loader_workers(self) -> int:
-        """The data-loading processes to use (see ``workers``)."""
+    def loader_workers(self, cpus: int | None = None, gpus: int | None = None) -> int:
+        """The data-loading processes per training process: ``workers`` when set; else, on a
+        GPU, the CPUs this process may use (``cpus``, default its affinity) shared among the
+        node's training processes (``gpus`` of them, default the devices asked for), one each
+        kept for the training process itself, 2 to 8; on a CPU none (augmenting in the
+        training process was faster on 2 cores)."""
         if self.workers >= 0:
             return self.workers
-        return 4 if self.gpu() else 0
+        if not self.gpu():
+            return 0
+        cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
+        if gpus is None:
+            gpus = int(self.devices) if self.devices.isdigit() else torch.cuda.device_count()
+        return min(8, max(2, cpus // max(gpus, 1) - 1))
 
     def gpu(self) -> bool:
         """True when Lightning will train on a GPU (asked for, or ``auto`` and one is there)."""
@@ -129,17 +142,88 @@ class EpochLog(pl.Callback):
         )
 
 
+class EpochDraws(Dataset):
+    """A dataset whose items are drawn afresh each epoch (seeded by epoch and index). The epoch
+    lives in shared memory, so persistent loader workers see it change."""
+
+    def __init__(self) -> None:
+        self._epoch = mp.RawValue("i", 0)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch.value)
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.value = value
+
+
+def make_loader(dataset: Dataset, options: TrainOptions, train: bool) -> DataLoader:
+    """A loader of ``dataset`` in order (its items are random draws already), in batches of
+    ``options.batch_size`` (the last partial batch dropped for training), with
+    :meth:`TrainOptions.loader_workers` persistent workers that prefetch ``options.prefetch``
+    batches each, into pinned memory when training on a GPU."""
+    workers = options.loader_workers()
+    extra = {"persistent_workers": True, "prefetch_factor": options.prefetch} if workers else {}
+    return DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        shuffle=False,
+        drop_last=train,
+        num_workers=workers,
+        pin_memory=options.gpu(),
+        **extra,
+    )
+
+
+def training_autocast(trainer: pl.Trainer, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``trainer``'s precision on ``device`` (None: float32), for work
+    done outside Lightning's steps in the training precision."""
+    precision = str(trainer.precision)
+    if precision.startswith("bf16"):
+        return torch.bfloat16
+    if precision.startswith("16") and device.type == "cuda":
+        return torch.float16
+    return None
+
+
 class StageModule(pl.LightningModule):
     """What both stages' Lightning modules share: AdamW with a cosine schedule over the run's
-    epochs, and telling the training set which epoch it draws for (its items are seeded by
-    epoch, so that every epoch, and every resumed one, sees the same fresh draws)."""
+    epochs; telling the training set which epoch it draws for (its items are seeded by epoch,
+    so that every epoch, and every resumed one, sees the same fresh draws); and the batch's
+    photometric augmentation and normalisation on the training device
+    (:class:`training.data.augment.BatchAugment`, seeded by ``seed``, epoch and rank)."""
 
-    def __init__(self, lr: float, weight_decay: float, epochs: int) -> None:
+    def __init__(
+        self,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        seed: int = 0,
+    ) -> None:
         super().__init__()
-        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
+        self.lr, self.weight_decay, self.epochs, self.seed = lr, weight_decay, epochs, seed
+        # a tuple, so that they stay out of the module's state dict
+        self._augment = (BatchAugment(mean, std, train=True), BatchAugment(mean, std, train=False))
+        self._generator: torch.Generator | None = None
 
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.epoch = self.current_epoch
+        self._generator = torch.Generator(device=self.device)
+        draw = (self.seed * 1_000_003 + self.current_epoch) * 1009 + self.global_rank
+        self._generator.manual_seed(draw % 2**63)
+
+    def inputs(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 loader images → the network's ``(N, 3, H, W)`` float32 input,
+        photometrically augmented when ``train``."""
+        augment = self._augment[0 if train else 1].to(x.device)
+        return augment(x, self._generator if train else None)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        x, *rest = batch
+        return (self.inputs(x, self.trainer.training), *rest)
 
     def configure_optimizers(self) -> dict:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -194,7 +278,7 @@ def make_trainer(
         callbacks=[
             best,
             last,
-            EarlyStopping(monitor, patience=options.patience, mode=mode),
+            EarlyStopping(monitor, patience=options.patience, mode=mode, check_finite=False),
             EpochLog(list(dict.fromkeys(["train_loss", "val_loss", monitor]))),
             *callbacks,
         ],

@@ -4,67 +4,107 @@
 
 Windows come from the cache (:mod:`training.data.cache`), never from a TIFF. Each training
 window is drawn afresh: with probability ``--on-spot`` it is centred near an annotation square
-of a training slide (jittered by up to a third of a window), otherwise on random tissue; it is
-cut ``crop_factor`` larger, augmented and centre-cropped (:mod:`training.data.augment`).
+of a training slide (jittered by up to a third of a window), otherwise uniformly on the slide's
+cached tissue (its compact cell index); it is cut ``crop_factor`` larger, geometrically augmented
+and centre-cropped in the loader (:class:`training.data.augment.SampleAugment`), then stain- and
+colour-augmented and normalised as a batch on the training device
+(:class:`training.data.augment.BatchAugment`).
 
 Loss: cross-entropy that skips :data:`~training.data.targets.IGNORE` pixels (unannotated lesion
-tissue), plus multiclass Dice with the same ignore index. Logged per epoch (``OUT/logs``): the
-losses, Dice per class and for "any lesion" on fixed validation windows, and hotspot recall@k:
-the share of the validation slides' annotated lesion squares hit by the top-k hotspots that the
-cascade's own code (:func:`stages.detector.predict_heatmap`, :func:`stages.cascade.locate_hotspots`)
-finds on them. Writes ``OUT/detector.safetensors`` and ``OUT/detector.json``.
+tissue, and what the mask calls glass inside a lesion square), plus multiclass Dice with the
+same ignore index. Logged per epoch (``OUT/logs``): the losses, Dice per class and for "any
+lesion" on fixed validation windows, and hotspot recall@k: the share of the annotated lesion
+squares of a fixed subset of validation slides (``--recall-slides``) hit by the top-k hotspots
+that the cascade's own code (:func:`stages.detector.predict_heatmap`,
+:func:`stages.cascade.locate_hotspots`) finds on them, computed once (rank 0) in the training
+precision. The checkpoint kept is the epoch of best ``val_select``: the mean of recall@k over
+k = 1, 2, 4 … ``max_k``, ties broken by the validation Dice of "any lesion" (never the loss,
+which glass and benign pixels dominate). Writes ``OUT/detector.safetensors`` and
+``OUT/detector.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning.pytorch as pl
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from stages.config import CascadeConfig
 from stages.detector import DetectorConfig, build_detector
-from stages.nets import to_input
 from training.cli import setup_logging
-from training.data.augment import pipeline
+from training.data.augment import SampleAugment
 from training.data.cache import Cache, CachedSlide, crop_padded, crop_size
 from training.data.targets import IGNORE, recall_at_k
 from training.fit.common import (
+    EpochDraws,
     StageModule,
     TrainOptions,
     best_state,
     command_line,
+    make_loader,
     make_trainer,
     options_from,
     resume_path,
     save_stage,
     stage_parser,
     start_weights,
+    training_autocast,
 )
 
 log = logging.getLogger(__name__)
 
 #: k of the logged hotspot recall@k (capped at the cascade's ``budget.max_k``).
 RECALL_KS = (1, 2, 4, 8, 16, 32)
+#: Validation slides (with lesion squares) whose hotspot recall is computed each epoch.
+RECALL_SLIDES = 16
+#: Weight of the "any lesion" Dice in ``val_select``: below one recall step, so it breaks ties.
+DICE_TIE_BREAK = 1e-3
 DEFAULTS = TrainOptions(epochs=8, batch_size=16, lr=3e-3, samples=1024)
 
+#: A window centre: ``(fragment, x, y)`` in that fragment's detector-page pixels (fragment -1:
+#: a slide without cached tissue).
+Spot = tuple[int, float, float]
 
-class WindowSet(Dataset):
-    """Detector windows of ``filenames`` as ``(image (3, w, w) float32, target (w, w) int64)``.
+
+class _IndexedSlide(NamedTuple):
+    """What a :class:`WindowSet` keeps of one slide: its cache stem, ``(n, 3)`` uint16 tissue
+    cells, the annotation squares' centres and a fallback centre."""
+
+    stem: str
+    cells: np.ndarray
+    spots: tuple[Spot, ...]
+    middle: tuple[int, int]
+
+
+class WindowSet(EpochDraws):
+    """Detector windows of ``filenames`` as ``(image (w, w, 3) uint8, target (w, w) int64)``
+    tensors (the photometric part of augmentation and the normalisation run on the batch, on the
+    training device: :class:`training.data.augment.BatchAugment`).
 
     With ``train``, item ``i`` of epoch ``epoch`` is a fresh random window (seeded by
-    ``(seed, epoch, i)``), augmented; otherwise windows are fixed: every annotation square of
-    each slide plus ``per_slide`` random tissue windows, centre-cropped only.
+    ``(seed, epoch, i)``), geometrically augmented; otherwise windows are fixed: every annotation
+    square of each slide plus ``per_slide`` random tissue windows, centre-cropped only.
+
+    Memory per slide is its compact index: the fragment boxes, the annotation-square centres and
+    the tissue cells of :mod:`training.data.cache` (6 bytes a cell); pixels are read through the
+    cache's bounded pool of memory maps, so neither memory nor open files grow with the slides.
+    Random windows are uniform over tissue: a cell drawn uniformly, a pixel uniformly in it, kept
+    when it is tissue (up to :data:`TRIES` tries, then the cell's centre).
     """
+
+    TRIES = 32
 
     def __init__(
         self,
@@ -77,80 +117,101 @@ class WindowSet(Dataset):
         seed: int,
         per_slide: int = 4,
     ) -> None:
+        super().__init__()
         self.cache, self.config, self.train, self.seed = cache, config, train, seed
         self.size = crop_size(config.window, cache.settings["cache"]["crop_factor"])
-        self.transform = pipeline(config.window, train)
-        self.on_spot, self.epoch = on_spot, 0
+        self.cell = int(cache.settings["cache"]["cell"])
+        self.augment = SampleAugment(config.window, train)
+        self.on_spot = on_spot
         self.slides = [self._slide(f) for f in filenames]
         self.samples = samples
         if not train:
             rng = np.random.default_rng(seed)
             self.fixed = [
-                (s, (float(cx), float(cy)))
+                (s, spot)
                 for s, slide in enumerate(self.slides)
-                for cx, cy in [*slide["spots"], *self._random_centres(rng, slide, per_slide)]
+                for spot in [*slide.spots, *self._tissue_centres(rng, slide, per_slide)]
             ]
 
-    def _slide(self, filename: str) -> dict:
+    def _slide(self, filename: str) -> _IndexedSlide:
         row = self.cache.row(filename)
         stem = str(row["stem"])
-        left, top = int(row["left"]), int(row["top"])
         scale = (float(row["detector_sx"]), float(row["detector_sy"]))
-        squares = self.cache.boxes(filename)
-        spots = [(b.center[0] / scale[0] - left, b.center[1] / scale[1] - top) for b in squares]
-        return {
-            "image": self.cache.array(stem, "detector"),
-            "target": self.cache.array(stem, "target"),
-            "tissue": np.argwhere(np.asarray(self.cache.array(stem, "tissue"))),
-            "spots": spots,
-        }
+        fragments = np.array(self.cache.fragments(stem), np.int32).reshape(-1, 4)
+        spots = []
+        for box in self.cache.boxes(filename):
+            x, y = box.center[0] / scale[0], box.center[1] / scale[1]
+            inside = np.flatnonzero(
+                (fragments[:, 0] <= x) & (x < fragments[:, 0] + fragments[:, 2])
+                & (fragments[:, 1] <= y) & (y < fragments[:, 1] + fragments[:, 3])
+            )  # fmt: skip
+            if len(inside):
+                f = int(inside[0])
+                spots.append((f, x - fragments[f, 0], y - fragments[f, 1]))
+        cells = np.array(self.cache.array(stem, "cells"), np.uint16)
+        return _IndexedSlide(stem, cells, tuple(spots), (row["width"] // 2, row["height"] // 2))
 
-    def _random_centres(self, rng: np.random.Generator, slide: dict, n: int) -> list:
-        tissue = slide["tissue"]
-        if not len(tissue):
-            return [(slide["image"].shape[1] / 2, slide["image"].shape[0] / 2)] * n
-        picks = tissue[rng.integers(0, len(tissue), n)]
-        return [(float(c) + 0.5, float(r) + 0.5) for r, c in picks]
+    def _tissue_centres(self, rng: np.random.Generator, slide: _IndexedSlide, n: int) -> list:
+        return [self._tissue_centre(rng, slide) for _ in range(n)]
+
+    def _tissue_centre(self, rng: np.random.Generator, slide: _IndexedSlide) -> Spot:
+        """A point uniform over the slide's cached tissue: ``(fragment, x, y)`` in that
+        fragment's pixels (the middle of the slide's fragments' span when it has none)."""
+        if not len(slide.cells):
+            return (-1, float(slide.middle[0]), float(slide.middle[1]))
+        cell = self.cell
+        for _ in range(self.TRIES):
+            f, r, c = (int(v) for v in slide.cells[rng.integers(len(slide.cells))])
+            y, x = r * cell + int(rng.integers(cell)), c * cell + int(rng.integers(cell))
+            tissue = self.cache.array(slide.stem, f"tissue-{f}")
+            if y < tissue.shape[0] and x < tissue.shape[1] and tissue[y, x]:
+                return (f, x + 0.5, y + 0.5)
+        return (f, (c + 0.5) * cell, (r + 0.5) * cell)
 
     def __len__(self) -> int:
         return self.samples if self.train else len(self.fixed)
 
-    def _cut(self, array: np.ndarray, cx: float, cy: float, fill: int) -> np.ndarray:
+    def _cut(self, slide: _IndexedSlide, spot: Spot, kind: str, fill: int) -> np.ndarray:
+        f, cx, cy = spot
         size = self.size
+        if f < 0:  # a slide without cached tissue: glass
+            return np.full((size, size, 3) if kind == "detector" else (size, size), fill, np.uint8)
+        array = self.cache.array(slide.stem, f"{kind}-{f}")
         return crop_padded(array, round(cx - size / 2), round(cy - size / 2), size, size, fill)
 
     def sample(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Item ``i`` as the network's input before normalisation: ``(w, w, 3)`` uint8 window and
-        ``(w, w)`` uint8 target."""
+        """Item ``i`` as the network's input before photometric augmentation and normalisation:
+        ``(w, w, 3)`` uint8 window and ``(w, w)`` uint8 target."""
+        rng = None
         if self.train:
             rng = np.random.default_rng([self.seed, self.epoch, i])
             slide = self.slides[int(rng.integers(len(self.slides)))]
-            if slide["spots"] and rng.random() < self.on_spot:
-                cx, cy = slide["spots"][int(rng.integers(len(slide["spots"])))]
+            if slide.spots and rng.random() < self.on_spot:
+                f, cx, cy = slide.spots[int(rng.integers(len(slide.spots)))]
                 jitter = self.config.window / 3
-                cx, cy = cx + rng.uniform(-jitter, jitter), cy + rng.uniform(-jitter, jitter)
+                spot = (f, cx + rng.uniform(-jitter, jitter), cy + rng.uniform(-jitter, jitter))
             else:
-                ((cx, cy),) = self._random_centres(rng, slide, 1)
-            self.transform.set_random_seed(int(rng.integers(2**31)))
+                spot = self._tissue_centre(rng, slide)
         else:
-            s, (cx, cy) = self.fixed[i]
+            s, spot = self.fixed[i]
             slide = self.slides[s]
-        image = self._cut(slide["image"], cx, cy, 255)
-        target = self._cut(slide["target"], cx, cy, 0)
-        out = self.transform(image=image, mask=target)
-        return out["image"], out["mask"]
+        image = self._cut(slide, spot, "detector", 255)
+        target = self._cut(slide, spot, "target", 0)
+        return self.augment(image, target, rng)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.sample(i)
-        tensor = to_input(image[None], torch.device("cpu"), self.config.mean, self.config.std)
-        return tensor[0], torch.from_numpy(target.astype(np.int64))
+        return torch.from_numpy(image), torch.from_numpy(target.astype(np.int64))
+
 
 
 class DetectorModule(StageModule):
     """The detector network with its losses and per-class Dice."""
 
-    def __init__(self, config: DetectorConfig, lr: float, weight_decay: float, epochs: int):
-        super().__init__(lr, weight_decay, epochs)
+    def __init__(
+        self, config: DetectorConfig, lr: float, weight_decay: float, epochs: int, seed: int = 0
+    ):
+        super().__init__(lr, weight_decay, epochs, config.mean, config.std, seed)
         self.config = config
         self.model = build_detector(config)
         self.ce = nn.CrossEntropyLoss(ignore_index=IGNORE)
@@ -186,12 +247,23 @@ class DetectorModule(StageModule):
             p, t = p & valid, t & valid
             self._counts[:, c] += torch.stack([(p & t).sum(), p.sum(), t.sum()]).float().cpu()
 
-    def on_validation_epoch_end(self) -> None:
+    def dice_scores(self) -> list[float]:
+        """Dice per class and for "any lesion" (last) of this validation epoch, summed over the
+        ranks."""
         counts = self.trainer.strategy.reduce(self._counts.to(self.device), reduce_op="sum").cpu()
         inter, pred, true = counts
-        dice = (2 * inter / (pred + true).clamp(min=1)).tolist()
-        names = [f"val_dice_{c}" for c in range(self.config.classes)] + ["val_dice_lesion"]
-        self.log_dict(dict(zip(names, dice, strict=True)), sync_dist=False)
+        return (2 * inter / (pred + true).clamp(min=1)).tolist()
+
+
+def recall_subset(cache: Cache, filenames: Sequence[str], n: int, seed: int) -> list[str]:
+    """Up to ``n`` of ``filenames`` that have lesion squares, a fixed choice for a seed (ordered
+    by a hash of seed and name), so every epoch's recall is measured on the same slides."""
+    with_lesions = [f for f in filenames if cache.boxes(f, min_class=1)]
+
+    def key(name: str) -> str:
+        return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+    return sorted(sorted(with_lesions, key=key)[:n])
 
 
 def hotspot_recall(
@@ -201,29 +273,59 @@ def hotspot_recall(
     cascade: CascadeConfig,
     device: torch.device,
     ks: tuple[int, ...] = RECALL_KS,
+    autocast: torch.dtype | None = None,
 ) -> dict[int, float]:
-    """Recall@k of the lesion squares of ``filenames`` by the cascade's hotspots (module doc)."""
+    """Recall@k of the lesion squares of ``filenames`` by the cascade's hotspots (module doc),
+    the network in ``autocast``."""
     squares, centres = [], []
     for filename in filenames:
         slide = CachedSlide(cache, filename)
-        _, hotspots = slide.hotspots(model, cascade, device)
+        _, hotspots = slide.hotspots(model, cascade, device, autocast)
         squares.append(cache.boxes(filename, min_class=1))
         centres.append(np.array([h.box.center for h in hotspots]).reshape(-1, 2))
     return recall_at_k(squares, centres, [k for k in ks if k <= cascade.budget.max_k])
 
 
+def selection_score(recall: dict[int, float], dice_lesion: float) -> float:
+    """``val_select``: the mean recall@k (0 when there are no lesion squares to find) plus
+    :data:`DICE_TIE_BREAK` × the "any lesion" Dice."""
+    values = [v for v in recall.values() if math.isfinite(v)]
+    return (float(np.mean(values)) if values else 0.0) + DICE_TIE_BREAK * dice_lesion
+
+
 class HotspotRecall(pl.Callback):
-    """Logs ``val_recall@k`` after each validation epoch (rank 0 computes, all log)."""
+    """After each validation epoch: ``val_dice_*``, ``val_recall@k`` and ``val_select``. The
+    recall is computed once, on rank 0, in the training precision, and broadcast."""
 
     def __init__(self, cache: Cache, filenames: list[str], cascade: CascadeConfig) -> None:
-        self.cache, self.filenames, self.cascade = cache, filenames, cascade
+        self.cache, self.filenames = cache, filenames
+        batch = cascade.detector.batch_size
+        self.cascade = cascade
+        self.gpu_cascade = replace(
+            cascade, detector=replace(cascade.detector, batch_size=max(batch, 32))
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        recall = hotspot_recall(
-            module.model, self.cache, self.filenames, self.cascade, module.device
-        )
-        module.model.train(module.training)
-        module.log_dict({f"val_recall@{k}": v for k, v in recall.items()}, sync_dist=True)
+        dice = module.dice_scores()
+        names = [f"val_dice_{c}" for c in range(module.config.classes)] + ["val_dice_lesion"]
+        recall: dict[int, float] = {}
+        if trainer.is_global_zero:
+            device = module.device
+            cascade = self.gpu_cascade if device.type == "cuda" else self.cascade
+            recall = hotspot_recall(
+                module.model,
+                self.cache,
+                self.filenames,
+                cascade,
+                device,
+                autocast=training_autocast(trainer, device),
+            )
+            module.model.train(module.training)
+        recall = trainer.strategy.broadcast(recall, src=0)
+        metrics = dict(zip(names, dice, strict=True))
+        metrics |= {f"val_recall@{k}": v for k, v in recall.items()}
+        metrics["val_select"] = selection_score(recall, dice[-1])
+        module.log_dict(metrics, sync_dist=False)  # the same values on every rank
 
 
 def train_detector(
@@ -233,32 +335,34 @@ def train_detector(
     options: TrainOptions = DEFAULTS,
     on_spot: float = 0.7,
     callbacks: Sequence[pl.Callback] = (),
+    recall_slides: int = RECALL_SLIDES,
 ) -> dict:
     """Train the detector of ``cascade`` on the cache; write the stage to ``out``; return its
-    validation metrics (the best epoch's, by validation loss)."""
+    validation metrics (the best epoch's, by ``val_select``: module doc)."""
     started = time.perf_counter()
     pl.seed_everything(options.seed, workers=True, verbose=False)
     cache = Cache.open(cache_root)
     config = replace(cascade.detector)
     train_files = cache.slides.query("fold != @options.val_fold")["filename"].tolist()
     val_files = cache.slides.query("fold == @options.val_fold")["filename"].tolist()
+    recall_files = recall_subset(cache, val_files, recall_slides, options.seed)
     log.info(
-        "detector: %d training slides, %d validation slides (fold %d)",
+        "detector: %d training slides, %d validation slides (fold %d), hotspot recall on %d",
         len(train_files),
         len(val_files),
         options.val_fold,
+        len(recall_files),
     )
     train = WindowSet(cache, train_files, config, options.samples, on_spot, True, options.seed)
     val = WindowSet(cache, val_files, config, 0, on_spot, False, options.seed + 1)
-    module = DetectorModule(config, options.lr, options.weight_decay, options.epochs)
+    module = DetectorModule(config, options.lr, options.weight_decay, options.epochs, options.seed)
     start_weights(module.model, options, config.encoder)
-    loader = dict(batch_size=options.batch_size, num_workers=options.loader_workers())
-    recall = HotspotRecall(cache, val_files, cascade)
-    trainer = make_trainer(options, out, "val_loss", "min", [recall, *callbacks])
-    val_loader = DataLoader(val, **loader)
+    recall = HotspotRecall(cache, recall_files, cascade)
+    trainer = make_trainer(options, out, "val_select", "max", [recall, *callbacks])
+    val_loader = make_loader(val, options, train=False)
     trainer.fit(
         module,
-        DataLoader(train, shuffle=False, drop_last=True, **loader),
+        make_loader(train, options, train=True),
         val_loader,
         ckpt_path=resume_path(options, out),
     )
@@ -273,6 +377,7 @@ def train_detector(
             "data": str(cache_root),
             "command": command_line(),
             "val_fold": options.val_fold,
+            "recall_slides": recall_files,
             "options": dataclasses.asdict(options),
             "seconds": time.perf_counter() - started,
         }
@@ -286,9 +391,22 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = stage_parser("training.fit.detector", __doc__, DEFAULTS)
     parser.add_argument("--on-spot", type=float, default=0.7, help="share of on-spot windows")
+    parser.add_argument(
+        "--recall-slides",
+        type=int,
+        default=RECALL_SLIDES,
+        help="validation slides whose hotspot recall is measured each epoch",
+    )
     args = parser.parse_args(argv)
     setup_logging()
-    train_detector(args.cache, args.out, load_recipe(args.config), options_from(args), args.on_spot)
+    train_detector(
+        args.cache,
+        args.out,
+        load_recipe(args.config),
+        options_from(args),
+        args.on_spot,
+        recall_slides=args.recall_slides,
+    )
     return 0
 
 
