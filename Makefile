@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-REQUIREMENTS := requirements.txt requirements-cluster.txt requirements-dev.txt
+REQUIREMENTS := requirements.txt requirements-cluster.txt requirements-openslide.txt \
+	requirements-dev.txt
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)

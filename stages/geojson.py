@@ -16,10 +16,21 @@ expects of a GeoJSON file dropped on the slide. Every feature follows QuPath's c
 
 Geometry is built with shapely and serialised with ``geojson``; polygons are clipped to the
 slide, so every ring is closed and inside ``[0, width] × [0, height]``.
+
+For QuPath's importer (``qupath-core``, ``io/QuPathTypeAdapters.java``) every feature also has
+an ``id``, a UUID stable for the same slide and object (uuid5 of the filename, the kind and the
+rank or level: :func:`feature_id`), so that importing a file again replaces its objects instead
+of duplicating them; the predicted objects (tissue, heatmap contours, hotspots) are written with
+``properties.isLocked`` true so that they cannot be moved by accident, the ground-truth
+annotations with false. JSON has no NaN: a measurement that is not finite is left out of the
+file and logged with the slide and the value. Files are written as UTF-8.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +45,8 @@ from stages.geometry import Box
 if TYPE_CHECKING:
     from stages.cascade import SlideResult
 
+log = logging.getLogger(__name__)
+
 GRADES = ("benign", "low-grade", "high-grade", "invasive")
 #: RGB colour per grade (QuPath's class colours).
 GRADE_COLOURS = ((60, 160, 60), (235, 200, 0), (250, 120, 0), (210, 30, 30))
@@ -41,18 +54,51 @@ NOT_GRADED = (150, 150, 150)
 TISSUE_COLOUR = (90, 90, 200)
 #: Heatmap probability levels drawn as contours, by default.
 DEFAULT_LEVELS = (0.5,)
+#: The namespace of the features' uuid5 ids.
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "tissuenet-cascade/geojson")
+
+
+def feature_id(filename: str, kind: str, key: str) -> str:
+    """The UUID of one object of a slide: the same ``filename``, ``kind`` (``tissue``,
+    ``heatmap``, ``hotspot``, ``annotation``) and ``key`` (its rank, level or index) give the
+    same id in every file written."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{filename}\n{kind}\n{key}"))
+
+
+def _finite(measurements: dict[str, float], filename: str, name: str) -> dict[str, float]:
+    """``measurements`` as floats without the values that are not finite (JSON has no NaN),
+    each one left out logged with the slide and the value."""
+    kept = {}
+    for key, value in measurements.items():
+        value = float(value)
+        if math.isfinite(value):
+            kept[key] = value
+        else:
+            slide = filename or "(slide)"
+            log.warning(
+                "%s: %s: measurement %r is %s, left out of the GeoJSON", slide, name, key, value
+            )
+    return kept
 
 
 def _feature(
-    shape: Polygon, name: str, colour: tuple[int, int, int], measurements: dict[str, float]
+    shape: Polygon,
+    name: str,
+    colour: tuple[int, int, int],
+    measurements: dict[str, float],
+    id_: str,
+    locked: bool,
+    filename: str = "",
 ) -> geojson.Feature:
     return geojson.Feature(
+        id=id_,
         geometry=mapping(shape),
         properties={
             "objectType": "annotation",
             "name": name,
             "classification": {"name": name, "color": list(colour)},
-            "measurements": {k: float(v) for k, v in measurements.items()},
+            "isLocked": locked,
+            "measurements": _finite(measurements, filename, name),
         },
     )
 
@@ -96,8 +142,10 @@ def slide_features(
     tissue_scale: tuple[float, float] = (1.0, 1.0),
     levels: Sequence[float] = DEFAULT_LEVELS,
     annotations: Sequence[tuple[Box, int]] = (),
+    filename: str = "",
 ) -> geojson.FeatureCollection:
-    """The FeatureCollection of one slide (module doc).
+    """The FeatureCollection of one slide (module doc); ``filename`` names the slide in the
+    features' ids and in the log.
 
     ``hotspots``: ``(box, detector score, heatmap class probabilities)`` best first, page-0
     boxes; ``grades``: ``(k, 4)`` classifier probabilities of the first k; ``size``: page-0
@@ -107,15 +155,23 @@ def slide_features(
     """
     frame = box(0, 0, size[0], size[1])
     features = []
+
+    def add(shape: Polygon, name: str, colour: tuple, values: dict, kind: str, key: str) -> None:
+        locked = kind != "annotation"  # predictions are locked, the ground truth is not
+        id_ = feature_id(filename, kind, key)
+        features.append(_feature(shape, name, colour, values, id_, locked, filename))
+
     if tissue is not None:
-        for shape in _outlines(tissue, tissue_scale, frame):
-            features.append(_feature(shape, "Tissue", TISSUE_COLOUR, {"area_px": shape.area}))
+        for i, shape in enumerate(_outlines(tissue, tissue_scale, frame)):
+            add(shape, "Tissue", TISSUE_COLOUR, {"area_px": shape.area}, "tissue", str(i))
     if heatmap is not None:
         for grade in range(1, heatmap.shape[0]):
             for level in levels:
                 name = f"Heatmap: {GRADES[grade]} >= {level:g}"
-                for shape in _outlines(heatmap[grade] >= level, heatmap_scale, frame):
-                    features.append(_feature(shape, name, GRADE_COLOURS[grade], {"level": level}))
+                shapes = _outlines(heatmap[grade] >= level, heatmap_scale, frame)  # NaN: False
+                for i, shape in enumerate(shapes):
+                    key = f"{grade}/{level:g}/{i}"
+                    add(shape, name, GRADE_COLOURS[grade], {"level": level}, "heatmap", key)
     for rank, (square, score, heat) in enumerate(hotspots):
         shape = box(square.x, square.y, square.right, square.bottom)
         measurements = {"rank": rank + 1, "score": score}
@@ -128,21 +184,21 @@ def slide_features(
         else:
             name, colour = "Hotspot: not graded", NOT_GRADED
             measurements["graded"] = 0
-        features.append(_feature(shape.intersection(frame), name, colour, measurements))
-    for square, grade in annotations:
+        add(shape.intersection(frame), name, colour, measurements, "hotspot", str(rank + 1))
+    for i, (square, grade) in enumerate(annotations):
         shape = box(square.x, square.y, square.right, square.bottom).intersection(frame)
         if not shape.is_empty:
-            features.append(
-                _feature(shape, f"Annotation: {GRADES[grade]}", GRADE_COLOURS[grade], {})
-            )
+            name = f"Annotation: {GRADES[grade]}"
+            add(shape, name, GRADE_COLOURS[grade], {}, "annotation", str(i))
     return geojson.FeatureCollection(features)
 
 
 def write_geojson(collection: geojson.FeatureCollection, path: Path) -> Path:
-    """Write ``collection`` to ``path`` (validated first: ValueError naming the problems)."""
+    """Write ``collection`` to ``path`` as UTF-8 (validated first: ValueError naming the
+    problems; JSON without NaN, which :func:`slide_features` leaves out)."""
     if not collection.is_valid:
         raise ValueError(f"invalid GeoJSON for {path.name}: {collection.errors()}")
-    path.write_text(geojson.dumps(collection) + "\n")
+    path.write_text(geojson.dumps(collection, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 
 
@@ -166,4 +222,5 @@ def result_features(
         tissue_scale=result.tissue_scale,
         levels=levels,
         annotations=annotations,
+        filename=result.filename,
     )

@@ -133,7 +133,9 @@ def tiff_tags(path: Path) -> list[dict[int, tuple]]:
                 tags[tag] = (data[at : at + count].rstrip(b"\0").decode("latin-1"),)
             else:
                 values = struct.unpack_from(f"{order}{count * code}", data, at)
-                tags[tag] = tuple(zip(values[::2], values[1::2], strict=True)) if len(code) == 2 else values
+                if len(code) == 2:  # RATIONAL, SRATIONAL: (numerator, denominator) pairs
+                    values = tuple(zip(values[::2], values[1::2], strict=True))
+                tags[tag] = values
         pages.append(tags)
         (offset,) = struct.unpack_from(order + "I", data, offset + 2 + 12 * n)
     return pages

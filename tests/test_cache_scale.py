@@ -38,7 +38,7 @@ from training.data.cache import (
 )
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
-from training.fit.common import TrainOptions, learning_curves
+from training.fit.common import TrainOptions, learning_curves, make_loader
 
 SMALL = CacheConfig(square_patches=2, benign_patches=4, hard_negatives=2)
 FAST = TrainOptions(epochs=1, batch_size=4, samples=8, workers=0, patience=10)
@@ -118,9 +118,9 @@ def _canvas_folder(root: Path) -> Path:
     names = ["canvas.tif", "copy1.tif", "copy2.tif", "copy3.tif"]
     for name in names[1:]:
         os.link(root / "canvas.tif", root / name)
-    pd.DataFrame(
-        {"filename": names, "width": 4096, "height": 4096, "resolution": 2.0}
-    ).to_csv(root / "train_metadata.csv", index=False)
+    pd.DataFrame({"filename": names, "width": 4096, "height": 4096, "resolution": 2.0}).to_csv(
+        root / "train_metadata.csv", index=False
+    )
     labels = pd.DataFrame({"filename": names, "0": [0, 0, 1, 1], "1": [1, 1, 0, 0], "2": 0, "3": 0})
     labels.to_csv(root / "train_labels.csv", index=False)
     squares = {"on-fragment": Box(200.0, 150.0, 150.0, 150.0), "on-speck": Box(1200, 3000, 80, 80)}
@@ -151,7 +151,7 @@ def test_a_canvas_is_cached_per_fragment_specks_dropped_within_its_disk_bound(
         assert 250 + 2 * margin <= w <= 250 + 2 * margin + 16
         assert 200 + 2 * margin <= h <= 200 + 2 * margin + 16
     left, top, width, height = fragments[2]  # the annotated speck, kept; the two others dropped
-    assert left <= 600 and 640 <= left + width and top <= 1500 and 1540 <= top + height
+    assert left <= 600 and left + width >= 640 and top <= 1500 and top + height >= 1540
     assert width <= 40 + 2 * margin + 16 and height <= 40 + 2 * margin + 16
     # both big fragments' tissue is cached and indexed; the disk is the fragments', not the box's
     cells = cache.array("canvas", "cells")
@@ -263,3 +263,28 @@ def test_the_classifier_checkpoint_follows_the_patch_score() -> None:
     assert classifier.selection_score(0.95, 3.0) > classifier.selection_score(0.94, 0.1)
     assert classifier.selection_score(0.95, 0.2) > classifier.selection_score(0.95, 0.3)
     assert classifier.selection_score(float("nan"), 0.1) < classifier.selection_score(0.1, 9.0)
+
+
+def test_loader_workers_follow_the_cpus_and_the_gpus() -> None:
+    gpu = replace(FAST, workers=-1, accelerator="gpu")
+    assert gpu.loader_workers(cpus=16, gpus=1) == 8  # capped
+    assert gpu.loader_workers(cpus=16, gpus=4) == 3  # 4 CPUs a GPU, one kept for training
+    assert gpu.loader_workers(cpus=4, gpus=4) == 2  # never below 2 on a GPU
+    assert replace(gpu, workers=5).loader_workers(cpus=16, gpus=1) == 5  # as asked
+    assert replace(gpu, accelerator="cpu").loader_workers(cpus=16, gpus=0) == 0
+    loader = make_loader(range(10), replace(FAST, workers=2, prefetch=3), train=True)
+    assert loader.persistent_workers and loader.prefetch_factor == 3 and loader.drop_last
+
+
+def test_persistent_workers_draw_each_epochs_items(many: Path) -> None:
+    """The epoch reaches loader workers that outlive it: epoch 1's items differ from epoch 0's
+    and equal what the training process itself draws for epoch 1."""
+    cache = Cache.open(many)
+    patches = classifier.PatchSet(cache, cache.patches, TEST_RECIPE.classifier, 8, True, 0)
+    loader = make_loader(patches, replace(FAST, workers=2, batch_size=4), train=True)
+    epochs = []
+    for epoch in (0, 1):
+        patches.epoch = epoch
+        epochs.append(torch.cat([x for x, _ in loader]))
+    assert not torch.equal(epochs[0], epochs[1])
+    np.testing.assert_array_equal(epochs[1][0].numpy(), patches[0][0].numpy())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,13 @@ import pytest
 import torch
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade
+from stages.cascade import Cascade, SlideResult
 from stages.classifier import read_patches
 from stages.config import load_assets
-from stages.geojson import GRADES, slide_features, write_geojson
+from stages.detector import Heatmap
+from stages.geojson import GRADES, feature_id, slide_features, write_geojson
 from stages.geometry import Box
+from stages.hotspots import Hotspot
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
 from training.data.synthetic import SynthConfig, generate_dataset, sample_specs
@@ -107,6 +110,99 @@ def test_hotspot_boxes_round_trip_exactly(tmp_path: Path) -> None:
     assert features[2]["properties"]["measurements"]["graded"] == 0
 
 
+def no_nan(text: str) -> dict:
+    """``text`` parsed as strict JSON: NaN and infinities raise."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in the GeoJSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_ids_are_stable_unique_uuids_and_predictions_are_locked(tmp_path: Path) -> None:
+    first = write_geojson(slide_features(**example(), filename="a.tif"), tmp_path / "1.geojson")
+    again = write_geojson(slide_features(**example(), filename="a.tif"), tmp_path / "2.geojson")
+    other = write_geojson(slide_features(**example(), filename="b.tif"), tmp_path / "3.geojson")
+    features = no_nan(first.read_text(encoding="utf-8"))["features"]
+    ids = [f["id"] for f in features]
+    assert all(uuid.UUID(i).version == 5 for i in ids)
+    assert len(set(ids)) == len(ids)  # one per object
+    # the same slide and objects: the same ids, so that QuPath recognises a re-import
+    assert [f["id"] for f in no_nan(again.read_text(encoding="utf-8"))["features"]] == ids
+    assert first.read_bytes() == again.read_bytes()
+    # another slide: other ids
+    assert not set(ids) & {f["id"] for f in no_nan(other.read_text(encoding="utf-8"))["features"]}
+    hotspots = [f for f in features if f["properties"]["name"].startswith("Hotspot")]
+    assert [f["id"] for f in hotspots] == [
+        feature_id("a.tif", "hotspot", str(r)) for r in (1, 2, 3)
+    ]
+    for feature in features:  # predictions locked; the ground truth can be edited
+        annotation = feature["properties"]["name"].startswith("Annotation")
+        assert feature["properties"]["isLocked"] is (not annotation), feature["properties"]
+    assert sum(f["properties"]["name"].startswith("Annotation") for f in features) == 1
+
+
+def test_a_heatmap_holding_nan_gives_a_nan_free_file_and_a_logged_value(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = example()
+    parts["heatmap"][:, 8, 10] = np.nan  # a cell inside the grade-2 blob
+    box_, _, heat = parts["hotspots"][0]
+    parts["hotspots"][0] = (box_, float("nan"), (heat[0], heat[1], float("nan"), heat[3]))
+    with caplog.at_level("WARNING", "stages.geojson"):
+        path = write_geojson(slide_features(**parts, filename="nan.tif"), tmp_path / "nan.geojson")
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    features = no_nan(text)["features"]
+    first = next(f for f in features if f["properties"]["measurements"].get("rank") == 1)
+    measurements = first["properties"]["measurements"]
+    assert "score" not in measurements and "heatmap p2" not in measurements  # left out
+    assert measurements["heatmap p1"] == pytest.approx(0.2)  # the finite ones are kept
+    assert "nan.tif: Hotspot: high-grade: measurement 'score' is nan" in caplog.text
+    assert "nan.tif: Hotspot: high-grade: measurement 'heatmap p2' is nan" in caplog.text
+    # the NaN cell is below every level: the grade-2 contour is drawn around it
+    names = {f["properties"]["name"] for f in features}
+    assert "Heatmap: high-grade >= 0.5" in names
+
+
+def test_a_saved_result_whose_heatmap_holds_nan_exports_nan_free(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run's saved slide, its heatmap NaN in a cell under a hotspot, through
+    ``python -m training.evaluate.qupath``'s export."""
+    probs = np.zeros((4, 20, 30), np.float32)
+    probs[0] = 1.0
+    probs[:, 5:10, 5:15] = np.array([0.2, 0.1, 0.6, 0.1])[:, None, None]
+    probs[:, 7, 7] = np.nan
+    tissue = np.zeros((20, 30), bool)
+    tissue[2:18, 2:28] = True
+    heatmap = Heatmap(probs, tissue, np.ones_like(tissue), (100.0, 100.0), 4, True, 6)
+    hotspots = [Hotspot(Box(720.0, 720.0, 60.0, 60.0), 0.8, tuple(probs[:, 7, 7].tolist()), 0)]
+    result = SlideResult(
+        "nan.tif", 2, (0.05, 0.1, 0.8, 0.05), "patches", hotspots,
+        np.array([[0.1, 0.1, 0.7, 0.1]], np.float32), heatmap, tissue, (100.0, 100.0),
+        {"slide": 0.9}, size=(3000, 2000),
+    )  # fmt: skip
+    result.save(tmp_path)
+    with caplog.at_level("WARNING", "stages.geojson"):
+        (path,) = export_run(tmp_path)
+    features = no_nan(path.read_text(encoding="utf-8"))["features"]
+    (hotspot,) = [f for f in features if f["properties"]["name"].startswith("Hotspot")]
+    assert not {f"heatmap p{c}" for c in range(4)} & set(hotspot["properties"]["measurements"])
+    assert "nan.tif: Hotspot: high-grade: measurement 'heatmap p0' is nan" in caplog.text
+    assert any(f["properties"]["name"] == "Heatmap: high-grade >= 0.5" for f in features)
+
+
+def test_files_are_utf8(tmp_path: Path) -> None:
+    collection = slide_features(**example(), filename="µ-slide é.tif")
+    collection["features"][0]["properties"]["name"] = "Tissue — µm"
+    path = write_geojson(collection, tmp_path / "slide.geojson")
+    assert "Tissue — µm".encode() in path.read_bytes()
+    assert no_nan(path.read_bytes().decode("utf-8"))["features"][0]["properties"]["name"] == (
+        "Tissue — µm"
+    )
+
+
 @pytest.mark.slow
 def test_hotspots_and_annotations_land_where_the_slide_has_them(
     tmp_path: Path, assets: Path
@@ -124,8 +220,12 @@ def test_hotspots_and_annotations_land_where_the_slide_has_them(
         tmp_path / "data" / "train_annotations.csv",
         tmp_path / "data" / "train_metadata.csv",
     )
-    collection = json.loads((tmp_path / "run" / f"{path.stem}.geojson").read_text())
+    collection = no_nan((tmp_path / "run" / f"{path.stem}.geojson").read_text(encoding="utf-8"))
     features = collection["features"]
+    assert len({f["id"] for f in features}) == len(features)
+    for feature in features:
+        annotation = feature["properties"]["name"].startswith("Annotation")
+        assert feature["properties"]["isLocked"] is (not annotation)
     # a graded hotspot's square holds exactly the pixels the classifier graded
     hotspot = next(f for f in features if f["properties"]["measurements"].get("graded") == 1)
     xy = np.array(rings(hotspot)[0])

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
+from html.parser import HTMLParser
 from pathlib import Path
 
 import cv2
 import nbformat
 import numpy as np
+import pandas as pd
 import papermill
 import pytest
 import torch
 from conftest import REPO, TEST_RECIPE
 
 from stages import runtime
-from stages.config import save_config
+from stages.config import load_config, save_config
+from stages.metric import confusion_matrix, score
+from stages.submission import classes_by_filename, read_table
 from training.data.dataset import read_training_set
 from training.data.synthetic import SynthConfig, generate_dataset
+from training.evaluate.cohort import budget_sweep, cohort_table, load_run
+from training.evaluate.inspection import run_table
+from training.fit.classifier import patch_score
 from training.fit.decision import run_cascade
-from training.pack.export import init_assets
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -58,9 +65,73 @@ def images(notebook: nbformat.NotebookNode) -> int:
     return len(pngs)
 
 
+def printed(notebook: nbformat.NotebookNode) -> str:
+    """Everything the notebook printed (stream outputs)."""
+    return "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+
+
+def results(notebook: nbformat.NotebookNode) -> list[str]:
+    """The plain-text form of every cell's displayed value, in order."""
+    return [
+        o["data"]["text/plain"]
+        for c in notebook.cells
+        for o in c.get("outputs", [])
+        if o["output_type"] == "execute_result" and "text/plain" in o.get("data", {})
+    ]
+
+
+class _Table(HTMLParser):
+    """The cells of the first HTML ``<table>`` fed: header rows and body rows, as text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head: list[list[str]] = []
+        self.body: list[list[str]] = []
+        self._rows: list[list[str]] | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag in ("thead", "tbody"):
+            self._rows = self.head if tag == "thead" else self.body
+        elif tag == "tr" and self._rows is not None:
+            self._rows.append([])
+        elif tag in ("th", "td") and self._rows is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("th", "td") and self._cell is not None and self._rows is not None:
+            self._rows[-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag in ("thead", "tbody"):
+            self._rows = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def displayed_table(notebook: nbformat.NotebookNode, column: str) -> dict[str, dict[str, str]]:
+    """The first DataFrame the notebook displayed with a ``column``, as filename → column →
+    the text shown (the filename a column or the index)."""
+    for c in notebook.cells:
+        for o in c.get("outputs", []):
+            html = o.get("data", {}).get("text/html", "")
+            if "<table" not in html:
+                continue
+            table = _Table()
+            table.feed(html)
+            header = table.head[0]
+            if column not in header:
+                continue
+            key = header.index("filename") if "filename" in header else 0
+            return {row[key]: dict(zip(header, row, strict=True)) for row in table.body}
+    raise AssertionError(f"no table with a {column!r} column was displayed")
+
+
 def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     """01 data → 02 detector → 03 classifier → 04 decision, one shared work folder, a few small
-    slides and one short epoch each."""
+    slides and one short epoch each. Each notebook shows at least one figure that the training
+    code's own output must match."""
     work = tmp_path / "work"
     recipe = tmp_path / "recipe"
     save_config(TEST_RECIPE, recipe)
@@ -78,11 +149,25 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     assert (work / "data" / "train_annotations.csv").is_file()
     assert (work / "cache" / "slides.csv").is_file()
     assert images(data) >= 5  # overviews, resolutions, targets, windows, patches
+    # the squares per slide shown are the generator's CSV rows; the patches per slide shown
+    # are the cache's patch table (before notebook 03 adds its hard negatives)
+    squares = pd.read_csv(work / "data" / "train_annotations.csv")["filename"].value_counts()
+    shown = displayed_table(data, "squares")
+    assert len(shown) == 4 and {n: int(r["squares"]) for n, r in shown.items()} == dict(squares)
+    patches = pd.read_csv(work / "cache" / "patches.csv")["filename"].value_counts()
+    shown = displayed_table(data, "patches")
+    assert {n: int(r["patches"]) for n, r in shown.items()} == dict(patches)
     detector = execute(
         REPO / "notebooks" / "02_detector.ipynb", tmp_path / "02.ipynb", **common, **fast
     )
     assert (work / "detector" / "detector.safetensors").is_file()
     assert images(detector) >= 3  # curves, at least one heatmap, recall@k
+    # the notebook's recall@k of the saved detector is the trainer's validation recall@k
+    trained = json.loads((work / "detector" / "detector.json").read_text())
+    recall = ast.literal_eval(results(detector)[-1])
+    assert recall and recall == {
+        k: round(trained["metrics"][f"val_recall@{k}"], 3) for k in recall
+    }, (recall, trained["metrics"])
     classifier = execute(
         REPO / "notebooks" / "03_classifier.ipynb",
         tmp_path / "03.ipynb",
@@ -92,26 +177,39 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     )
     assert (work / "classifier" / "validation.npz").is_file()
     assert images(classifier) >= 4  # gallery, curves, confusion, worst misgraded
+    # the metrics shown are the trainer's, and its val_score is the patch score of the
+    # confusion matrix of the saved validation logits (the matrix the notebook plots)
+    stage = json.loads((work / "classifier" / "classifier.json").read_text())
+    shown = ast.literal_eval(results(classifier)[0])
+    assert shown == stage["metrics"]
+    saved = np.load(work / "classifier" / "validation.npz")
+    confusion = confusion_matrix(saved["labels"], saved["logits"].argmax(1))
+    assert confusion.tolist() == stage["confusion"] and confusion.sum() > 0
+    assert shown["val_score"] == pytest.approx(patch_score(confusion))
     decision = execute(
         REPO / "notebooks" / "04_decision.ipynb", tmp_path / "04.ipynb", work_dir=str(work), folds=2
     )
-    printed = "".join(o.get("text", "") for c in decision.cells for o in c.get("outputs", []))
-    assert "validation slides; cross-validated score" in printed and "true\\pred" in printed
+    text = printed(decision)
+    assert "validation slides; cross-validated score" in text and "true\\pred" in text
     assert images(decision) >= 3  # confusion, reliability, sweeps
+    # the slide count, cross-validated and in-sample scores printed are the fit's own
+    fitted = json.loads((work / "decision" / "decision.json").read_text())["metrics"]
+    cv = fitted.get("cv_score", float("nan"))
+    assert f"{int(fitted['slides'])} validation slides; cross-validated score {cv:.4f}" in text
+    assert f"in-sample: {fitted['fit_score']:.4f}, stage 2 off " in text
 
 
-def graded_run(tmp_path: Path, n_slides: int, seed: int) -> tuple[Path, Path, Path]:
-    """``(data, maps, assets)``: ``n_slides`` generated test-layout slides graded by the runtime
-    with random-weight assets, their results saved as ``main.py --save-heatmaps`` saves them."""
+def graded_run(tmp_path: Path, assets: Path, n_slides: int, seed: int) -> tuple[Path, Path]:
+    """``(data, maps)``: ``n_slides`` generated test-layout slides graded by the runtime with
+    ``assets``, their results saved as ``main.py --save-heatmaps`` saves them."""
     data, maps = tmp_path / "data", tmp_path / "maps"
     generate_dataset(data, n_slides, seed=seed, split="test")
-    assets = init_assets(tmp_path / "assets")
     assert runtime.run(data, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
-    return data, maps, assets
+    return data, maps
 
 
-def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
-    data, maps, assets = graded_run(tmp_path, 2, seed=9)
+def test_heatmap_inspection_notebook(tmp_path: Path, assets: Path) -> None:
+    data, maps = graded_run(tmp_path, assets, 2, seed=9)
     result = execute(
         REPO / "notebooks" / "05_heatmap_inspection.ipynb",
         tmp_path / "05.ipynb",
@@ -131,14 +229,14 @@ def test_heatmap_inspection_notebook(tmp_path: Path) -> None:
         if "'source'" in o.get("data", {}).get("text/plain", "")
     )
     assert "'class'" in summary and "'errors': []" in summary
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
-    assert json.loads(json.dumps(result.metadata["papermill"]["parameters"]))["data_dir"] == str(
-        data
-    )
+    assert images(result) >= 2  # decoded, none blank
+    # the slide inspected is the run's worst error, as the cohort table ranks it
+    table = cohort_table(load_run(maps), data / "test_labels.csv", load_config(assets).decision)
+    assert f"{table['slide'][0]} | " in printed(result)
 
 
-def test_run_inspection_notebook(tmp_path: Path) -> None:
-    data, maps, _ = graded_run(tmp_path, 2, seed=10)
+def test_run_inspection_notebook(tmp_path: Path, assets: Path) -> None:
+    data, maps = graded_run(tmp_path, assets, 2, seed=10)
     result = execute(
         REPO / "notebooks" / "06_run_inspection.ipynb",
         tmp_path / "06.ipynb",
@@ -146,14 +244,17 @@ def test_run_inspection_notebook(tmp_path: Path) -> None:
         data_dir=str(data),
         labels_csv=str(data / "test_labels.csv"),
     )
-    outputs = [o for c in result.cells for o in c.get("outputs", [])]
-    printed = "".join(o.get("text", "") for o in outputs)
-    assert "on 2 slides" in printed and "true\\pred" in printed
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    text = printed(result)
+    # the score printed is the metric's on the run's classes
+    truth = classes_by_filename(read_table(data / "test_labels.csv"))
+    run = run_table(maps)
+    expected = score([truth[n] for n in run["filename"]], run["class"].tolist())
+    assert f"score {expected:.4f} on 2 slides" in text and "true\\pred" in text
+    assert images(result) == 2  # one overview per slide, decoded, none blank
 
 
-def test_cohort_review_notebook(tmp_path: Path) -> None:
-    test, maps, assets = graded_run(tmp_path, 3, seed=11)
+def test_cohort_review_notebook(tmp_path: Path, assets: Path) -> None:
+    test, maps = graded_run(tmp_path, assets, 3, seed=11)
     train = tmp_path / "train"
     generate_dataset(train, 2, seed=12, split="train", config=SynthConfig(class_mix=(0, 0, 1, 0)))
     slides = read_training_set(train)
@@ -173,9 +274,13 @@ def test_cohort_review_notebook(tmp_path: Path) -> None:
         ks=[1, 4, 32],
         worst=2,
     )
-    outputs = [o for c in result.cells for o in c.get("outputs", [])]
-    printed = "".join(o.get("text", "") for o in outputs)
-    assert "3 slides: cascade" in printed
-    assert "class 2" in printed and "@32" in printed  # recall by class
-    assert " k " in printed.replace("\n", " ") or "k  score" in printed  # the budget sweep
+    text = printed(result)
+    assert "3 slides: cascade" in text
+    assert "class 2" in text and "@32" in text  # recall by class
+    # the budget sweep printed is the training code's, on the same run
+    decision = load_config(assets).decision
+    results = load_run(maps)
+    table = cohort_table(results, test / "test_labels.csv", decision)
+    sweep = budget_sweep(results, table, decision, [1, 4, 32])
+    assert list(sweep["k"]) == [1, 4, 32] and sweep.to_string(index=False) in text
     assert images(result) >= 2  # confusion matrix and the sweep, at least

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import prefetch, runtime
+from stages import runtime
 from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
@@ -53,20 +53,23 @@ def test_slides_come_in_order_and_a_failed_preparation_raises_at_its_turn() -> N
 
 
 class WatchedSemaphore(threading.Semaphore):
-    """A semaphore that records, each time an ``acquire`` has to wait, what ``snapshot()`` then
-    returns, and sets ``waiting``."""
+    """A semaphore that records, each time an ``acquire`` has to wait, how many times it had
+    been released by then and what ``snapshot()`` returns."""
 
     def __init__(self, value: int = 1) -> None:
         super().__init__(value)
-        self.snapshot: Callable[[], object] = lambda: None
-        self.waits: list[object] = []
-        self.waiting = threading.Event()
+        self.snapshot: Callable[[], list[str]] = list
+        self.releases = 0
+        self.waits: list[tuple[int, list[str]]] = []
+
+    def release(self, n: int = 1) -> None:
+        self.releases += n
+        super().release(n)
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
         if super().acquire(blocking=False):
             return True
-        self.waits.append(self.snapshot())
-        self.waiting.set()
+        self.waits.append((self.releases, self.snapshot()))
         return super().acquire(blocking, timeout)
 
 
@@ -88,16 +91,17 @@ def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest(
         semaphores[-1].snapshot = lambda: list(started)
         return semaphores[-1]
 
-    monkeypatch.setattr(prefetch.threading, "Semaphore", semaphore)
+    monkeypatch.setattr("stages.prefetch.threading.Semaphore", semaphore)
     names = [f"s{i}" for i in range(6)]
     ahead = Prefetcher(prepare, names, depth=1)
     (slots,) = semaphores
-    taken = ahead.take("s0")
-    # the thread blocks for a slot once it holds s1 ahead: it can prepare nothing more
+    taken = ahead.take("s0")  # releases one slot
+    # after that release the thread must come to wait for a slot again, holding one slide ahead
     deadline = time.monotonic() + 30  # bounds a hang only
-    while ["s0", "s1"] not in slots.waits:
+    while not any(releases >= 1 for releases, _ in slots.waits):
         assert time.monotonic() < deadline, slots.waits
-        assert slots.waiting.wait(1) or ahead.alive
+        time.sleep(0.01)
+    assert [ready for releases, ready in slots.waits if releases >= 1] == [["s0", "s1"]]
     assert started == ["s0", "s1"]  # the slide in hand plus one ahead, no more
     ahead.close()
     assert not ahead.alive and started == ["s0", "s1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -158,10 +159,40 @@ def test_missing_file(tmp_path: Path) -> None:
         Slide(tmp_path / "absent.tif")
 
 
-def test_truncated_tiff_fails_on_read_not_silently(pyramid: Path, tmp_path: Path) -> None:
-    data = pyramid.read_bytes()
+def truncated_keeping_the_directory(data: bytes, keep: float) -> bytes:
+    """The first ``keep`` share of a single-page little-endian TIFF, with its directory (IFD,
+    written by libvips after the pixels) moved to the end of what is kept: a file cut short in
+    its pixels whose header and directory still read, as a scanner's file with the directory
+    first would be when cut short."""
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (n,) = struct.unpack_from("<H", data, ifd)
+    sizes = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 7: 1}
+    external = []  # (entry, offset, size) of the values too large for their entry
+    for entry in range(ifd + 2, ifd + 2 + 12 * n, 12):
+        _, kind, count = struct.unpack_from("<HHI", data, entry)
+        if sizes[kind] * count > 4:
+            (at,) = struct.unpack_from("<I", data, entry + 8)
+            external.append((entry, at, sizes[kind] * count))
+    cut = int(len(data) * keep) & ~1
+    assert cut < min(ifd, *(at for _, at, _ in external)), "the cut must fall in the pixels"
+    out = bytearray(data[:cut])
+    moved = len(out)
+    out += data[ifd : ifd + 2 + 12 * n + 4]
+    struct.pack_into("<I", out, moved + 2 + 12 * n, 0)  # no next page
+    for entry, at, size in external:
+        struct.pack_into("<I", out, moved + (entry - ifd) + 8, len(out))
+        out += data[at : at + size] + b"\0" * (size % 2)
+    struct.pack_into("<I", out, 4, moved)
+    return bytes(out)
+
+
+def test_truncated_tiff_fails_on_read_not_silently(
+    tmp_path: Path, gradient_rgb: np.ndarray
+) -> None:
+    whole = write_tiff(tmp_path / "whole.tif", gradient_rgb, pyramid=False).read_bytes()
     truncated = tmp_path / "truncated.tif"
-    truncated.write_bytes(data[: len(data) // 3])
-    with pytest.raises(SlideError):
-        slide = Slide(truncated)
-        slide.read_page(0)
+    truncated.write_bytes(truncated_keeping_the_directory(whole, keep=0.4))
+    slide = Slide(truncated)  # the header and the directory read: opening succeeds
+    assert [p.size for p in slide.pages] == [(3001, 2001)]
+    with pytest.raises(SlideError, match=r"truncated\.tif: page 0: .*bad seek"):
+        slide.read_page(0)  # the pixels past the cut do not: the read fails loudly

@@ -6,7 +6,6 @@ Slides here are small (1–4k px) so that the module runs in seconds.
 from __future__ import annotations
 
 import re
-import struct
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REAL_TISSUENET as REAL
+from conftest import tiff_tags
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -47,28 +47,6 @@ SMALL = SynthConfig(size_range=(3000, 4000))
 ONE_HOT = ["filename", "0", "1", "2", "3"]
 
 
-def tiff_pages(path: Path) -> list[dict[int, tuple[int, ...]]]:
-    """Tags of every page of a little-endian classic TIFF: tag → values (numbers only)."""
-    data = path.read_bytes()
-    assert data[:4] == b"II*\0"
-    sizes, codes = {1: 1, 3: 2, 4: 4, 7: 1}, {1: "B", 3: "H", 4: "I", 7: "B"}
-    pages, (offset,) = [], struct.unpack_from("<I", data, 4)
-    while offset:
-        (n,) = struct.unpack_from("<H", data, offset)
-        tags = {}
-        for i in range(n):
-            tag, kind, count = struct.unpack_from("<HHI", data, offset + 2 + 12 * i)
-            if kind not in sizes:
-                continue
-            at = offset + 10 + 12 * i
-            if sizes[kind] * count > 4:
-                (at,) = struct.unpack_from("<I", data, at)
-            tags[tag] = struct.unpack_from(f"<{count}{codes[kind]}", data, at)
-        pages.append(tags)
-        (offset,) = struct.unpack_from("<I", data, offset + 2 + 12 * n)
-    return pages
-
-
 @pytest.fixture(scope="module")
 def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train")
@@ -83,7 +61,7 @@ def train_specs() -> list[SlideSpec]:
 
 def test_pages_are_the_competition_pyramid(train_dir: Path) -> None:
     for name in pd.read_csv(train_dir / "train_metadata.csv")["filename"]:
-        pages = tiff_pages(train_dir / name)
+        pages = tiff_tags(train_dir / name)
         sizes = [(p[256][0], p[257][0]) for p in pages]
         assert sizes == pyramid_sizes(*sizes[0])
         assert all(w == w0 // 2 and h == h0 // 2 for (w0, h0), (w, h) in pairwise(sizes))

@@ -115,24 +115,17 @@ def warp(
     centre_src = (side - size) // 2 + centre_dst  # that of the eval crop, when S - size is odd
     offset = centre_src - linear @ np.array([centre_dst, centre_dst])
     matrix = np.hstack([linear, offset[:, None]])
-    flags = cv2.WARP_INVERSE_MAP
-    out = cv2.warpAffine(
-        np.ascontiguousarray(image),
-        matrix,
-        (size, size),
-        flags=flags | cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REFLECT_101,
-    )
-    if mask is None:
-        return out, None
-    out_mask = cv2.warpAffine(
-        np.ascontiguousarray(mask),
-        matrix,
-        (size, size),
-        flags=flags | cv2.INTER_NEAREST,
-        borderMode=cv2.BORDER_REFLECT_101,
-    )
-    return out, out_mask
+
+    def apply(array: np.ndarray, interpolation: int) -> np.ndarray:
+        return cv2.warpAffine(
+            np.ascontiguousarray(array),
+            matrix,
+            (size, size),
+            flags=cv2.WARP_INVERSE_MAP | interpolation,
+            borderMode=cv2.BORDER_REFLECT_101,
+        )
+
+    return apply(image, cv2.INTER_LINEAR), None if mask is None else apply(mask, cv2.INTER_NEAREST)
 
 
 def jpeg(image: np.ndarray, quality: int) -> np.ndarray:

@@ -248,9 +248,7 @@ def cache_slide(
         det_page = slide.page_for_mpp(cascade.detector.target_mpp)
         info = slide.pages[det_page]
         squares = [a.box for a in item.annotations]
-        fragments = tissue_fragments(
-            mask, mask_scale, slide.mpp, config.min_fragment_um2, squares
-        )
+        fragments = tissue_fragments(mask, mask_scale, slide.mpp, config.min_fragment_um2, squares)
         boxes = fragment_boxes(fragments, info.scale, margin, info.size)
         for _, _, width, height in boxes:
             if width * height > config.max_pixels:
@@ -263,9 +261,7 @@ def cache_slide(
         for i, (left, top, width, height) in enumerate(boxes):
             image = slide.read_region(Box(left * sx, top * sy, width * sx, height * sy), det_page)
             tissue = resample_mask(mask, mask_scale, info.scale, (left, top), image.shape[:2])
-            target = detector_target(
-                tissue, info.scale, (left, top), item.annotations, item.label
-            )
+            target = detector_target(tissue, info.scale, (left, top), item.annotations, item.label)
             _save(folder / f"detector-{i}.npy", image)
             _save(folder / f"tissue-{i}.npy", tissue)
             _save(folder / f"target-{i}.npy", target)

@@ -13,15 +13,19 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from stages.metric import ERROR_MATRIX, N_CLASSES
+from stages.nets import to_unit
+from training.data.augment import BatchAugment
 from training.data.cache import Cache
 from training.data.targets import IGNORE
 from training.evaluate.inspection import GRADE_COLOURS, GRADE_NAMES
 from training.fit.classifier import PatchSet
+from training.fit.detector import WindowSet
 
 #: Colours of target classes 0–3 (transparent for 0) for overlays.
 TARGET_CMAP = ListedColormap([(0, 0, 0, 0), *GRADE_COLOURS[1:]])
@@ -73,6 +77,18 @@ def plot_targets(cache: Cache, filename: str) -> Figure:
     for axis in axes:
         axis.set_axis_off()
     return figure
+
+
+def training_windows(windows: WindowSet, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` items of a training :class:`~training.fit.detector.WindowSet` as the
+    network sees them, but in uint8: ``(n, w, w, 3)`` windows after both parts of the
+    augmentation (per sample, then the batch's colour jitter, seeded by ``seed``) and their
+    ``(n, w, w)`` targets."""
+    images, targets = zip(*(windows.sample(i) for i in range(n)), strict=True)
+    unit = to_unit(torch.from_numpy(np.stack(images))).contiguous()
+    BatchAugment(train=True).jitter(unit, torch.Generator().manual_seed(seed))
+    shown = (unit * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return shown, np.stack(targets)
 
 
 def plot_windows(images: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> Figure:

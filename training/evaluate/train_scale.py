@@ -10,7 +10,7 @@ metadata (two typical 10–13 gigapixel slides and a 271,950 × 294,038 px canva
 * cache bytes per slide and cache seconds per slide (one process, this machine);
 * the peak RSS and the most open file descriptors of the detector and the classifier training
   processes (``python -m training.fit.{detector,classifier}`` for ``--steps`` steps, their loader
-  workers included), sampled every 50 ms;
+  workers included), sampled every 0.5 s;
 * loader samples/s of one worker for each stage (a training item: read from the cache and
   augmented per sample; the batch's photometric augmentation is timed apart, per sample on the
   CPU);
@@ -71,7 +71,7 @@ class ProcessPeak:
     seconds: float
 
 
-def watch(command: list[str], log_path: Path, interval: float = 0.1) -> ProcessPeak:
+def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessPeak:
     """Run ``command`` (output to ``log_path``) and sample its process tree until it ends;
     RuntimeError naming the log when it fails."""
     started = time.monotonic()
@@ -224,8 +224,7 @@ def extrapolate(results: dict) -> dict[str, float]:
     n_typical = REAL_SET - REAL_CANVASES
     disk = n_typical * np.median([v["bytes"] for v in typical]) + REAL_CANVASES * canvas["bytes"]
     seconds = (
-        n_typical * np.median([v["seconds"] for v in typical])
-        + REAL_CANVASES * canvas["seconds"]
+        n_typical * np.median([v["seconds"] for v in typical]) + REAL_CANVASES * canvas["seconds"]
     )
     counts = sorted(results["counts"])
     out = {"disk_gb": disk / 1e9, "cache_hours_one_core": seconds / 3600}
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.evaluate.train_scale", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--counts", type=int, nargs="+", default=[32, 128, 512])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per process")
+    parser.add_argument("--steps", type=int, default=150, help="training steps per process")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the trainers")
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--publish", type=Path, help="also write train_scale.md there")

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import lightning.pytorch as pl
 import pandas as pd
 import segmentation_models_pytorch as smp
@@ -158,11 +159,20 @@ class EpochDraws(Dataset):
         self._epoch.value = value
 
 
+def _one_thread(worker: int) -> None:
+    """A loader worker computes on one thread (the workers are the parallelism). Safe because
+    workers are spawned: in a forked child, OpenCV's inherited thread pool deadlocks here."""
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def make_loader(dataset: Dataset, options: TrainOptions, train: bool) -> DataLoader:
     """A loader of ``dataset`` in order (its items are random draws already), in batches of
     ``options.batch_size`` (the last partial batch dropped for training), with
     :meth:`TrainOptions.loader_workers` persistent workers that prefetch ``options.prefetch``
-    batches each, into pinned memory when training on a GPU."""
+    batches each, into pinned memory when training on a GPU. Workers are spawned, not forked
+    (a fork inherits the training process's OpenCV and OpenMP thread pools in an unusable
+    state); the dataset travels to them pickled, without its open memory maps."""
     workers = options.loader_workers()
     extra = {"persistent_workers": True, "prefetch_factor": options.prefetch} if workers else {}
     return DataLoader(
@@ -172,6 +182,8 @@ def make_loader(dataset: Dataset, options: TrainOptions, train: bool) -> DataLoa
         drop_last=train,
         num_workers=workers,
         pin_memory=options.gpu(),
+        worker_init_fn=_one_thread if workers else None,
+        multiprocessing_context="spawn" if workers else None,
         **extra,
     )
 

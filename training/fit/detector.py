@@ -204,7 +204,6 @@ class WindowSet(EpochDraws):
         return torch.from_numpy(image), torch.from_numpy(target.astype(np.int64))
 
 
-
 class DetectorModule(StageModule):
     """The detector network with its losses and per-class Dice."""
 
