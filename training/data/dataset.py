@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyvips
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from stages.slide import vips_error_text
 from stages.submission import SubmissionError, classes_by_filename, read_metadata, read_table
@@ -159,7 +159,7 @@ def assign_folds(
     ``by_centre`` keeps each centre's slides in one fold (``StratifiedGroupKFold``), so that a
     fold's score shows whether a model learned a centre's stain; it needs centres in the
     filenames (ValueError otherwise). Classes with fewer than ``k`` slides are spread as far as
-    they go (scikit-learn warns).
+    they go (scikit-learn warns); when no class has ``k`` slides, the folds are not stratified.
     """
     if k < 2 or k > len(slides):
         raise ValueError(f"need 2 <= k <= {len(slides)} slides, got k={k}")
@@ -174,6 +174,8 @@ def assign_folds(
             raise ValueError(f"{len(set(centres))} centres cannot fill {k} folds")
         splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         splits = splitter.split(order, labels, groups=centres)
+    elif np.bincount(labels).max() < k:  # no class fills the folds: nothing to stratify
+        splits = KFold(n_splits=k, shuffle=True, random_state=seed).split(order)
     else:
         splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(order, labels)
     folds = {}
