@@ -523,21 +523,35 @@ class Cache:
         row = json.loads((self.root / stem / DONE).read_text())
         return [tuple(int(v) for v in box) for box in row["boxes"]]
 
+    def compose(
+        self,
+        stem: str,
+        kind: str,
+        region: tuple[int, int, int, int],
+        boxes: Sequence[tuple[int, int, int, int]],
+    ) -> np.ndarray:
+        """The detector-page ``region`` ``(left, top, width, height)`` of the ``kind`` arrays
+        (``detector``, ``tissue``, ``target``) of the fragments at ``boxes``
+        (:meth:`fragments`), glass (white, False or 0) between them."""
+        left, top, width, height = region
+        fill = 255 if kind == "detector" else 0
+        shape = (height, width, 3) if kind == "detector" else (height, width)
+        out = np.full(shape, fill, bool if kind == "tissue" else np.uint8)
+        for i, (x, y, w, h) in enumerate(boxes):
+            if x < left + width and left < x + w and y < top + height and top < y + h:
+                paste(out, self.array(stem, f"{kind}-{i}"), left - x, top - y)
+        return out
+
     def mosaic(self, stem: str, kind: str) -> np.ndarray:
-        """The fragments' ``kind`` arrays (``detector``, ``tissue``, ``target``) pasted on one
-        array covering their union box (``left``, ``top``, ``width``, ``height`` of
-        ``slides.csv``), glass elsewhere (white, False or 0): for figures of small slides."""
+        """The fragments' ``kind`` arrays on their union box (``left``, ``top``, ``width``,
+        ``height`` of ``slides.csv``; 1 × 1 glass without tissue): for figures of small
+        slides."""
         boxes = self.fragments(stem)
-        glass = 255 if kind == "detector" else 0
         if not boxes:
-            return np.full((1, 1, 3) if kind == "detector" else (1, 1), glass, np.uint8)
+            return self.compose(stem, kind, (0, 0, 1, 1), boxes)
         x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
         x1, y1 = max(b[0] + b[2] for b in boxes), max(b[1] + b[3] for b in boxes)
-        first = self.array(stem, f"{kind}-0")
-        out = np.full((y1 - y0, x1 - x0, *first.shape[2:]), glass, first.dtype)
-        for i, (x, y, _, _) in enumerate(boxes):
-            paste(out, self.array(stem, f"{kind}-{i}"), x0 - x, y0 - y)
-        return out
+        return self.compose(stem, kind, (x0, y0, x1 - x0, y1 - y0), boxes)
 
     def row(self, filename: str) -> pd.Series:
         """The ``slides.csv`` row of ``filename``."""
@@ -600,12 +614,8 @@ class CachedSlide:
         """``(h, w, 3)`` uint8 pixels of page-0 ``box`` on the detector page."""
         if page != self.detector_page:
             raise ValueError(f"{self.path}: only the detector page {self.detector_page} is cached")
-        left, top, width, height = box.to_page(self.pages[page].scale)
-        out = np.full((height, width, 3), 255, np.uint8)
-        for i, (x, y, w, h) in enumerate(self.fragments):
-            if x < left + width and left < x + w and y < top + height and top < y + h:
-                paste(out, self.cache.array(self.stem, f"detector-{i}"), left - x, top - y)
-        return out
+        region = box.to_page(self.pages[page].scale)
+        return self.cache.compose(self.stem, "detector", region, self.fragments)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
