@@ -7,8 +7,9 @@
   ``min_slide_s`` is left before the reserve, the run is :meth:`~RunBudget.exhausted` and the
   remaining slides get fallback rows.
 * :class:`SlideBudget` is one slide's share: a deadline, how many hotspots the next batch may
-  grade (:meth:`~SlideBudget.expand_next`) and which detector page is affordable
-  (:meth:`~SlideBudget.choose_detector_page`).
+  grade (:meth:`~SlideBudget.expand_next`) and which detector page is affordable, if any
+  (:meth:`~SlideBudget.choose_detector_page`; none: the slide's hotspots come from its tissue
+  alone).
 * :class:`CostModel` holds measured costs (seconds per graded patch, seconds per detector
   megapixel) as exponential moving averages that start from the config's prior guesses.
 
@@ -158,15 +159,27 @@ class SlideBudget:
             granted = owed
         return granted
 
-    def choose_detector_page(self, base_page: int, n_pages: int, est_cost_at_base_s: float) -> int:
+    def choose_detector_page(
+        self, base_page: int, n_pages: int, est_cost_at_base_s: float
+    ) -> int | None:
         """The first page from ``base_page`` on whose estimated detector cost (÷ 4 per coarser
-        page) fits ``detector_fraction`` of the allotment; the last page if none does."""
+        page) fits both ``detector_fraction`` of the allotment and the slide's time left; the
+        last page if none does, or None when even the last page's cost exceeds the time left
+        (the slide then takes the cheaper path without the detector)."""
         if not 0 <= base_page < n_pages:
             raise ValueError(f"base_page {base_page} out of range 0..{n_pages - 1}")
-        limit = self.config.detector_fraction * self.allotment
+        limit = min(self.config.detector_fraction * self.allotment, self.time_left())
         page, cost = base_page, est_cost_at_base_s
         while cost > limit and page < n_pages - 1:
             page, cost = page + 1, cost / COARSER_PAGE_SPEEDUP
+        if cost > self.time_left():
+            log.info(
+                "no detector pass: its cheapest, page %d, is estimated at %.2f s > %.2f s left",
+                page,
+                cost,
+                self.time_left(),
+            )
+            return None
         if page != base_page:
             log.info(
                 "detector page %d instead of %d: estimated %.1f s > %.1f s allowed",

@@ -35,7 +35,7 @@ from stages.config import Assets, CascadeConfig
 from stages.decision import Decision, decide_slide
 from stages.detector import Heatmap, predict_heatmap, read_windows, tissue_windows
 from stages.geometry import Box
-from stages.hotspots import Hotspot, select_hotspots
+from stages.hotspots import Hotspot, heat_evidence, select_hotspots, tissue_hotspots
 from stages.slide import Slide, SlideError
 from stages.tissue import mask_for_slide
 
@@ -213,15 +213,17 @@ class Prepared:
     """A slide opened ahead of grading (by :meth:`Cascade.prepare`, possibly in another thread).
 
     ``mask``: tissue ``(h, w)`` bool of pyramid page ``mask_page``; ``detector_page``: the page
-    nearest the detector's ``target_mpp``; ``windows``: ``(N, window, window, 3)`` uint8 pixels of
-    the first N tissue windows of that page, read ahead (None: none were); ``seconds``: the
-    preparation's work by stage (``tissue``, and ``decode`` for its reads).
+    nearest the detector's ``target_mpp``; ``corners``: its tissue windows' top-left corners
+    (:func:`stages.detector.tissue_windows`, listed once per slide, here); ``windows``:
+    ``(N, window, window, 3)`` uint8 pixels of the first N of them, read ahead (None: none were);
+    ``seconds``: the preparation's work by stage (``tissue``, and ``decode`` for its reads).
     """
 
     slide: Slide
     mask: np.ndarray
     mask_page: int
     detector_page: int
+    corners: list[tuple[int, int]]
     windows: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -261,41 +263,40 @@ class StageClock:
 
 def detect(
     slide: Slide,
-    mask: np.ndarray,
-    mask_scale: tuple[float, float],
+    prepared: Prepared,
     model: torch.nn.Module,
     config: CascadeConfig,
     device: torch.device,
     budget: SlideBudget,
     costs: CostModel,
-    prefetched: tuple[int, np.ndarray] | None = None,
     autocast: torch.dtype | None = None,
-) -> Heatmap:
+) -> Heatmap | None:
     """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
     (the page nearest ``detector.target_mpp``, or coarser), stopped at the slide's deadline;
-    records its measured cost in ``costs``. ``mask``: tissue, ``mask_scale`` page-0 px/pixel;
-    ``prefetched``: ``(page, pixels)`` of windows read ahead, used if that page is chosen;
+    records its measured cost in ``costs``. None when not even the coarsest page's pass fits
+    the slide's time left (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
+    windows listed and read ahead in ``prepared`` are used when its detector page is chosen;
     ``autocast``: the network's dtype (None: float32)."""
     cfg = config.detector
-    base = slide.page_for_mpp(cfg.target_mpp)
-    info = slide.pages[base]
-    n_windows = len(
-        tissue_windows(info.size, info.scale, mask, mask_scale, cfg.window, cfg.overlap)
-    )
-    pixels = n_windows * cfg.window**2
+    base = prepared.detector_page
+    pixels = len(prepared.corners) * cfg.window**2
     page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels))
+    if page is None:
+        return None
+    mask_scale = slide.pages[prepared.mask_page].scale
     start = time.perf_counter()
     heatmap = predict_heatmap(
         model,
         slide,
         page,
-        mask,
+        prepared.mask,
         mask_scale,
         cfg,
         device,
         should_stop=lambda: budget.time_left() <= 0,
-        prefetched=prefetched[1] if prefetched and prefetched[0] == page else None,
+        prefetched=prepared.windows if page == base else None,
         autocast=autocast,
+        corners=prepared.corners if page == base else None,
     )
     if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
         costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
@@ -341,14 +342,13 @@ class Cascade:
                 mask, mask_page = mask_for_slide(slide, self.config.tissue)
             cfg = self.config.detector
             page = slide.page_for_mpp(cfg.target_mpp)
+            info = slide.pages[page]
+            corners = tissue_windows(
+                info.size, info.scale, mask, slide.pages[mask_page].scale, cfg.window, cfg.overlap
+            ) if mask.any() else []  # fmt: skip
             windows = None
             n = read_ahead_bytes // (3 * cfg.window**2)
-            if n > 0 and mask.any():
-                info = slide.pages[page]
-                corners = tissue_windows(
-                    info.size, info.scale, mask, slide.pages[mask_page].scale, cfg.window,
-                    cfg.overlap,
-                )  # fmt: skip
+            if n > 0 and corners:
                 try:
                     windows = read_windows(slide, page, corners[:n], cfg.window)
                 except SlideError as exc:
@@ -356,7 +356,7 @@ class Cascade:
         except BaseException:
             slide.close()
             raise
-        return Prepared(slide, mask, mask_page, page, windows, clock.seconds)
+        return Prepared(slide, mask, mask_page, page, corners, windows, clock.seconds)
 
     def grade_slide(
         self,
@@ -404,15 +404,15 @@ class Cascade:
             try:
                 with clock.stage("detector"):
                     heatmap = detect(
-                        slide, mask, mask_scale, self.assets.detector, cfg, self.assets.device,
-                        budget, costs,
-                        None if prepared.windows is None
-                        else (prepared.detector_page, prepared.windows),
-                        self.assets.autocast,
+                        slide, prepared, self.assets.detector, cfg, self.assets.device, budget,
+                        costs, self.assets.autocast,
                     )  # fmt: skip
-                pages["detector"] = heatmap.page
                 with clock.stage("hotspots"):
-                    hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
+                    if heatmap is None:  # the budget affords no detector pass
+                        hotspots = self._tissue_hotspots(slide, mask, mask_scale, classifier_page)
+                    else:
+                        pages["detector"] = heatmap.page
+                        hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
             except Exception as exc:  # a stage failure costs the stage, not the slide
                 errors.append(_describe("detector", exc))
                 log.exception("%s: detector failed", slide.path.name)
@@ -428,8 +428,7 @@ class Cascade:
                 log.exception("%s: classifier failed", slide.path.name)
 
         with clock.stage("decision"):
-            heat_probs = np.array([h.heat_probs for h in hotspots], np.float64).reshape(-1, 4)
-            decision = decide_slide(grades, heat_probs, cfg.decision)
+            decision = decide_slide(grades, heat_evidence(hotspots), cfg.decision)
         return SlideResult(
             filename=slide.path.name,
             cls=decision.cls,
@@ -446,6 +445,17 @@ class Cascade:
             pages=pages,
             errors=errors,
         )
+
+    def _tissue_hotspots(
+        self, slide: Slide, mask: np.ndarray, mask_scale: tuple[float, float], page: int
+    ) -> list[Hotspot]:
+        """The cheaper path's hotspots: from the tissue alone, as many as the budget's
+        ``min_k`` (the classifier grades what the slide's time allows of them)."""
+        cfg = self.config
+        sx, sy = slide.pages[page].scale
+        patch = (cfg.classifier.patch * sx, cfg.classifier.patch * sy)
+        k = max(cfg.budget.min_k, 1)
+        return tissue_hotspots(mask, mask_scale, slide.mpp, patch, cfg.hotspots.nms_um, k)
 
     def _grade_hotspots(
         self,

@@ -177,6 +177,8 @@ def load_assets(assets: Path, device: torch.device, precision: str = "float32") 
     classifier = load_weights(
         PatchClassifier(config.classifier), assets / config.classifier.weights
     )
+    # the inputs are channels-last (stages.nets.to_input); so are the weights: oneDNN's fast path
+    detector, classifier = (m.to(memory_format=torch.channels_last) for m in (detector, classifier))
     autocast = pick_precision(device, precision)
     log.info(
         "assets %s: detector %s/%s, classifier %s%s; inference in %s",

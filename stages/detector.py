@@ -2,8 +2,9 @@
 
 The network sees overlapping ``window × window`` windows of the detector page (the page nearest
 ``target_mpp``, page 4–5 on TissueNet slides), only where the tissue mask has tissue. Its softmax
-output, average-pooled by ``stride``, is blended into a heatmap ``(C, H, W)`` float32 on a grid of
-``stride`` detector-page pixels. Channel 0 is "no lesion", channel c ≥ 1 lesion grade c.
+output (at ``1 / output_stride`` of the window's resolution: an FPN's is at a quarter, computed
+there and never upsampled), average-pooled to ``stride`` detector-page pixels, is blended into a
+heatmap ``(C, H, W)`` float32 on that grid. Channel 0 is "no lesion", channel c ≥ 1 lesion grade c.
 Unvisited cells hold ``(1, 0, 0, 0)``.
 """
 
@@ -26,13 +27,22 @@ from stages.slide import Slide
 
 log = logging.getLogger(__name__)
 
-ARCHS = ("Unet", "UnetPlusPlus")
+ARCHS = ("Unet", "UnetPlusPlus", "FPN")
+#: Output strides each architecture can give (smp's FPN works at a quarter of its input and
+#: upsamples by ``4 / output_stride``; the U-Nets end at full resolution).
+OUTPUT_STRIDES = {"Unet": (1,), "UnetPlusPlus": (1,), "FPN": (1, 2, 4)}
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """Detector network and windowing. Sizes are detector-page pixels; ``mean`` / ``std`` are the
-    input normalisation the weights were trained with (RGB in [0, 1])."""
+    input normalisation the weights were trained with (RGB in [0, 1]).
+
+    ``decoder_channels``: a U-Net's channels per decoder block, finest last; an FPN's
+    ``(pyramid, segmentation)`` channels (segmentation a multiple of 32, for its group norm).
+    ``output_stride``: input pixels per output pixel of the network (:data:`OUTPUT_STRIDES`); it
+    divides ``stride``, the heatmap's cell.
+    """
 
     arch: str = "Unet"
     encoder: str = "resnet18"
@@ -42,6 +52,7 @@ class DetectorConfig:
     window: int = 512
     overlap: int = 64
     stride: int = 4
+    output_stride: int = 1
     batch_size: int = 4
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -60,6 +71,18 @@ class DetectorConfig:
             raise ValueError("detector.overlap must be in [0, window)")
         if self.stride <= 0 or self.window % self.stride or self.overlap % self.stride:
             raise ValueError("detector.stride must divide window and overlap")
+        if self.output_stride not in OUTPUT_STRIDES[self.arch] or self.stride % self.output_stride:
+            raise ValueError(
+                f"detector.output_stride must be one of {OUTPUT_STRIDES[self.arch]} for "
+                f"{self.arch} and divide stride {self.stride}, got {self.output_stride}"
+            )
+        if self.arch == "FPN" and (
+            len(self.decoder_channels) != 2 or self.decoder_channels[1] % 32
+        ):
+            raise ValueError(
+                "detector.decoder_channels of an FPN is (pyramid, segmentation), segmentation a "
+                f"multiple of 32, got {self.decoder_channels}"
+            )
         if self.target_mpp <= 0 or self.batch_size <= 0:
             raise ValueError("detector.target_mpp and batch_size must be positive")
         check_normalisation(self.mean, self.std, "detector")
@@ -85,14 +108,26 @@ class Heatmap:
 
 
 def build_detector(config: DetectorConfig) -> torch.nn.Module:
-    """The smp model named by ``config``, randomly initialised (``encoder_weights=None``)."""
+    """The smp model named by ``config``, randomly initialised (``encoder_weights=None``):
+    ``(N, 3, w, w)`` float32 in, ``(N, classes, w / output_stride, w / output_stride)`` logits
+    out."""
+    if config.arch == "FPN":
+        pyramid, segmentation = config.decoder_channels
+        decoder = {
+            "decoder_pyramid_channels": pyramid,
+            "decoder_segmentation_channels": segmentation,
+            "decoder_dropout": 0.0,
+            "upsampling": 4 // config.output_stride,
+        }
+    else:
+        decoder = {"decoder_channels": config.decoder_channels}
     return smp.create_model(
         config.arch,
         encoder_name=config.encoder,
         encoder_weights=None,
-        decoder_channels=config.decoder_channels,
         in_channels=3,
         classes=config.classes,
+        **decoder,
     )
 
 
@@ -170,11 +205,13 @@ def predict_heatmap(
     should_stop: Callable[[], bool] = lambda: False,
     prefetched: np.ndarray | None = None,
     autocast: torch.dtype | None = None,
+    corners: Sequence[tuple[int, int]] | None = None,
 ) -> Heatmap:
     """Run the detector over the tissue windows of ``page``; see :class:`Heatmap`.
 
-    ``prefetched``: pixels of the first windows of ``tissue_windows`` on ``page`` (as
-    :func:`read_windows` gives them) read ahead of time; the others are read batch by batch.
+    ``corners``: those windows (:func:`tissue_windows` of ``mask`` on ``page``) when the caller
+    has listed them already (listed here otherwise). ``prefetched``: pixels of the first of them
+    (as :func:`read_windows` gives them) read ahead of time; the others are read batch by batch.
     ``autocast``: the dtype the network runs in (None: float32). Memory is bounded by one batch
     of windows (plus ``prefetched``) and the heatmap itself;
     ``should_stop`` is asked before each batch and ends the pass early (``complete=False``).
@@ -184,7 +221,9 @@ def predict_heatmap(
     grid_w, grid_h = math.ceil(info.width / stride), math.ceil(info.height / stride)
     total = np.zeros((config.classes, grid_h, grid_w), np.float32)
     weight = np.zeros((grid_h, grid_w), np.float32)
-    corners = tissue_windows(info.size, info.scale, mask, mask_scale, window, config.overlap)
+    if corners is None:
+        corners = tissue_windows(info.size, info.scale, mask, mask_scale, window, config.overlap)
+    pool = stride // config.output_stride
     ready = 0 if prefetched is None else len(prefetched)
     if ready > len(corners):
         raise ValueError(f"{ready} prefetched windows for {len(corners)} tissue windows")
@@ -210,7 +249,12 @@ def predict_heatmap(
             pixels = np.concatenate([prefetched[start:ready], fresh]) if start < ready else fresh
         with inference(device, autocast):
             logits = model(to_input(pixels, device, config.mean, config.std))
-            pooled = F.avg_pool2d(logits.float().softmax(dim=1), stride).cpu().numpy()
+            if logits.shape[-1] * config.output_stride != window:
+                raise ValueError(
+                    f"detector output {tuple(logits.shape)} for {window} px windows: not "
+                    f"output_stride {config.output_stride}"
+                )
+            pooled = F.avg_pool2d(logits.float().softmax(dim=1), pool).cpu().numpy()
         cells = window // stride
         for (x, y), out in zip(batch, pooled, strict=True):
             gx, gy = x // stride, y // stride

@@ -17,6 +17,7 @@ grade c; C = 4 on TissueNet) on a grid whose cell ``(r, c)`` covers page-0
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -194,3 +195,44 @@ def select_hotspots(
         probs = tuple(float(p) for p in heatmap[:, peak.row, peak.col])
         hotspots.append(Hotspot(Box.centered(cx, cy, width, height), peak.score, probs, rank))
     return hotspots
+
+
+def tissue_hotspots(
+    tissue: np.ndarray,
+    scale: tuple[float, float],
+    mpp0: float,
+    patch_page0: tuple[float, float],
+    nms_um: float,
+    k: int,
+) -> list[Hotspot]:
+    """Up to ``k`` hotspots from the tissue alone, for a slide whose detector pass the budget
+    cannot afford: the peaks of the ``(H, W)`` bool ``tissue`` mask's distance to glass (deepest
+    inside the tissue first), ``nms_um`` apart, as page-0 boxes of size ``patch_page0``.
+    ``scale``: page-0 pixels per mask pixel; ``mpp0``: page-0 µm/px. Their ``score`` is the
+    depth relative to the deepest point (in (0, 1]); ``heat_probs`` are NaN (no heatmap)."""
+    sx, sy = scale
+    if min(sx, sy, mpp0) <= 0:
+        raise ValueError(f"scale and mpp0 must be positive, got scale={scale}, mpp0={mpp0}")
+    if tissue.ndim != 2:
+        raise ValueError(f"tissue must be (H, W), got shape {tissue.shape}")
+    if not tissue.any():
+        return []
+    padded = np.pad(tissue.astype(np.uint8), 1)  # the image's edge counts as glass
+    depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    peaks = find_peaks(depth / depth.max(), k, nms_um / (mpp0 * (sx + sy) / 2), 0.0)
+    width, height = patch_page0
+    nan = (float("nan"),) * 4
+    return [
+        Hotspot(Box.centered(*to_page0(p.col + 0.5, p.row + 0.5, scale), width, height),
+                p.score, nan, rank)
+        for rank, p in enumerate(peaks)
+    ]  # fmt: skip
+
+
+def heat_evidence(hotspots: Sequence[Hotspot]) -> np.ndarray:
+    """``(N, C)`` float64 heatmap probabilities of the hotspots that came from a heatmap (those
+    of :func:`tissue_hotspots`, NaN, are left out): the decision's heatmap evidence."""
+    if not hotspots:
+        return np.zeros((0, 4))
+    probs = np.array([h.heat_probs for h in hotspots], np.float64)
+    return probs[np.isfinite(probs).all(axis=1)]

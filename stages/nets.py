@@ -102,11 +102,16 @@ def to_input(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 RGB → normalised ``(N, 3, H, W)`` float32 tensor on ``device``."""
+    """``(N, H, W, 3)`` uint8 RGB → normalised ``(N, 3, H, W)`` float32 tensor on ``device``,
+    channels-last in memory (the networks' layout, :func:`stages.config.load_assets`):
+    ``(x / 255 - mean) / std`` computed as ``(x - 255 mean) / (255 std)``, in place."""
     if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
     tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    return standardise(to_unit(tensor), mean, std)
+    planes = tensor.permute(0, 3, 1, 2).float()  # a channels-last float copy
+    shift = torch.tensor(mean, device=planes.device).view(1, 3, 1, 1) * 255.0
+    scale = torch.tensor(std, device=planes.device).view(1, 3, 1, 1) * 255.0
+    return planes.sub_(shift).div_(scale)
 
 
 def to_unit(batch: torch.Tensor) -> torch.Tensor:

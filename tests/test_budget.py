@@ -109,13 +109,17 @@ def test_exhausted_threshold() -> None:
 
 
 def test_choose_detector_page_escalation() -> None:
-    run, _ = make_run(130.0, 1, reserve_s=30.0, detector_fraction=0.5)
+    run, clock = make_run(130.0, 1, reserve_s=30.0, detector_fraction=0.5)
     slide = run.start_slide()  # allotment 100 s, the detector may use 50 s
     assert slide.choose_detector_page(2, 8, 40.0) == 2
     assert slide.choose_detector_page(2, 8, 50.0) == 2  # fits exactly
     assert slide.choose_detector_page(2, 8, 200.0) == 3  # 200 / 4 = 50
     assert slide.choose_detector_page(2, 8, 400.0) == 4  # 100, then 25
-    assert slide.choose_detector_page(2, 4, 1e6) == 3  # clamped to the last page
+    assert slide.choose_detector_page(2, 4, 300.0) == 3  # the last page: 75 s > 50, fits 100 s
+    assert slide.choose_detector_page(2, 4, 401.0) is None  # 100.25 s > the 100 s left
+    clock.advance(90.0)  # 10 s left: page 2 at 40 s does not fit, page 3 at 10 s does
+    assert slide.choose_detector_page(2, 4, 40.0) == 3
+    assert slide.choose_detector_page(2, 4, 40.1) is None
     with pytest.raises(ValueError, match="out of range"):
         slide.choose_detector_page(4, 4, 1.0)
 

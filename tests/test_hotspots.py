@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from stages.geometry import Box
-from stages.hotspots import HotspotConfig, Peak, find_peaks, score_map, select_hotspots
+from stages.hotspots import (
+    Hotspot,
+    HotspotConfig,
+    Peak,
+    find_peaks,
+    heat_evidence,
+    score_map,
+    select_hotspots,
+    tissue_hotspots,
+)
 
 
 def peak_map() -> np.ndarray:
@@ -200,3 +209,28 @@ def test_smoothing_puts_the_first_hotspot_inside_a_flat_plateau() -> None:
 def test_config_validation(kwargs: dict) -> None:
     with pytest.raises(ValueError, match="hotspots"):
         HotspotConfig(**kwargs)
+
+
+def test_tissue_hotspots_deepest_first_and_spaced() -> None:
+    # two tissue squares on a 10 x 20 mask (page-0 px per mask px: 8; 1 µm/px): a 5 x 5 one
+    # (deepest point its centre, depth 3 with the edge as glass) and a 3 x 3 one (depth 2)
+    tissue = np.zeros((10, 20), bool)
+    tissue[1:6, 1:6] = True
+    tissue[2:5, 12:15] = True
+    spots = tissue_hotspots(tissue, (8.0, 8.0), 1.0, (16.0, 16.0), nms_um=40.0, k=4)
+    assert [h.box.center for h in spots] == [(28.0, 28.0), (108.0, 28.0)]
+    assert [h.score for h in spots] == [1.0, pytest.approx(2 / 3)]
+    assert [h.rank for h in spots] == [0, 1] and spots[0].box == Box(20.0, 20.0, 16.0, 16.0)
+    assert all(np.isnan(h.heat_probs).all() for h in spots)
+    assert tissue_hotspots(np.zeros((4, 4), bool), (8.0, 8.0), 1.0, (16.0, 16.0), 40.0, 4) == []
+    # the suppression radius: 40 µm = 5 mask px, so the squares' centres (10 px apart) both count
+    # while a radius over 10 px keeps only the deepest
+    assert len(tissue_hotspots(tissue, (8.0, 8.0), 1.0, (16.0, 16.0), 81.0, 4)) == 1
+
+
+def test_heat_evidence_leaves_out_tissue_hotspots() -> None:
+    box = Box(0.0, 0.0, 1.0, 1.0)
+    heat = Hotspot(box, 0.9, (0.1, 0.2, 0.3, 0.4), 0)
+    tissue = Hotspot(box, 1.0, (float("nan"),) * 4, 1)
+    assert heat_evidence([heat, tissue]).tolist() == [[0.1, 0.2, 0.3, 0.4]]
+    assert heat_evidence([tissue]).shape == (0, 4) and heat_evidence([]).shape == (0, 4)

@@ -54,6 +54,7 @@ def test_to_input_shapes_and_normalisation() -> None:
     batch[..., 0] = 255
     tensor = to_input(batch, torch.device("cpu"), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert tensor.shape == (2, 3, 8, 6)
+    assert tensor.is_contiguous(memory_format=torch.channels_last)
     assert tensor[:, 0].unique().tolist() == [1.0]
     assert tensor[:, 1].unique().tolist() == [-1.0]
     with pytest.raises(ValueError, match="uint8"):
@@ -127,3 +128,16 @@ def test_weights_round_trip_and_mismatch(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(AssetsError, match="unreadable"):
         load_weights(other, tmp_path / "bad.safetensors")
+
+
+def test_fpn_detector_at_output_stride_4() -> None:
+    config = replace(TINY_DETECTOR, arch="FPN", decoder_channels=(32, 32), output_stride=4)
+    model = build_detector(config).eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 128, 128)).shape == (1, 4, 32, 32)
+    with pytest.raises(ValueError, match="output_stride"):
+        replace(config, arch="Unet", decoder_channels=(16, 16, 16, 16, 16))
+    with pytest.raises(ValueError, match="output_stride"):
+        replace(config, stride=2)
+    with pytest.raises(ValueError, match="segmentation"):
+        replace(config, decoder_channels=(32, 16))

@@ -269,6 +269,10 @@ def test_mask_for_slide_goes_coarser_than_a_page_above_the_cap(tmp_path: Path) -
     slide = _write_slide(tmp_path / "s.tif", (2048, 1536), (1000, 700, 400), pyramid=True)
     mask, index = mask_for_slide(slide, TissueConfig(target_mpp=4.0, max_page_pixels=300_000))
     assert index == 2 and mask.shape == (384, 512)  # page 1 has 786,432 px
+    # the soft cap on the mask's page (a canvas's huge overview) moves the same way, no error
+    mask, index = mask_for_slide(slide, TissueConfig(target_mpp=4.0, max_mask_pixels=300_000))
+    assert index == 2 and mask.shape == (384, 512)
+    assert mask_for_slide(slide, TissueConfig(target_mpp=4.0, max_mask_pixels=50_000))[1] == 3
     with pytest.raises(SlideError, match="no page small enough"):
         mask_for_slide(slide, TissueConfig(max_page_pixels=256 * 192 - 1))
 

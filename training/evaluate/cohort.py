@@ -24,6 +24,7 @@ import pandas as pd
 from stages.cascade import SlideResult
 from stages.decision import DecisionConfig, decide_slide
 from stages.geometry import Box
+from stages.hotspots import heat_evidence
 from stages.metric import ERROR_MATRIX, score
 from stages.submission import classes_by_filename, read_table
 from training.data.targets import recall_at_k
@@ -36,7 +37,7 @@ def load_run(run: Path) -> list[SlideResult]:
 
 def heat_only_class(result: SlideResult, decision: DecisionConfig) -> int:
     """The class the decision gives from the result's heatmap hotspots alone."""
-    return decide_slide([], [h.heat_probs for h in result.hotspots], decision).cls
+    return decide_slide([], heat_evidence(result.hotspots), decision).cls
 
 
 def cohort_table(
@@ -77,8 +78,7 @@ def budget_sweep(
     rows = []
     for k in ks:
         classes = [
-            decide_slide(r.grades[:k], [h.heat_probs for h in r.hotspots[:k]], decision).cls
-            for r in results
+            decide_slide(r.grades[:k], heat_evidence(r.hotspots[:k]), decision).cls for r in results
         ]
         skipped = np.array([max(len(r.grades) - k, 0) for r in results])
         rows.append(

@@ -28,6 +28,7 @@ import torch
 from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
+from stages.hotspots import heat_evidence
 from stages.metric import confusion_matrix, format_confusion, score
 from stages.submission import classes_by_filename, classes_from_onehot, read_table
 from training.cli import command_parser, setup_logging
@@ -44,9 +45,7 @@ REPO = Path(__file__).resolve().parents[2]
 def detector_only_classes(results: list[SlideResult], assets: Path) -> np.ndarray:
     """``(N,)`` classes the shipped decision gives from each result's heatmap hotspots alone."""
     decision = load_config(assets).decision
-    return np.array(
-        [decide_slide([], [h.heat_probs for h in r.hotspots], decision).cls for r in results]
-    )
+    return np.array([decide_slide([], heat_evidence(r.hotspots), decision).cls for r in results])
 
 
 def heldout_scores(test: Path, assets: Path, out: Path, device: str) -> dict:

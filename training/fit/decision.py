@@ -41,6 +41,7 @@ from stages.classifier import PatchClassifier
 from stages.config import load_assets
 from stages.decision import DecisionConfig, decide, decide_slide, slide_probabilities
 from stages.detector import build_detector
+from stages.hotspots import heat_evidence
 from stages.metric import N_CLASSES, score
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache
@@ -71,7 +72,7 @@ class Evidence:
 
     @classmethod
     def of(cls, result: SlideResult, label: int) -> Evidence:
-        heat = np.array([h.heat_probs for h in result.hotspots], np.float64).reshape(-1, 4)
+        heat = heat_evidence(result.hotspots)
         return cls(result.filename, np.asarray(result.grades, np.float64), heat, label)
 
 

@@ -39,6 +39,7 @@ import lightning.pytorch as pl
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from stages.config import CascadeConfig
@@ -71,7 +72,7 @@ RECALL_KS = (1, 2, 4, 8, 16, 32)
 RECALL_SLIDES = 16
 #: Weight of the "any lesion" Dice in ``val_select``: below one recall step, so it breaks ties.
 DICE_TIE_BREAK = 1e-3
-DEFAULTS = TrainOptions(epochs=8, batch_size=16, lr=3e-3, samples=1024)
+DEFAULTS = TrainOptions(epochs=8, batch_size=32, lr=3e-3, samples=2048)
 
 #: A window centre: ``(fragment, x, y)`` in that fragment's detector-page pixels (fragment -1:
 #: a slide without cached tissue).
@@ -221,8 +222,12 @@ class DetectorModule(StageModule):
         return self.model(x)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Logits at the targets' full resolution (a network with ``output_stride`` > 1 is
+        upsampled bilinearly, for the loss only; inference never upsamples), CE and Dice."""
         x, y = batch
         logits = self.model(x)
+        if logits.shape[-2:] != y.shape[-2:]:
+            logits = F.interpolate(logits, size=y.shape[-2:], mode="bilinear", align_corners=False)
         ce, dice = self.ce(logits, y), self.dice(logits, y)
         return logits, ce, dice
 
