@@ -52,7 +52,9 @@ class SlideResult:
     ``grades`` ``(k, 4)`` float32 are the classifier's probabilities for ``hotspots[:k]``;
     ``seconds`` per stage (see :meth:`Cascade.grade_slide`); ``decoded_mpx`` the megapixels of
     the slide read; ``size`` the slide's page-0 ``(width, height)`` (0s when unknown);
-    ``pages`` the pyramid pages used; ``errors`` one line per failure.
+    ``pages`` the pyramid pages used (``detector_base``: the page nearest the detector's
+    ``target_mpp``, ``detector`` the one it ran on, absent when it did not run); ``errors`` one
+    line per failure.
     """
 
     filename: str
@@ -396,7 +398,7 @@ class Cascade:
         mask_scale = slide.pages[prepared.mask_page].scale
         clock = StageClock(slide, prepared.seconds)
         errors: list[str] = []
-        pages = {"tissue": prepared.mask_page}
+        pages = {"tissue": prepared.mask_page, "detector_base": prepared.detector_page}
         classifier_page = slide.page_for_mpp(cfg.classifier.target_mpp)
         heatmap = None
         hotspots: list[Hotspot] = []

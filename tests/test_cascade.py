@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import FakeClock
 
-from stages.budget import RunBudget
+from stages.budget import RunBudget, SlideBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.slide import SlideError
@@ -23,7 +24,7 @@ def cascade(assets: Path) -> Cascade:
 def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path: Path) -> None:
     budget = RunBudget(3600, 1, cascade.config.budget)
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
-    assert result.pages["detector"] == 4  # 0.22–0.27 µm/px × 16 is nearest 4 µm/px
+    assert result.pages["detector"] == 5  # 0.22–0.27 µm/px × 32 is nearest 8 µm/px
     assert result.pages["classifier"] == 1
     assert result.source == "patches" and not result.degraded
     assert len(result.grades) == len(result.hotspots) <= cascade.config.budget.max_k
@@ -42,23 +43,62 @@ def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path:
     assert scores == sorted(scores, reverse=True)
 
 
-def test_small_allotment_moves_the_detector_to_a_coarser_page(
+def _frozen_run(cascade: Cascade, limit_s: float, slides: int = 1) -> tuple[RunBudget, FakeClock]:
+    """A run on a frozen clock (every measured cost is 0, only the estimates matter), with no
+    reserve."""
+    clock = FakeClock(0.0)
+    config = replace(cascade.config.budget, reserve_s=0.0)
+    return RunBudget(limit_s, slides, config, clock=clock), clock
+
+
+def _base_mpx(cascade: Cascade, slide_path: Path) -> float:
+    """Megapixels of the detector's tissue windows on the slide's base page."""
+    prepared = cascade.prepare(slide_path, None)
+    prepared.close()
+    return len(prepared.corners) * cascade.config.detector.window**2 / 1e6
+
+
+def test_small_allotment_keeps_the_last_page_while_it_fits_the_time_left(
     cascade: Cascade, slide_path: Path
 ) -> None:
-    clock = FakeClock(0.0)  # frozen: every measured cost is 0, only the estimates matter
-    budget = RunBudget(2.0, 1, cascade.config.budget, clock=clock)
-    budget.costs.detector.update(100.0)  # pretend the detector costs 100 s per megapixel
+    budget, _ = _frozen_run(cascade, 2.0)  # 2 s: the detector may use 1 s (fraction 0.5)
+    # estimated 1.8 s on page 5, the slide's coarsest: over the detector's share, within the
+    # 2 s left, so the pass runs there (escalation between pages: tests/test_budget.py)
+    prepared = cascade.prepare(slide_path, None)
+    prepared.close()
+    assert (prepared.detector_page, len(prepared.slide.pages)) == (5, 6)
+    budget.costs.detector.update(1.8 / _base_mpx(cascade, slide_path))
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
-    assert result.pages["detector"] > 4
+    assert result.pages["detector"] == 5 and result.heatmap is not None
+    assert result.source == "patches"
+
+
+def test_no_time_for_any_detector_pass_takes_the_cheaper_path(
+    cascade: Cascade, slide_path: Path
+) -> None:
+    budget, _ = _frozen_run(cascade, 2.0)
+    budget.costs.detector.update(1e6)  # no page's pass fits the 2 s left
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is None and "detector" not in result.pages
+    # hotspots from the tissue alone, min_k of them graded: the decision from the patches
+    assert len(result.hotspots) == cascade.config.budget.min_k == len(result.grades)
+    assert all(np.isnan(h.heat_probs).all() for h in result.hotspots)
+    assert result.source == "patches" and not result.degraded
+    mask, (sx, sy) = result.tissue, result.tissue_scale
+    for hotspot in result.hotspots:
+        cx, cy = hotspot.box.center
+        assert mask[int(cy // sy), int(cx // sx)], hotspot
 
 
 def test_expired_budget_stops_the_detector_and_grades_min_k_only(
-    cascade: Cascade, slide_path: Path
+    cascade: Cascade, slide_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock(0.0)
     budget = RunBudget(1000.0, 2, cascade.config.budget, clock=clock)
     slide_budget = budget.start_slide()
     clock.now = slide_budget.deadline  # the slide's share is already spent
+    # the page chosen as if the estimate fitted: the pass itself then stops at the deadline
+    monkeypatch.setattr(SlideBudget, "choose_detector_page", lambda self, base, n, cost: base)
     result = cascade.grade_slide(slide_path, None, slide_budget, budget.costs)
     assert result.heatmap is not None and not result.heatmap.complete
     assert "detector stopped by the time budget" in result.problems()

@@ -479,7 +479,11 @@ def run_limits(out: Path, real: Path, assets: Path, device: str) -> pd.DataFrame
                 "score": score(y_true, y_pred),
                 "wall_s": wall,
                 "patches per slide": np.mean([s["graded"] for s in summaries]),
-                "coarser detector page": sum(s["pages"].get("detector", 4) > 4 for s in summaries),
+                "coarser detector page": sum(
+                    s["pages"].get("detector", -1) > s["pages"].get("detector_base", 99)
+                    for s in summaries
+                ),
+                "no detector pass": sum("detector" not in s["pages"] for s in summaries),
                 "most of its allotment a slide used, %": 100 * max(used, default=0.0),
                 "peak_mb": peak,
             }

@@ -267,9 +267,7 @@ def extrapolate(results: dict) -> dict[str, float]:
     counts = sorted(results["counts"])
     out = {"disk_gb": disk / 1e9, "cache_hours_one_core": seconds / 3600}
     for stage in ("detector", "classifier"):
-        points = [
-            (c, rss) for c in counts for rss in results["counts"][c][f"{stage}_rss_mb_runs"]
-        ]
+        points = [(c, rss) for c in counts for rss in results["counts"][c][f"{stage}_rss_mb_runs"]]
         slope, base = np.polyfit(*zip(*points, strict=True), 1)
         out[f"{stage}_kb_per_slide"] = slope * 1000
         out[f"{stage}_rss_mb_at_{REAL_SET}"] = base + slope * REAL_SET
