@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from stages.budget import BudgetConfig
-from stages.classifier import ClassifierConfig, PatchClassifier
+from stages.classifier import ClassifierConfig, load_classifier
 from stages.decision import DecisionConfig
 from stages.detector import DetectorConfig, build_detector
 from stages.hotspots import HotspotConfig
@@ -91,7 +91,15 @@ def _check(value: Any, hint: Any, where: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        return _check(value, next(o for o in options if o is not type(None)), where)
+        candidates = [o for o in options if o is not type(None)]
+        if len(candidates) == 1:
+            return _check(value, candidates[0], where)
+        for option in candidates:
+            try:
+                return _check(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where}: expected one of {options}, got {value!r}")
     if origin is typing.Literal:
         if value not in typing.get_args(hint):
             raise ValueError(f"{where}: {value!r} is not one of {typing.get_args(hint)}")
@@ -174,9 +182,7 @@ def load_assets(assets: Path, device: torch.device, precision: str = "float32") 
     ``precision``: one of :data:`stages.nets.PRECISIONS` (the runtime's default is ``auto``)."""
     config = load_config(assets)
     detector = load_weights(build_detector(config.detector), assets / config.detector.weights)
-    classifier = load_weights(
-        PatchClassifier(config.classifier), assets / config.classifier.weights
-    )
+    classifier = load_classifier(config.classifier, assets)
     # the inputs are channels-last (stages.nets.to_input); so are the weights: oneDNN's fast path
     detector, classifier = (m.to(memory_format=torch.channels_last) for m in (detector, classifier))
     autocast = pick_precision(device, precision)

@@ -102,13 +102,22 @@ def to_input(
     mean: tuple[float, ...] = IMAGENET_MEAN,
     std: tuple[float, ...] = IMAGENET_STD,
 ) -> torch.Tensor:
-    """``(N, H, W, 3)`` uint8 RGB → normalised ``(N, 3, H, W)`` float32 tensor on ``device``,
-    channels-last in memory (the networks' layout, :func:`stages.config.load_assets`):
-    ``(x / 255 - mean) / std`` computed as ``(x - 255 mean) / (255 std)``, in place."""
+    """``(N, H, W, 3)`` uint8 RGB → normalised ``(N, 3, H, W)`` float32 tensor on ``device``
+    (:func:`normalise`)."""
     if batch.ndim != 4 or batch.shape[-1] != 3 or batch.dtype != np.uint8:
         raise ValueError(f"expected (N, H, W, 3) uint8, got {batch.shape} {batch.dtype}")
-    tensor = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-    planes = tensor.permute(0, 3, 1, 2).float()  # a channels-last float copy
+    return normalise(torch.from_numpy(np.ascontiguousarray(batch)).to(device), mean, std)
+
+
+def normalise(
+    batch: torch.Tensor,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """``(N, H, W, 3)`` uint8 tensor → ``(N, 3, H, W)`` float32 ``(x / 255 - mean) / std`` on its
+    device, channels-last in memory (the networks' layout, :func:`stages.config.load_assets`),
+    computed as ``(x - 255 mean) / (255 std)`` in place."""
+    planes = batch.permute(0, 3, 1, 2).float()  # a channels-last float copy
     shift = torch.tensor(mean, device=planes.device).view(1, 3, 1, 1) * 255.0
     scale = torch.tensor(std, device=planes.device).view(1, 3, 1, 1) * 255.0
     return planes.sub_(shift).div_(scale)
@@ -136,23 +145,37 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     save_file(state, str(path))
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> torch.nn.Module:
-    """Fill ``model`` from a safetensors file; :class:`AssetsError` naming the file on mismatch."""
+def load_weights(model: torch.nn.Module, path: Path, assign: bool = False) -> torch.nn.Module:
+    """Fill ``model`` from a safetensors file (``assign``: take its tensors as the parameters,
+    for a model built on the meta device); :class:`AssetsError` naming the file on mismatch."""
     if not path.is_file():
         raise AssetsError(f"weight file missing: {path}")
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for a bad file
         raise AssetsError(f"weight file unreadable: {path}: {exc}") from exc
+    return fill(model, state, f"weight file {path}", "the model in the config", assign)
+
+
+def fill(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    target: str,
+    assign: bool = False,
+) -> torch.nn.Module:
+    """``model.load_state_dict(state, strict=True, assign=assign)``; :class:`AssetsError`
+    naming ``source``, ``target`` and the missing, unexpected and misshapen keys when they do
+    not match."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong:
         raise AssetsError(
-            f"weight file {path} does not match the model in the config: "
+            f"{source} does not match {target}: "
             f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected "
             f"(e.g. {unexpected[:3]}), {len(wrong)} with another shape (e.g. {wrong[:3]})"
         )
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)
     return model

@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -169,3 +170,15 @@ def wait_for(path: Path, process: subprocess.Popen, deadline_s: float = 300.0) -
         assert process.poll() is None, f"the process ended ({process.returncode}) before {path}"
         assert time.monotonic() < end, f"{path} did not appear within {deadline_s:g} s"
         time.sleep(0.05)
+
+
+def rezip(
+    source: Path, target: Path, drop: str = "", replace: dict[str, str | bytes] | None = None
+) -> Path:
+    """A copy of the zip ``source`` without entry ``drop`` and with ``replace``'s contents."""
+    replace = replace or {}
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for info in src.infolist():
+            if info.filename != drop:
+                dst.writestr(info, replace.get(info.filename, src.read(info)))
+    return target

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,15 @@ from stages.config import load_assets, load_config
 from stages.detector import tissue_windows
 from stages.submission import read_table
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate.benchmark import Mode, mode_assets, repeat_set, replace_block
-from training.evaluate.exhaustive import grade_exhaustively, top_tiles
+from training.evaluate.benchmark import (
+    ASSET_SETS,
+    Mode,
+    mode_assets,
+    modes,
+    repeat_set,
+    replace_block,
+)
+from training.evaluate.exhaustive import grade_exhaustively, sample_evenly, top_tiles
 from training.evaluate.floors import compute_floor, network_flops
 
 
@@ -30,6 +38,24 @@ def test_mode_assets_change_only_the_budget_and_link_the_weights(
     assert (variant / shipped.detector.weights).resolve() == (
         assets / shipped.detector.weights
     ).resolve()
+
+
+def test_modes_name_their_asset_sets_and_slide_sets() -> None:
+    chosen = modes()
+    assert len({m.name for m in chosen}) == len(chosen)
+    assert {m.assets for m in chosen} == {"shipped", *ASSET_SETS}
+    for mode in chosen:  # every other asset set is timed against its own exhaustive baseline
+        if mode.assets != "shipped":
+            assert any(m.exhaustive and m.assets == mode.assets for m in chosen), mode.name
+    fm = [m for m in chosen if m.assets == "vit-g14" and not m.exhaustive]
+    assert [m.max_k for m in fm] == [8, 16, 32] and {m.min_score for m in fm} == {0.0}
+
+
+def test_mode_assets_set_min_score_and_keep_the_rest(assets: Path, tmp_path: Path) -> None:
+    variant = mode_assets(assets, Mode("k", min_score=0.0), tmp_path)
+    shipped, config = load_config(assets), load_config(variant)
+    assert config.hotspots == replace(shipped.hotspots, min_score=0.0)
+    assert config.budget == shipped.budget and config.classifier == shipped.classifier
 
 
 def test_repeat_set_lists_the_slides_over_and_over_with_their_labels(tmp_path: Path) -> None:
@@ -85,6 +111,19 @@ def test_exhaustive_grades_every_tissue_tile_once(assets: Path, tmp_path: Path) 
     tissue_pixels = tissue_page.width * tissue_page.height
     assert result.decoded_mpx * 1e6 == pytest.approx(inside + tissue_pixels)
     np.testing.assert_allclose(result.grades.sum(axis=1), 1.0, rtol=1e-5)
+    # a sample of the tiles: that many graded, the slide's tile count recorded for the estimate
+    sampled = grade_exhaustively(cascade, path, None, sample_tiles=3)
+    assert len(sampled.grades) == 3
+    assert (sampled.seconds["tiles"], sampled.seconds["tiles_graded"]) == (len(tiles), 3)
+    np.testing.assert_allclose(
+        sampled.grades, result.grades[sample_evenly(len(tiles), 3)], atol=1e-5
+    )
+
+
+def test_sample_evenly_spreads_the_indices_over_the_list() -> None:
+    assert sample_evenly(10, 3).tolist() == [0, 4, 9]  # 0, 4.5 (rounded to even), 9
+    assert sample_evenly(5, None).tolist() == [0, 1, 2, 3, 4]
+    assert sample_evenly(2, 8).tolist() == [0, 1]
 
 
 def test_top_tiles_rank_by_lesion_probability_ties_in_tile_order() -> None:

@@ -7,6 +7,7 @@ data, not accuracy (the held-out evaluation measures that: ``make evaluate``).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import replace
@@ -27,12 +28,13 @@ from stages.geometry import Box
 from stages.metric import score
 from stages.nets import save_weights
 from stages.slide import Slide
+from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector
-from training.fit.classifier import ClassifierModule, fit_temperature
+from training.fit.classifier import ClassifierModule, fit_temperature, freeze_encoder
 from training.fit.common import (
     TrainOptions,
     command_line,
@@ -223,6 +225,54 @@ def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
         optimizer.step()
         losses.append(float(loss))
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_a_head_trains_on_features_cached_once(cache: Cache, tmp_path: Path) -> None:
+    options = replace(FAST, train_blocks=0, epochs=2, samples=64)
+    metrics = classifier.train_classifier(cache.root, tmp_path / "head", RECIPE, options)
+    assert {"val_score", "temperature"} <= set(metrics)
+    (path,) = (cache.root / "features").glob("*.npy")
+    features = np.load(path)
+    model = load_stage_model(tmp_path / "head", "classifier", PatchClassifier(RECIPE.classifier))
+    assert features.shape == (len(cache.patches), model.features_dim)
+    # they are the saved encoder's features of the centre crops, in patches.csv order
+    data = classifier.PatchSet(cache, cache.patches.iloc[:6], RECIPE.classifier, 0, False, 0)
+    x = BatchAugment(RECIPE.classifier.mean, RECIPE.classifier.std, train=False)(
+        torch.stack([data[i][0] for i in range(6)])
+    )
+    with torch.inference_mode():
+        expected = model.eval().features(x).numpy()
+    np.testing.assert_allclose(features[:6], expected, rtol=2e-3, atol=2e-3)  # float16
+    stamp = path.stat().st_mtime_ns
+    classifier.train_classifier(cache.root, tmp_path / "again", RECIPE, options)
+    assert path.stat().st_mtime_ns == stamp  # reused, not computed again
+    info = json.loads((tmp_path / "head" / "classifier.json").read_text())
+    assert info["frozen_encoder"] and len(info["history"]) == 2
+
+
+def test_fine_tuning_trains_only_the_last_blocks(cache: Cache, tmp_path: Path) -> None:
+    vit = PatchClassifier(
+        replace(RECIPE.classifier, encoder="vit_tiny_patch16_224", source="timm",
+                encoder_kwargs={"img_size": 64, "depth": 3, "embed_dim": 48, "num_heads": 2})
+    )  # fmt: skip
+    frozen = freeze_encoder(vit.encoder, 1)
+    last = [*vit.encoder.blocks[-1].parameters(), *vit.encoder.norm.parameters()]
+    trainable = [p for p in vit.encoder.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == sum(p.numel() for p in last)
+    assert vit.encoder.blocks[1] in frozen and vit.encoder.blocks[2] not in frozen
+    # the smp encoder's last 2 blocks train; the rest, batch-norm statistics too, stay as begun
+    pl.seed_everything(0, workers=True, verbose=False)
+    start = PatchClassifier(RECIPE.classifier).state_dict()
+    classifier.train_classifier(cache.root, tmp_path / "ft", RECIPE, replace(FAST, train_blocks=2))
+    trained = load_stage_model(tmp_path / "ft", "classifier", PatchClassifier(RECIPE.classifier))
+    blocks = len(trained.encoder.model.blocks)
+    tail = tuple(f"encoder.model.blocks.{i}." for i in (blocks - 2, blocks - 1))
+    changed = {
+        key
+        for key, value in trained.state_dict().items()
+        if key.startswith("encoder.") and not torch.equal(value, start[key])
+    }
+    assert changed and all(key.startswith(tail) for key in changed), sorted(changed)[:5]
 
 
 class Interrupt(pl.Callback):

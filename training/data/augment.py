@@ -41,7 +41,14 @@ import cv2
 import numpy as np
 import torch
 
-from stages.nets import IMAGENET_MEAN, IMAGENET_STD, check_normalisation, standardise, to_unit
+from stages.nets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    check_normalisation,
+    normalise,
+    standardise,
+    to_unit,
+)
 
 #: Geometry: P(scale + rotation on top of the flip / 90° rotation), and their ranges.
 P_AFFINE = 0.7
@@ -298,7 +305,7 @@ class BatchAugment(torch.nn.Module):
         if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
             raise ValueError(f"expected (N, H, W, 3) uint8, got {tuple(x.shape)} {x.dtype}")
         if not (self.augment and len(x)):
-            return standardise(to_unit(x), self.mean, self.std)
+            return normalise(x, self.mean, self.std)
         # the same values laid out as planes (to_unit then returns a contiguous tensor, whose
         # channel slices are contiguous): cheaper in uint8 here than in float32 later
         unit = to_unit(x.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1))

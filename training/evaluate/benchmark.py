@@ -22,6 +22,19 @@ Modes, each a process of its own on each set (its peak memory from ``wait4``):
 * ``exhaustive``: the same classifier on every tissue tile (:mod:`.exhaustive`), its decision
   fitted on 32 other generated slides (seed 3005).
 
+Beside the shipped assets, modes of other asset sets (random weights: they time, they do not
+grade), each against exhaustive tiling with the same classifier, timed on an even sample of each
+slide's tiles and extrapolated to all of them (``--sample-tiles``):
+
+* ``standard: …``: the standard preset (``training.pack.export --preset standard``) on the
+  ``real`` and ``canvas`` sets;
+* ``ViT-L/16 …`` and ``ViT-g/14 …``: the shipped detector with stage 2 on a UNI-size and an
+  H-optimus-size timm ViT (:data:`stages.encoders.RECIPES` ``uni``, ``h-optimus-0``; checkpoint
+  files of random weights), at k = 8, 16 and 32 (``hotspots.min_score`` 0, so that k patches
+  are graded), on ``real2``, the ``real`` set's first two slides.
+
+The table's last column projects the 1,527-slide test set from each mode's median.
+
 Per mode and set it prints and writes (``OUT/benchmark.csv``, ``OUT/slides.csv``,
 ``OUT/benchmark.md``): the weighted class score; seconds per slide (median, 95th percentile) as
 the run's budget saw them, and the mean split by stage (decode, tissue, detector, hotspots,
@@ -36,6 +49,7 @@ Nothing here is asserted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -93,6 +107,21 @@ RUN_LIMITS_S = {
     "30 s": 30.0,
 }
 LIMIT_SLIDES = 100
+#: The competition's test set.
+TEST_SET = 1527
+#: Slide sets of the shipped assets' modes, and of the other asset sets'.
+SHIPPED_SETS = ("heldout", "real", "canvas")
+STANDARD_SETS = ("real", "canvas")
+FOUNDATION_SETS = ("real2",)
+#: Asset sets besides the shipped ones: name → (preset, stage-2 recipe or None).
+ASSET_SETS = {
+    "standard": ("standard", None),
+    "vit-l16": ("shipped", "uni"),
+    "vit-g14": ("shipped", "h-optimus-0"),
+}
+FOUNDATION_MODELS = {"vit-l16": "ViT-L/16 (UNI size)", "vit-g14": "ViT-g/14 (H-optimus size)"}
+#: Tiles a slide the foundation-size exhaustive modes grade (the rest extrapolated).
+FOUNDATION_TILES = 8
 #: Seconds of process start-up (imports, loading the networks) a time limit must cover.
 STARTUP_S = 5.0
 STAGES = ("decode", "tissue", "detector", "hotspots", "classifier", "decision")
@@ -115,18 +144,76 @@ class Mode:
     precision: str = "auto"
     per_slide_s: float | None = None  # a binding time limit of about this much per slide
     exhaustive: bool = False
+    assets: str = "shipped"  # "shipped" or a key of ASSET_SETS
+    sets: tuple[str, ...] = SHIPPED_SETS  # the slide sets it runs on
+    sample_tiles: int | None = None  # exhaustive: tiles graded a slide, the time extrapolated
+    min_score: float | None = None  # hotspots.min_score override
 
 
 def modes() -> list[Mode]:
     """Every mode of the benchmark, in table order."""
-    return [
+    chosen = [
         *(Mode(f"cascade k={k}", max_k=k) for k in KS),
         Mode("cascade k=32, no prefetch", prefetch=False),
         Mode("cascade k=32, float32", precision="float32"),
         *(Mode(f"cascade ~{t:g} s/slide", per_slide_s=t) for t in PER_SLIDE_LIMITS_S),
         Mode("detector only", stage2=False),
         Mode("exhaustive", exhaustive=True),
+        Mode("standard: cascade k=32", assets="standard", sets=STANDARD_SETS),
+        Mode(
+            "standard: exhaustive (64 tiles a slide, extrapolated)",
+            exhaustive=True,
+            assets="standard",
+            sets=STANDARD_SETS,
+            sample_tiles=64,
+        ),
     ]
+    for key, label in FOUNDATION_MODELS.items():
+        found = {"assets": key, "sets": FOUNDATION_SETS}
+        chosen += [Mode(f"{label}: cascade k={k}", max_k=k, min_score=0.0, **found) for k in KS[3:]]
+        chosen.append(
+            Mode(
+                f"{label}: exhaustive ({FOUNDATION_TILES} tiles a slide, extrapolated)",
+                exhaustive=True,
+                sample_tiles=FOUNDATION_TILES,
+                **found,
+            )
+        )
+    return chosen  # fmt: skip
+
+
+def build_asset_set(name: str, out: Path, shipped: Path) -> Path:
+    """The assets of :data:`ASSET_SETS` ``name`` under ``out/assets/<name>`` (built once, with
+    random weights): the standard preset; or the shipped assets with stage 2 on a recipe's timm
+    encoder, from a checkpoint of random weights written beside them."""
+    from training.pack.export import PRESETS, encoder_config, init_assets, write_assets
+
+    target = out / "assets" / name
+    if (target / "config.json").is_file():
+        return target
+    preset, recipe = ASSET_SETS[name]
+    if recipe is None:
+        return init_assets(target, PRESETS[preset], note=f"{preset} preset, random weights")
+    from stages.classifier import PatchClassifier
+    from stages.encoders import RECIPES
+    from stages.nets import save_weights
+
+    base = load_assets(shipped, torch.device("cpu"))
+    card = RECIPES[recipe]
+    torch.manual_seed(0)
+    classifier = PatchClassifier(
+        replace(base.config.classifier, encoder=card.model, source="timm",
+                encoder_kwargs=card.kwargs, pool=card.pool, patch=card.size)
+    )  # fmt: skip
+    checkpoint = out / "assets" / f"{name}-random.safetensors"
+    save_weights(classifier.encoder, checkpoint)
+    stage2 = encoder_config(base.config.classifier, recipe, checkpoint)
+    config = replace(
+        base.config,
+        classifier=stage2,
+        note=f"shipped detector; stage 2 on {recipe}'s timm encoder with random weights",
+    )
+    return write_assets(target, config, base.detector, classifier, checkpoint)
 
 
 # -- slide sets ---------------------------------------------------------------------------
@@ -150,6 +237,9 @@ def make_sets(out: Path, names: list[str]) -> dict[str, Path]:
             write_dataset(data, specs[: len(REAL_ROWS)], "test", resume=True)
         elif name == "canvas":
             write_dataset(data, specs[len(REAL_ROWS) :], "test", resume=True)
+        elif name == "real2":
+            real = make_sets(out, ["real"])["real"]
+            repeat_set(real, data, 2)
         else:
             raise ValueError(f"unknown slide set {name!r}")
         log.info("generated set %s in %.0f s", name, time.monotonic() - start)
@@ -225,15 +315,19 @@ def mode_assets(assets: Path, mode: Mode, out: Path) -> Path:
         min_k=min(config.budget.min_k, mode.max_k),
         stage2=mode.stage2,
     )
-    if budget == config.budget:
+    hotspots = config.hotspots
+    if mode.min_score is not None:
+        hotspots = replace(hotspots, min_score=mode.min_score)
+    if budget == config.budget and hotspots == config.hotspots:
         return assets
     target = out / "assets"
     target.mkdir(parents=True, exist_ok=True)
-    for weights in (config.detector.weights, config.classifier.weights):
+    names = (config.detector.weights, config.classifier.weights, config.classifier.encoder_weights)
+    for weights in filter(None, names):
         link = target / weights
         link.unlink(missing_ok=True)
         link.symlink_to((assets / weights).resolve())
-    save_config(replace(config, budget=budget), target)
+    save_config(replace(config, budget=budget, hotspots=hotspots), target)
     load_config(target)  # the variant must validate as the runtime would
     return target
 
@@ -250,8 +344,10 @@ def run_mode(
     n = len(read_table(data / "submission_format.csv"))
     extra: list[str] = []
     if mode.exhaustive:
+        if mode.sample_tiles is not None:
+            extra += ["--sample-tiles", str(mode.sample_tiles)]
         code, wall, peak = run_main(
-            data, out, assets, device, module="training.evaluate.exhaustive"
+            data, out, assets, device, *extra, module="training.evaluate.exhaustive"
         )
     else:
         if not mode.prefetch:
@@ -390,8 +486,9 @@ def markdown(table: pd.DataFrame, header: str) -> str:
         "",
         "| set | mode | score | s/slide median | p95 | decode | tissue | detector | hotspots "
         "| classifier | decision | patches | Mpx decoded | peak MB | I/O floor s | compute "
-        "floor s | × faster than exhaustive | most of its allotment a slide used | fallback rows |",
-        "|" + "---|" * 19,
+        "floor s | × faster than exhaustive | most of its allotment a slide used | fallback rows "
+        "| 1,527 slides, h |",
+        "|" + "---|" * 20,
     ]
     for row in table.itertuples(index=False):
         used = f"{100 * row.worst_of_allotment:.0f} %" if row.worst_of_allotment >= 0.01 else "<1 %"
@@ -400,7 +497,7 @@ def markdown(table: pd.DataFrame, header: str) -> str:
             + "".join(f"| {getattr(row, f'{s}_s'):.2f} " for s in STAGES)
             + f"| {row.patches:.1f} | {row.mpx_decoded:.1f} | {row.peak_mb:.0f} "
             f"| {row.io_floor_s:.2f} | {row.compute_floor_s:.3f} | {row.speedup:.1f} "
-            f"| {used} | {row.failed} |"
+            f"| {used} | {row.failed} | {row.test_set_h:.2f} |"
         )
     return "\n".join(lines)
 
@@ -503,6 +600,21 @@ def replace_block(readme: Path, text: str, tag: str = "benchmark") -> None:
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
+def asset_floors(assets_dir: Path) -> dict:
+    """What the floors need of one asset set: its config (the networks dropped once their
+    FLOPs per window and per patch are counted) and the matrix-multiply rate."""
+    assets = load_assets(assets_dir, torch.device("cpu"))
+    flops = network_flops(assets)
+    light = replace(assets, detector=torch.nn.Identity(), classifier=torch.nn.Identity())
+    return {"assets": light, "flops": flops, "gflops": _matmul_rate()}
+
+
+@functools.cache
+def _matmul_rate() -> float:
+    """:func:`matmul_gflops`, measured once per process."""
+    return matmul_gflops()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.evaluate.benchmark", __doc__)
     parser.add_argument("out", type=Path)
@@ -525,12 +637,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.modes:
         wanted = set(args.modes.split(","))
         chosen = [m for m in chosen if m.name in wanted]
-    sets = make_sets(args.out, args.sets.split(","))
+    wanted_sets = args.sets.split(",")
+    sets = make_sets(args.out, [n for n in wanted_sets if any(n in m.sets for m in chosen)])
     exhaustive = None
-    if any(m.exhaustive for m in chosen):
+    if any(m.exhaustive and m.assets == "shipped" for m in chosen):
         exhaustive = fit_exhaustive_decision(args.out, args.assets, args.device)
-    assets = load_assets(args.assets, torch.device("cpu"))
-    floors = {"assets": assets, "flops": network_flops(assets), "gflops": matmul_gflops()}
+    asset_dirs = {"shipped": args.assets}
+    floors_by: dict[str, dict] = {}
+    for key in dict.fromkeys(m.assets for m in chosen):
+        if key != "shipped":
+            asset_dirs[key] = build_asset_set(key, args.out, args.assets)
+        floors_by[key] = asset_floors(asset_dirs[key])
+    floors = floors_by.get("shipped") or asset_floors(args.assets)
     log.info(
         "matmul %.1f GFLOP/s; %.2f GFLOP per detector window, %.3f GFLOP per patch",
         floors["gflops"],
@@ -539,19 +657,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     table, per_slide = [], []
     for set_name, data in sets.items():
-        for mode in chosen:
+        for mode in (m for m in chosen if set_name in m.sets):
             run = args.out / set_name / "runs" / mode.name.replace(" ", "_").replace("/", "")
-            measured = run_mode(data, run, args.assets, mode, args.device, args.reuse)
-            slides = slide_rows(data, run, mode, exhaustive, floors)
+            assets_dir = asset_dirs[mode.assets]
+            measured = run_mode(data, run, assets_dir, mode, args.device, args.reuse)
+            fitted = exhaustive if mode.assets == "shipped" else None
+            slides = slide_rows(data, run, mode, fitted, floors_by[mode.assets])
             per_slide.append(slides.assign(set=set_name, mode=mode.name))
-            row = {"set": set_name, "mode": mode.name, "slides": len(slides)}
+            row = {"set": set_name, "mode": mode.name, "assets": mode.assets, "slides": len(slides)}
             table.append(row | summarise(slides, measured))
     table_frame = pd.DataFrame(table)
-    exhaustive_s = table_frame[table_frame["mode"] == "exhaustive"].set_index("set")["s_median"]
+    exhaustive_s = (
+        table_frame[table_frame["mode"].str.contains("exhaustive")]
+        .set_index(["set", "assets"])["s_median"]
+        .to_dict()
+    )
     table_frame["speedup"] = [
-        exhaustive_s.get(s, math.nan) / m
-        for s, m in zip(table_frame["set"], table_frame["s_median"], strict=True)
+        exhaustive_s.get((s, a), math.nan) / m
+        for s, a, m in zip(
+            table_frame["set"], table_frame["assets"], table_frame["s_median"], strict=True
+        )
     ]
+    table_frame["test_set_h"] = table_frame["s_median"] * TEST_SET / 3600
     slides_frame = pd.concat(per_slide, ignore_index=True)
     table_frame.to_csv(args.out / "benchmark.csv", index=False)
     slides_frame.to_csv(args.out / "slides.csv", index=False)

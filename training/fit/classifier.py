@@ -151,6 +151,11 @@ class ClassifierModule(StageModule):
         self.confusion = torch.zeros(N_CLASSES, N_CLASSES)
         self._loss_sum = torch.zeros(2)
         self.confusion_file: Path | None = None
+        self.frozen: list[nn.Module] = []  # encoder parts that do not train (kept in eval mode)
+
+    def on_train_epoch_start(self) -> None:
+        for part in self.frozen:
+            part.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -223,6 +228,29 @@ def predict_logits(
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
+def freeze_encoder(encoder: nn.Module, blocks: int) -> list[nn.Module]:
+    """Stop gradients in ``encoder`` except in its last ``blocks`` blocks (the ``blocks`` of a
+    timm model, or of the timm model that an smp ``tu-`` encoder wraps, with the norms after
+    them; else its top-level children); -1: all train. Returns the frozen modules (to keep in
+    eval mode: their batch-norm statistics stay as they began)."""
+    if blocks < 0:
+        return []
+    core = getattr(encoder, "model", encoder)
+    units = list(core.blocks) if hasattr(core, "blocks") else list(core.children())
+    train = units[len(units) - blocks :] if blocks else []
+    if hasattr(core, "blocks") and blocks:
+        train += [getattr(core, n) for n in ("norm", "fc_norm") if hasattr(core, n)]
+    encoder.requires_grad_(False)
+    for unit in train:
+        unit.requires_grad_(True)
+    frozen = [m for m in encoder.modules() if not any(p.requires_grad for p in m.parameters())]
+    trainable = sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    log.info(
+        "encoder: the last %d of %d blocks train (%d parameters)", blocks, len(units), trainable
+    )
+    return frozen
+
+
 def train_classifier(
     cache_root: Path,
     out: Path,
@@ -231,7 +259,13 @@ def train_classifier(
     callbacks: Sequence[pl.Callback] = (),
 ) -> dict:
     """Train the classifier of ``cascade`` on the cache, fit its temperature on the validation
-    patches and write the stage to ``out``; returns its validation metrics."""
+    patches and write the stage to ``out``; returns its validation metrics. With
+    ``options.train_blocks`` 0 only the head trains, on cached features (:mod:`.head`); with
+    N > 0 the encoder's last N blocks and the head (:func:`freeze_encoder`)."""
+    if options.train_blocks == 0:
+        from training.fit.head import train_head
+
+        return train_head(cache_root, out, cascade, options)
     started = time.perf_counter()
     pl.seed_everything(options.seed, workers=True, verbose=False)
     cache = Cache.open(cache_root)
@@ -250,6 +284,7 @@ def train_classifier(
         config, options.lr, options.weight_decay, options.epochs, options.seed
     )
     start_weights(module.model, options, config.encoder)
+    module.frozen = freeze_encoder(module.model.encoder, options.train_blocks)
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
     trainer = make_trainer(options, out, "val_select", "max", callbacks)

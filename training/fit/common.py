@@ -37,7 +37,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
 from stages.config import CascadeConfig, from_dict
-from stages.nets import load_weights, save_weights
+from stages.encoders import load_encoder_checkpoint
+from stages.nets import AssetsError, load_weights, save_weights
 from training.cli import command_parser
 from training.data.augment import BatchAugment
 
@@ -54,7 +55,9 @@ class TrainOptions:
     (safetensors or ``torch.save`` file) to start from; ``accelerator`` / ``devices`` /
     ``num_nodes`` / ``precision`` go to Lightning (``auto`` precision: 16-bit mixed on a GPU,
     32-bit on a CPU); ``workers``: data-loading processes, -1 for auto (:meth:`loader_workers`);
-    ``prefetch``: batches each loading process prepares ahead."""
+    ``prefetch``: batches each loading process prepares ahead; ``train_blocks``: the
+    classifier's encoder blocks trained, counted from its output end (-1 all; 0 none, the
+    frozen-encoder head of :mod:`training.fit.head`)."""
 
     epochs: int = 10
     batch_size: int = 16
@@ -73,10 +76,13 @@ class TrainOptions:
     encoder_weights: str = "none"
     init: str = ""
     prefetch: int = 4
+    train_blocks: int = -1
 
     def __post_init__(self) -> None:
         if min(self.epochs, self.batch_size, self.samples, self.num_nodes, self.prefetch) < 1:
             raise ValueError("epochs, batch_size, samples, num_nodes and prefetch must be >= 1")
+        if self.train_blocks < -1:
+            raise ValueError("train_blocks must be -1 (all), 0 (frozen) or a block count")
         if self.encoder_weights not in ENCODER_WEIGHTS:
             raise ValueError(f"encoder_weights must be one of {ENCODER_WEIGHTS}")
 
@@ -348,6 +354,13 @@ def start_weights(model: torch.nn.Module, options: TrainOptions, encoder: str) -
         pretrained = smp.encoders.get_encoder(encoder, in_channels=3, weights="imagenet")
         model.encoder.load_state_dict(pretrained.state_dict())
         log.info("encoder %s: ImageNet weights (smp download)", encoder)
+    if options.init and getattr(model, "source", "smp") == "timm":
+        try:  # a foundation model's checkpoint, in its model card's layout
+            load_encoder_checkpoint(model.encoder, Path(options.init))
+            log.info("--init %s: the encoder's weights", options.init)
+            return
+        except AssetsError:
+            pass  # a whole classifier's state dict, loaded below
     if options.init:
         path = Path(options.init)
         if path.suffix == ".safetensors":

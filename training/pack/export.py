@@ -4,7 +4,10 @@
 trainers wrote under ``WORK_DIR`` (``detector/``, ``classifier/``, ``decision/``) into ASSETS.
 ``python -m training.pack.export --random ASSETS [--preset tiny|standard] [--seed S]`` writes
 randomly initialised networks instead (tests use them: they exercise every mechanism but grade
-nothing).
+nothing). ``--classifier-encoder NAME --classifier-weights FILE`` makes stage 2's encoder the
+timm model ``NAME`` (a :data:`stages.encoders.RECIPES` key such as ``uni``, or any timm model
+name) with the weights of ``FILE``, copied into ASSETS with its sha256 in ``config.json`` (the
+head random with ``--random``).
 
 The folder is written beside its destination and swapped in with renames, so a reader never
 sees half an export. ``config.json`` records the provenance (data, command, commit, date,
@@ -23,11 +26,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import timm
 import torch
 
 from stages.classifier import ClassifierConfig, PatchClassifier
 from stages.config import CascadeConfig, Provenance, from_dict, load_assets, save_config
 from stages.detector import DetectorConfig, build_detector
+from stages.encoders import RECIPES, load_encoder_checkpoint, sha256
 from stages.nets import save_weights
 from stages.tissue import TissueConfig
 from training.cli import command_parser, setup_logging
@@ -83,6 +88,48 @@ def load_recipe(name: str) -> CascadeConfig:
     return from_dict(CascadeConfig, json.loads(path.read_text()), str(path))
 
 
+def encoder_config(classifier: ClassifierConfig, name: str, weights: Path) -> ClassifierConfig:
+    """``classifier`` with the timm encoder ``name`` and its weights in the file ``weights``.
+
+    The model's arguments, input size, normalisation and pooling come from, in this order: the
+    recipe of that name (:data:`stages.encoders.RECIPES`, from the model cards); a ``config.json``
+    beside the file in the Hugging Face timm layout (``architecture``, ``model_args``,
+    ``pretrained_cfg``); timm's own pretrained config of the model name. The weight file keeps
+    its suffix (``encoder.safetensors``, ``encoder.bin``)."""
+    if not weights.is_file():
+        raise ValueError(f"--classifier-weights {weights}: no such file")
+    if name in RECIPES:
+        recipe = RECIPES[name]
+        model, kwargs, size = recipe.model, dict(recipe.kwargs), recipe.size
+        mean, std, pool, mpp = recipe.mean, recipe.std, recipe.pool, recipe.mpp
+    else:
+        card = weights.with_name("config.json")
+        hub = json.loads(card.read_text()) if card.is_file() else {}
+        model = hub.get("architecture", name)
+        if not timm.is_model(model):
+            raise ValueError(f"--classifier-encoder {name!r}: neither {sorted(RECIPES)} nor timm's")
+        cfg = timm.models.get_pretrained_cfg(model)
+        pretrained = (cfg.to_dict() if cfg is not None else {}) | hub.get("pretrained_cfg", {})
+        kwargs = dict(hub.get("model_args", {}))
+        size = int(pretrained.get("input_size", (3, 224, 224))[-1])
+        mean = tuple(pretrained.get("mean", classifier.mean))
+        std = tuple(pretrained.get("std", classifier.std))
+        pool, mpp = "token", classifier.target_mpp
+    return replace(
+        classifier,
+        encoder=model,
+        source="timm",
+        encoder_kwargs=kwargs,
+        pool=pool,
+        patch=size,
+        target_mpp=mpp,
+        mean=mean,
+        std=std,
+        encoder_weights=f"encoder{weights.suffix}",
+        encoder_sha256=sha256(weights),
+    )
+
+
 def git_commit(repo: Path = REPO) -> str:
     """The checkout's commit (``+dirty`` when it has changes), or ``unknown``."""
 
@@ -103,16 +150,40 @@ def now() -> str:
 
 
 def write_assets(
-    out: Path, config: CascadeConfig, detector: torch.nn.Module, classifier: torch.nn.Module
+    out: Path,
+    config: CascadeConfig,
+    detector: torch.nn.Module,
+    classifier: PatchClassifier,
+    encoder_file: Path | None = None,
 ) -> Path:
     """Write ``config`` and both networks' weights as the folder ``out``, atomically: built in
     a sibling temporary folder, checked with :func:`load_assets`, then renamed into place (an
-    existing ``out`` is replaced). Returns ``out``."""
+    existing ``out`` is replaced). Returns ``out``.
+
+    With ``classifier.encoder_weights`` in the config, the classifier's file holds its head and
+    the encoder goes to that file: a copy of ``encoder_file`` (the user's checkpoint, unchanged)
+    or, without one, the encoder's own state as safetensors (fine-tuned); its sha256 goes in the
+    config."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         save_weights(detector, tmp / config.detector.weights)
-        save_weights(classifier, tmp / config.classifier.weights)
+        stage2 = config.classifier
+        if stage2.encoder_weights:
+            target = tmp / stage2.encoder_weights
+            if encoder_file is not None:
+                try:  # the same bytes: a hard link where the file system allows, else a copy
+                    os.link(encoder_file, target)
+                except OSError:
+                    shutil.copyfile(encoder_file, target)
+            else:
+                target = target.with_suffix(".safetensors")
+                save_weights(classifier.encoder, target)
+            stage2 = replace(stage2, encoder_weights=target.name, encoder_sha256=sha256(target))
+            config = replace(config, classifier=stage2)
+            save_weights(classifier.head, tmp / stage2.weights)
+        else:
+            save_weights(classifier, tmp / stage2.weights)
         save_config(config, tmp)
         load_assets(tmp, torch.device("cpu"))  # what was written must load
         old = None
@@ -130,8 +201,16 @@ def write_assets(
     return out
 
 
-def init_assets(out: Path, config: CascadeConfig = TINY, seed: int = 0, note: str = "") -> Path:
-    """Write ``config`` and seeded random weights for both networks into ``out``; return ``out``."""
+def init_assets(
+    out: Path,
+    config: CascadeConfig = TINY,
+    seed: int = 0,
+    note: str = "",
+    encoder_file: Path | None = None,
+) -> Path:
+    """Write ``config`` and seeded random weights for both networks into ``out`` (with
+    ``encoder_file``, the classifier's encoder from that checkpoint, the config's
+    ``encoder_weights``); return ``out``."""
     torch.manual_seed(seed)
     config = replace(
         config,
@@ -140,9 +219,10 @@ def init_assets(out: Path, config: CascadeConfig = TINY, seed: int = 0, note: st
             data="none", command=f"init_assets(seed={seed})", commit=git_commit(), date=now()
         ),
     )
-    return write_assets(
-        out, config, build_detector(config.detector), PatchClassifier(config.classifier)
-    )
+    classifier = PatchClassifier(config.classifier)
+    if encoder_file is not None:
+        load_encoder_checkpoint(classifier.encoder, encoder_file)
+    return write_assets(out, config, build_detector(config.detector), classifier, encoder_file)
 
 
 def assemble(work: Path, note: str, data: str) -> CascadeConfig:
@@ -196,12 +276,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--random", action="store_true", help="random weights (no training)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--classifier-encoder",
+        default=None,
+        help=f"stage 2's timm encoder: one of {sorted(RECIPES)} or a timm model name",
+    )
+    parser.add_argument(
+        "--classifier-weights", type=Path, default=None, help="its local checkpoint file"
+    )
     parser.add_argument("--note", default="", help="one line saying what the weights are")
     parser.add_argument("--data", default="", help="what the stages were trained on")
     args = parser.parse_args(argv)
     setup_logging()
+    if (args.classifier_encoder is None) != (args.classifier_weights is None):
+        parser.error("--classifier-encoder and --classifier-weights go together")
     if args.random:
-        init_assets(args.out, PRESETS[args.preset], args.seed, args.note)
+        config = PRESETS[args.preset]
+        if args.classifier_encoder is not None:
+            stage2 = encoder_config(
+                config.classifier, args.classifier_encoder, args.classifier_weights
+            )
+            config = replace(config, classifier=stage2)
+        init_assets(args.out, config, args.seed, args.note, args.classifier_weights)
     elif args.source is None:
         parser.error("give the trainers' work folder, or --random")
     else:
