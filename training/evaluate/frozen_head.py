@@ -8,7 +8,8 @@ shipped config, then compares on that cache's validation patches (fold 0):
 * **fine-tuned**: the shipped classifier as it is (its encoder and head trained together by
   ``make train``), graded on the validation patches;
 * **frozen + linear head**: the shipped classifier's encoder frozen, its features cached once
-  (:mod:`training.fit.head`), a fresh linear head trained on the cache's training patches.
+  (:mod:`training.fit.head`), a fresh linear head trained on the cache's training patches; its
+  score is that of its last epoch, so that no choice was made on the validation patches.
 
 It prints both weighted patch scores (the competition metric on patches) and their difference,
 and writes them to ``OUT/frozen_head.json``. This is the path a pathology foundation model takes
@@ -62,12 +63,15 @@ def compare(out: Path, assets_dir: Path, slides: int, seed: int, epochs: int) ->
         val_fold=0,
         seed=seed,
     )
-    frozen = train_head(out / "cache", out / "head", assets.config, options)["val_score"]
+    train_head(out / "cache", out / "head", assets.config, options)
+    history = json.loads((out / "head" / "classifier.json").read_text())["history"]
+    frozen = history[-1]["val_score"]  # the last epoch's: no epoch chosen on these patches
     result = {
         "validation_patches": len(val_rows),
         "fine_tuned_score": tuned,
         "frozen_linear_head_score": frozen,
         "difference": tuned - frozen,
+        "epochs": epochs,
         "slides": slides,
         "seed": seed,
     }
@@ -88,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{r['validation_patches']} validation patches of {r['slides']} unseen generated slides "
         f"(seed {r['seed']}): fine-tuned classifier {r['fine_tuned_score']:.4f}, frozen encoder "
-        f"+ linear head {r['frozen_linear_head_score']:.4f}, difference {r['difference']:+.4f}"
+        f"+ linear head {r['frozen_linear_head_score']:.4f} (last of {r['epochs']} epochs), "
+        f"difference {r['difference']:+.4f}"
     )
     return 0
 
