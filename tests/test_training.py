@@ -234,9 +234,10 @@ def test_a_head_trains_on_features_cached_once(cache: Cache, tmp_path: Path) -> 
     (path,) = (cache.root / "features").glob("*.npy")
     features = np.load(path)
     model = load_stage_model(tmp_path / "head", "classifier", PatchClassifier(RECIPE.classifier))
-    assert features.shape == (len(cache.patches), model.features_dim)
+    current = Cache.open(cache.root)  # the module's cache gained mined hard negatives above
+    assert features.shape == (len(current.patches), model.features_dim)
     # they are the saved encoder's features of the centre crops, in patches.csv order
-    data = classifier.PatchSet(cache, cache.patches.iloc[:6], RECIPE.classifier, 0, False, 0)
+    data = classifier.PatchSet(current, current.patches.iloc[:6], RECIPE.classifier, 0, False, 0)
     x = BatchAugment(RECIPE.classifier.mean, RECIPE.classifier.std, train=False)(
         torch.stack([data[i][0] for i in range(6)])
     )

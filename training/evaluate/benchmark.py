@@ -76,6 +76,7 @@ from training.data.synthetic import layout_specs, sample_specs, write_dataset
 from training.evaluate.exhaustive import top_tiles
 from training.evaluate.floors import compute_floor, decode_floor, matmul_gflops, network_flops
 from training.fit.decision import Evidence, fit_decision
+from training.process import high_water_kb
 
 log = logging.getLogger(__name__)
 
@@ -294,14 +295,8 @@ def run_main(
     peak_kb = 0
     with open(out / "log.txt", "w") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
-        status = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kb = max(peak_kb, int(line.split()[1]))
-            except (OSError, ValueError):
-                pass
+            peak_kb = max(peak_kb, high_water_kb(process.pid))
             time.sleep(0.05)
     return process.returncode, time.monotonic() - start, peak_kb / 1024
 

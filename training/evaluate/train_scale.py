@@ -49,6 +49,7 @@ from training.data.synthetic import SynthConfig, layout_specs, sample_specs, wri
 from training.evaluate.benchmark import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
 from training.fit import classifier, detector
 from training.pack.export import load_recipe
+from training.process import high_water_kb
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ BOUND_KB_PER_SLIDE, BOUND_FDS = 64, 256
 
 @dataclass(frozen=True)
 class ProcessPeak:
-    """What a training process tree reached: ``rss_mb``, the training process's own peak RSS
-    (MB, ``ru_maxrss``); ``pss_mb``, the tree's proportional set size at its highest sample
-    (loader workers share the training process's pages; PSS counts each page once); ``fds``,
+    """What a training process tree reached: ``rss_mb``, the peak RSS of its largest process
+    (MB, ``VmHWM`` read at every sample, see :func:`high_water_kb`); ``pss_mb``, the tree's
+    proportional set size at its highest sample (loader workers share the training process's
+    pages; PSS counts each page once); ``fds``,
     the most file descriptors one process of the tree held; and its seconds."""
 
     rss_mb: float
@@ -83,9 +85,10 @@ def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessP
     with log_path.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
-        pss, fds = 0, 0
+        pss, fds, peak_kb = 0, 0, 0
         while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            peak_kb = max(peak_kb, high_water_kb(proc.pid))
+            pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
             try:
@@ -98,7 +101,7 @@ def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessP
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); see {log_path}")
-    return ProcessPeak(usage.ru_maxrss / 1e3, pss / 1e6, fds, time.monotonic() - started)
+    return ProcessPeak(peak_kb / 1e3, pss / 1e6, fds, time.monotonic() - started)
 
 
 def subset_cache(full: Path, target: Path, filenames: list[str]) -> Path:

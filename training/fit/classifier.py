@@ -154,6 +154,7 @@ class ClassifierModule(StageModule):
         self.frozen: list[nn.Module] = []  # encoder parts that do not train (kept in eval mode)
 
     def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()  # the epoch's draws and augmentation seed
         for part in self.frozen:
             part.eval()
 

@@ -57,6 +57,7 @@ from stages.submission import (
     read_table,
     validate,
 )
+from training.process import high_water_kb
 
 log = logging.getLogger(__name__)
 
@@ -376,7 +377,7 @@ def namespaces_available() -> bool:
 @dataclass(frozen=True)
 class RunOutcome:
     """One local run. ``returncode`` None: killed ``grace_s`` after the limit. ``seconds``: wall
-    time of the process; ``peak_rss_bytes``: its peak resident memory (``getrusage``);
+    time of the process; ``peak_rss_bytes``: the peak resident memory of its largest process;
     ``submission``: the copied ``submission.csv``, None when the run wrote none."""
 
     returncode: int | None
@@ -431,15 +432,17 @@ def _make_writable(root: Path) -> None:
 
 def _wait(pid: int, deadline: float) -> tuple[int | None, int]:
     """Wait for ``pid`` until ``deadline`` (monotonic), then kill its process group.
-    Returns ``(exit status or None if killed, peak RSS in bytes)``."""
+    Returns ``(exit status or None if killed, peak RSS in bytes, read every 0.1 s)``."""
+    peak_kb = 0
     while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
+        peak_kb = max(peak_kb, high_water_kb(pid))
+        done, status, _ = os.wait4(pid, os.WNOHANG)
         if done:
-            return os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024
+            return os.waitstatus_to_exitcode(status), peak_kb * 1024
         if time.monotonic() >= deadline:
             os.killpg(pid, signal.SIGKILL)
-            _, status, usage = os.wait4(pid, 0)
-            return None, usage.ru_maxrss * 1024
+            os.wait4(pid, 0)
+            return None, peak_kb * 1024
         time.sleep(0.1)
 
 

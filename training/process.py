@@ -1,0 +1,26 @@
+"""Readings of a running child process that every measuring command shares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psutil
+
+
+def high_water_kb(pid: int) -> int:
+    """The highest peak resident set (``VmHWM`` of ``/proc/<pid>/status``, KiB) of ``pid`` and
+    its descendants; 0 once they have ended. Unlike ``wait4``'s ``ru_maxrss``, ``VmHWM`` starts
+    afresh at ``exec``, so it does not count the memory the parent held when it forked."""
+    try:
+        pids = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    except psutil.Error:
+        return 0
+    peak = 0
+    for each in pids:
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]))
+        except (OSError, ValueError):
+            pass  # ended between the listing and the reading
+    return peak
