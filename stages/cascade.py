@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stages.budget import CostModel, SlideBudget
-from stages.classifier import grade, read_patches
+from stages.classifier import grade, memory_batch, read_patches
 from stages.config import Assets, CascadeConfig
 from stages.decision import Decision, decide_slide
 from stages.detector import Heatmap, predict_heatmap, read_windows, tissue_windows
@@ -329,6 +329,17 @@ class Cascade:
     def __init__(self, assets: Assets) -> None:
         self.assets = assets
         self.config = assets.config
+        budget = self.config.budget
+        #: patches per classifier batch: the budget's batch size, or fewer where memory is short
+        self.patch_batch = budget.batch_size
+        if budget.stage2:
+            self.patch_batch = memory_batch(
+                assets.classifier,
+                self.config.classifier,
+                assets.device,
+                assets.autocast,
+                budget.batch_size,
+            )
 
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
@@ -471,7 +482,9 @@ class Cascade:
         graded: list[np.ndarray] = []
         done = 0
         while done < len(hotspots):
-            n = min(budget.expand_next(done, costs.patch.value), len(hotspots) - done)
+            n = min(
+                budget.expand_next(done, costs.patch.value), len(hotspots) - done, self.patch_batch
+            )
             if n <= 0:
                 break
             start = time.perf_counter()

@@ -11,6 +11,7 @@ returns softmax probabilities ``(N, classes)`` float32.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from stages.encoders import (
     verify_sha256,
 )
 from stages.geometry import Box
+from stages.memory import activation_bytes, batch_for_memory, free_memory_bytes
 from stages.nets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -41,6 +43,8 @@ from stages.nets import (
     to_input,
 )
 from stages.slide import Slide
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,31 @@ def read_patches(
     if not centers:
         return np.zeros((0, patch, patch, 3), np.uint8)
     return np.stack([slide.read_region(patch_box(c, patch, scale), page) for c in centers])
+
+
+def memory_batch(
+    model: nn.Module,
+    config: ClassifierConfig,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    most: int,
+) -> int:
+    """Patches per classifier batch that the memory free on ``device`` holds (1 to ``most``):
+    one blank patch's forward pass is measured in the inference dtype
+    (:func:`stages.memory.activation_bytes`) against :func:`stages.memory.free_memory_bytes`."""
+    model.eval()
+    blank = np.zeros((1, config.patch, config.patch, 3), np.uint8)
+    with inference(device, autocast):
+        per_patch = activation_bytes(model, to_input(blank, device, config.mean, config.std))
+    free = free_memory_bytes(device)
+    batch = batch_for_memory(free, per_patch, most)
+    log.info(
+        "classifier batches of at most %d patches (%.1f MB of activations a patch, %.1f GB free)",
+        batch,
+        per_patch / 1e6,
+        free / 1e9,
+    )
+    return batch
 
 
 def grade(
