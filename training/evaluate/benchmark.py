@@ -1,6 +1,6 @@
 """Speed against exhaustive tiling, side by side on the same slides: ``make benchmark``.
 
-``python -m training.evaluate.benchmark OUT [--sets heldout,real,canvas] [--limits]
+``python -m training.evaluate.benchmark OUT [--sets heldout,real,canvas,real2] [--limits]
 [--assets assets] [--device cpu] [--publish DIR] [--readme README.md]``
 
 Slide sets (generated once into ``OUT/<set>/data``, kept between runs):
@@ -11,7 +11,8 @@ Slide sets (generated once into ``OUT/<set>/data``, kept between runs):
   rows of ``tests/data/tissuenet/train_metadata.csv`` (``--layout`` at scale 1);
 * ``canvas``: the 271,950 × 294,038 px row of the same file, generated the same way.
 
-Modes, each a process of its own on each set (its peak memory from ``wait4``):
+Modes, each a process of its own on each set (its peak memory: the highest ``VmHWM`` of
+its process tree, :func:`training.process.high_water_kb`):
 
 * ``cascade k=K`` (K = 1, 2, 4, 8, 16, 32): ``main.py`` with ``budget.max_k = K`` and no
   binding time limit; ``cascade k=32, no prefetch``: the same without the prefetch thread;
@@ -613,7 +614,7 @@ def _matmul_rate() -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.evaluate.benchmark", __doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--sets", default="heldout,real,canvas")
+    parser.add_argument("--sets", default="heldout,real,canvas,real2")
     parser.add_argument("--modes", default=None, help="comma-separated mode names (default all)")
     parser.add_argument("--limits", action="store_true", help="also the time-limit sweep")
     parser.add_argument("--assets", type=Path, default=REPO / "assets")
