@@ -36,11 +36,12 @@ class BudgetConfig:
 
     ``reserve_s``: kept back for writing the submission; ``min_k`` / ``max_k``: hotspots graded per
     slide (``min_k`` granted whenever the run can afford them); ``batch_size``: hotspots per
-    classifier batch at most (fewer where memory is short: :mod:`stages.memory`); ``detector_fraction``: share of a slide's allotment the detector may use
+    classifier batch at most (fewer where memory is short: :mod:`stages.memory`);
+    ``detector_fraction``: share of a slide's allotment the detector may use
     before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
     started; ``prior_patch_s`` / ``prior_detector_mpx_s``: cost guesses used until measured;
-    ``ema_alpha``: weight of the newest measurement in the moving averages; ``stage2``: False
-    turns the patch classifier off (the hotspots' heatmap probabilities alone decide).
+    ``ema_alpha``: weight of the newest measurement in the moving averages; ``stage2``: False turns
+    the patch classifier off (the hotspots' heatmap probabilities alone decide).
     """
 
     reserve_s: float = 30.0

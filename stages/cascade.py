@@ -333,13 +333,18 @@ class Cascade:
         #: patches per classifier batch: the budget's batch size, or fewer where memory is short
         self.patch_batch = budget.batch_size
         if budget.stage2:
-            self.patch_batch = memory_batch(
-                assets.classifier,
-                self.config.classifier,
-                assets.device,
-                assets.autocast,
-                budget.batch_size,
-            )
+            try:
+                self.patch_batch = memory_batch(
+                    assets.classifier,
+                    self.config.classifier,
+                    assets.device,
+                    assets.autocast,
+                    budget.batch_size,
+                )
+            except Exception as exc:  # a classifier that fails fails per slide, rows kept
+                log.warning(
+                    "classifier memory probe failed (%s); batches of %d", exc, budget.batch_size
+                )
 
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
