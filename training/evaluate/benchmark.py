@@ -283,8 +283,9 @@ def run_main(
     """Run ``main.py`` (or ``python -m module``) on ``data`` in its own process, writing
     ``out/submission.csv`` and ``out/maps``; returns (exit status, wall seconds, peak RSS MB).
 
-    The peak is the process's own high-water mark (``VmHWM``), read every 50 ms while it runs:
-    ``wait4``'s ``ru_maxrss`` would also count this (large) parent's memory at the fork."""
+    The peak is the highest high-water mark (``VmHWM``) of the process and its descendants
+    (:func:`training.process.high_water_kb`), read every 50 ms while it runs: ``wait4``'s
+    ``ru_maxrss`` would also count this (large) parent's memory at the fork."""
     out.mkdir(parents=True, exist_ok=True)
     if module is None:
         command = [sys.executable, str(REPO / "main.py"), "--data", str(data)]
