@@ -5,13 +5,16 @@
   ``allotment = (remaining − reserve) / slides left`` when it starts, so time a slide leaves unused
   rolls over to the later ones (and an overrun is taken from them). When less than
   ``min_slide_s`` is left before the reserve, the run is :meth:`~RunBudget.exhausted` and the
-  remaining slides get fallback rows.
+  remaining slides get fallback rows. When the time left per slide is below what a slide's
+  cheapest path costs (:meth:`CostModel.slide_floor`), :meth:`~RunBudget.skip_next` gives some
+  slides the prior row unread, spread evenly, so that the slides graded get at least that much.
 * :class:`SlideBudget` is one slide's share: a deadline, how many hotspots the next batch may
   grade (:meth:`~SlideBudget.expand_next`) and which detector page is affordable, if any
   (:meth:`~SlideBudget.choose_detector_page`; none: the slide's hotspots come from its tissue
-  alone).
-* :class:`CostModel` holds measured costs (seconds per graded patch, seconds per detector
-  megapixel) as exponential moving averages that start from the config's prior guesses.
+  alone). No unit of work is started unless its estimated cost fits the slide's time left.
+* :class:`CostModel` holds measured costs (seconds per graded patch, per detector megapixel,
+  per slide prepared) as exponential moving averages that start from the config's prior
+  guesses.
 
 All times are seconds of ``clock`` (``time.monotonic`` by default; tests pass a fake clock).
 """
@@ -35,11 +38,14 @@ class BudgetConfig:
     """How the run's time is spent.
 
     ``reserve_s``: kept back for writing the submission; ``min_k`` / ``max_k``: hotspots graded per
-    slide (``min_k`` granted whenever the run can afford them); ``batch_size``: hotspots per
+    slide (the detector leaves the slide time for ``min_k`` of them; a slide without a detector
+    pass takes ``min_k`` hotspots from its tissue); ``batch_size``: hotspots per
     classifier batch at most (fewer where memory is short: :mod:`stages.memory`);
     ``detector_fraction``: share of a slide's allotment the detector may use
     before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
-    started; ``prior_patch_s`` / ``prior_detector_mpx_s``: cost guesses used until measured;
+    started; ``prior_patch_s`` / ``prior_detector_mpx_s`` / ``prior_prepare_s``: cost guesses
+    (seconds per patch, per detector megapixel, per slide opened and its tissue found) used until
+    measured;
     ``ema_alpha``: weight of the newest measurement in the moving averages; ``stage2``: False turns
     the patch classifier off (the hotspots' heatmap probabilities alone decide).
     """
@@ -52,6 +58,7 @@ class BudgetConfig:
     min_slide_s: float = 1.0
     prior_patch_s: float = 0.05
     prior_detector_mpx_s: float = 1.0
+    prior_prepare_s: float = 0.25
     ema_alpha: float = 0.3
     stage2: bool = True
 
@@ -70,8 +77,10 @@ class BudgetConfig:
             )
         if not (math.isfinite(self.min_slide_s) and self.min_slide_s >= 0):
             raise ValueError(f"budget.min_slide_s must be finite and >= 0, got {self.min_slide_s}")
-        if not (self.prior_patch_s > 0 and self.prior_detector_mpx_s > 0):
-            raise ValueError("budget.prior_patch_s and prior_detector_mpx_s must be positive")
+        if not min(self.prior_patch_s, self.prior_detector_mpx_s, self.prior_prepare_s) > 0:
+            raise ValueError(
+                "budget.prior_patch_s, prior_detector_mpx_s and prior_prepare_s must be positive"
+            )
         if not 0 < self.ema_alpha <= 1:
             raise ValueError(f"budget.ema_alpha must be in (0, 1], got {self.ema_alpha}")
 
@@ -91,12 +100,20 @@ class Ema:
 
 
 class CostModel:
-    """Measured costs: ``patch.value`` (seconds per graded patch) and ``detector.value`` (seconds
-    per detector megapixel), updated by the cascade after each batch / detector pass."""
+    """Measured costs: ``patch.value`` (seconds per graded patch), ``detector.value`` (seconds
+    per detector megapixel) and ``prepare.value`` (seconds to open a slide and find its tissue),
+    updated by the cascade after each batch / detector pass / slide."""
 
     def __init__(self, config: BudgetConfig) -> None:
         self.patch = Ema(config.prior_patch_s, config.ema_alpha)
         self.detector = Ema(config.prior_detector_mpx_s, config.ema_alpha)
+        self.prepare = Ema(config.prior_prepare_s, config.ema_alpha)
+
+    def observe_prepare(self, seconds: float) -> None:
+        """Record that preparing a slide (open, tissue mask, read-ahead) took ``seconds``."""
+        if seconds < 0:
+            raise ValueError(f"need seconds >= 0, got {seconds}")
+        self.prepare.update(seconds)
 
     def observe_patches(self, n: int, seconds: float) -> None:
         """Record that grading ``n`` patches took ``seconds``."""
@@ -113,6 +130,11 @@ class CostModel:
     def detector_seconds(self, pixels: int) -> float:
         """Estimated detector seconds over a page of ``pixels`` pixels."""
         return pixels / 1e6 * self.detector.value
+
+    def slide_floor(self, min_k: int) -> float:
+        """Estimated seconds of a slide's cheapest graded path: prepared, then ``min_k`` patches
+        of its tissue graded."""
+        return self.prepare.value + min_k * self.patch.value
 
 
 class SlideBudget:
@@ -144,8 +166,7 @@ class SlideBudget:
         """How many hotspots the next batch may grade, ``k_done`` being graded already.
 
         At most ``batch_size`` and up to ``max_k`` in all; as many as fit the slide's time left at
-        ``patch_cost_s`` seconds each (0 when none fits). Up to ``min_k`` in all are granted
-        regardless of the slide's deadline when they fit the run's time before its reserve.
+        ``patch_cost_s`` seconds each (0 when none fits).
         """
         if k_done < 0 or patch_cost_s < 0:
             raise ValueError(f"k_done and patch_cost_s must be >= 0, got {k_done}, {patch_cost_s}")
@@ -153,32 +174,29 @@ class SlideBudget:
         if n <= 0:
             return 0
         fits = n if patch_cost_s == 0 else math.floor(self.time_left() / patch_cost_s)
-        granted = min(n, fits)
-        owed = min(n, self.config.min_k - k_done)
-        run_left = self.run_deadline - self._clock()
-        if granted < owed and owed * patch_cost_s <= run_left:
-            granted = owed
-        return granted
+        return min(n, fits)
 
     def choose_detector_page(
-        self, base_page: int, n_pages: int, est_cost_at_base_s: float
+        self, base_page: int, n_pages: int, est_cost_at_base_s: float, keep_s: float = 0.0
     ) -> int | None:
         """The first page from ``base_page`` on whose estimated detector cost (÷ 4 per coarser
-        page) fits both ``detector_fraction`` of the allotment and the slide's time left; the
-        last page if none does, or None when even the last page's cost exceeds the time left
-        (the slide then takes the cheaper path without the detector)."""
+        page) fits both ``detector_fraction`` of the allotment and the slide's time left less
+        ``keep_s`` (kept for grading ``min_k`` patches); the last page if none does, or None when
+        even the last page's cost exceeds that time (the slide then takes the cheaper path
+        without the detector)."""
         if not 0 <= base_page < n_pages:
             raise ValueError(f"base_page {base_page} out of range 0..{n_pages - 1}")
-        limit = min(self.config.detector_fraction * self.allotment, self.time_left())
+        usable = self.time_left() - keep_s
+        limit = min(self.config.detector_fraction * self.allotment, usable)
         page, cost = base_page, est_cost_at_base_s
         while cost > limit and page < n_pages - 1:
             page, cost = page + 1, cost / COARSER_PAGE_SPEEDUP
-        if cost > self.time_left():
+        if cost > usable:
             log.info(
-                "no detector pass: its cheapest, page %d, is estimated at %.2f s > %.2f s left",
+                "no detector pass: its cheapest, page %d, is estimated at %.2f s > %.2f s usable",
                 page,
                 cost,
-                self.time_left(),
+                usable,
             )
             return None
         if page != base_page:
@@ -212,6 +230,7 @@ class RunBudget:
         self._clock = clock
         self._end = clock() + time_limit_s
         self._finished = 0
+        self._skipped_in_a_row = 0
         self._current: SlideBudget | None = None
 
     @property
@@ -223,11 +242,44 @@ class RunBudget:
         """Seconds before the run's hard end (≥ 0)."""
         return max(0.0, self._end - self._clock())
 
+    def _usable(self) -> float:
+        return max(0.0, self.remaining() - self.config.reserve_s)
+
+    def affordable(self) -> int:
+        """How many more slides the time before the reserve pays for at the cheapest path's
+        cost (:meth:`CostModel.slide_floor`), at most the slides left."""
+        floor = self.costs.slide_floor(self.config.min_k if self.config.stage2 else 0)
+        fits = math.floor(self._usable() / floor) if floor > 0 else self.slides_left
+        return min(self.slides_left, fits)
+
     def allotment(self) -> float:
-        """Seconds for the next slide: (remaining − reserve) / slides left, ≥ 0."""
+        """Seconds for the next slide: (remaining − reserve) / slides left, ≥ 0; when fewer
+        slides are :meth:`affordable` than are left, (remaining − reserve) / affordable."""
         if self.slides_left <= 0:
             raise RuntimeError(f"all {self.n_slides} slides are finished")
-        return max(0.0, self.remaining() - self.config.reserve_s) / self.slides_left
+        return self._usable() / max(1, self.affordable())
+
+    def skip_next(self) -> bool:
+        """Whether the next slide gets the prior row unread (then counted as finished, at no
+        cost). Slides are skipped only when fewer are :meth:`affordable` than are left, evenly:
+        one is graded after ``slides left / affordable − 1`` skipped in a row (all skipped when
+        none is affordable)."""
+        if self._current is not None:
+            raise RuntimeError("skip_next() called before finish_slide() of the current slide")
+        left, affordable = self.slides_left, self.affordable()
+        if affordable >= left or (affordable and self._skipped_in_a_row + 1 >= left / affordable):
+            self._skipped_in_a_row = 0
+            return False
+        self._skipped_in_a_row += 1
+        self._finished += 1
+        log.info(
+            "skipping a slide: %.2f s left for %d slides, %d affordable at %.2f s each",
+            self._usable(),
+            left,
+            affordable,
+            self.costs.slide_floor(self.config.min_k if self.config.stage2 else 0),
+        )
+        return True
 
     def exhausted(self) -> bool:
         """True when less than ``min_slide_s`` is left before the reserve: start no more slides."""

@@ -36,6 +36,7 @@ from stages.decision import Decision, decide_slide
 from stages.detector import Heatmap, predict_heatmap, read_windows, tissue_windows
 from stages.geometry import Box
 from stages.hotspots import Hotspot, heat_evidence, select_hotspots, tissue_hotspots
+from stages.nets import inference, to_input
 from stages.slide import Slide, SlideError
 from stages.tissue import mask_for_slide
 
@@ -274,7 +275,8 @@ def detect(
     autocast: torch.dtype | None = None,
 ) -> Heatmap | None:
     """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
-    (the page nearest ``detector.target_mpp``, or coarser), stopped at the slide's deadline;
+    (the page nearest ``detector.target_mpp``, or coarser), stopped before a batch whose
+    estimated cost does not fit the slide's time left less the time kept for ``min_k`` patches;
     records its measured cost in ``costs``. None when not even the coarsest page's pass fits
     the slide's time left (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
     windows listed and read ahead in ``prepared`` are used when its detector page is chosen;
@@ -282,7 +284,8 @@ def detect(
     cfg = config.detector
     base = prepared.detector_page
     pixels = len(prepared.corners) * cfg.window**2
-    page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels))
+    keep = config.budget.min_k * costs.patch.value if config.budget.stage2 else 0.0
+    page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels), keep)
     if page is None:
         return None
     mask_scale = slide.pages[prepared.mask_page].scale
@@ -295,7 +298,7 @@ def detect(
         mask_scale,
         cfg,
         device,
-        should_stop=lambda: budget.time_left() <= 0,
+        should_stop=lambda n: budget.time_left() < keep + costs.detector_seconds(n * cfg.window**2),
         prefetched=prepared.windows if page == base else None,
         autocast=autocast,
         corners=prepared.corners if page == base else None,
@@ -345,6 +348,26 @@ class Cascade:
                 log.warning(
                     "classifier memory probe failed (%s); batches of %d", exc, budget.batch_size
                 )
+
+    def warm_up(self) -> float:
+        """Run each network once on a blank full batch, so that the first slide does not pay for
+        the kernels' first-call set-up; returns the seconds it took. A failure is logged (the
+        slides then show it)."""
+        start = time.perf_counter()
+        det, cls = self.config.detector, self.config.classifier
+        device, autocast = self.assets.device, self.assets.autocast
+        try:
+            blank = np.full((det.batch_size, det.window, det.window, 3), 255, np.uint8)
+            with inference(device, autocast):
+                self.assets.detector(to_input(blank, device, det.mean, det.std))
+            if self.config.budget.stage2:
+                patches = np.full((self.patch_batch, cls.patch, cls.patch, 3), 255, np.uint8)
+                grade(self.assets.classifier, patches, cls, device, autocast)
+        except Exception as exc:
+            log.warning("warming the networks up failed: %s", exc)
+        seconds = time.perf_counter() - start
+        log.info("networks warmed up in %.2f s", seconds)
+        return seconds
 
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
@@ -399,8 +422,10 @@ class Cascade:
         ahead = 0.0
         if prepared is None:
             prepared = self.prepare(path, mpp)
+            costs.observe_prepare(time.perf_counter() - t0)
         else:
             ahead = prepared.seconds.get("tissue", 0.0) + prepared.slide.reads.seconds
+            costs.observe_prepare(ahead)
         try:
             result = self._grade(prepared, budget, costs)
         finally:

@@ -7,6 +7,8 @@ torch release the GIL while they work, so decoding overlaps the networks' arithm
 
 * :meth:`Prefetcher.take` hands over the slides in the same order; a slide whose preparation
   raised re-raises that exception there, so it costs its own row and nothing else.
+  :meth:`Prefetcher.skip` passes over the next slide instead: it is not prepared if its turn has
+  not come, and closed unused if it has.
 * :meth:`Prefetcher.close` (or leaving the ``with`` block) stops the thread before it starts
   another slide and closes every slide prepared but never taken; it waits at most ``timeout_s``
   for a preparation in progress (a stuck native read cannot hold the run).
@@ -41,7 +43,8 @@ class Prefetcher(Generic[T]):
         self._ready: queue.Queue[tuple[str, T | None, BaseException | None]] = queue.Queue()
         self._slots = threading.Semaphore(depth)
         self._stop = threading.Event()
-        self._next = 0  # index of the next name take() hands over
+        self._next = 0  # index of the next name take() or skip() hands over
+        self._skipped: set[str] = set()
         self._thread = threading.Thread(target=self._run, daemon=True, name="prefetch")
         self._thread.start()
 
@@ -56,6 +59,9 @@ class Prefetcher(Generic[T]):
             self._slots.acquire()  # released when the consumer takes a slide, or on close
             if self._stop.is_set():
                 return
+            if name in self._skipped:  # passed over before its turn: never prepared
+                self._slots.release()
+                continue
             try:
                 item: tuple[str, T | None, BaseException | None] = (name, self._prepare(name), None)
             except BaseException as exc:  # handed to the consumer with its slide
@@ -65,15 +71,28 @@ class Prefetcher(Generic[T]):
                 return
             self._ready.put(item)
 
+    def _advance(self, name: str, verb: str) -> None:
+        if self._next >= len(self._names) or self._names[self._next] != name:
+            expected = self._names[self._next] if self._next < len(self._names) else None
+            raise ValueError(f"{verb}({name!r}) out of order: the next slide is {expected!r}")
+        self._next += 1
+
+    def skip(self, name: str) -> None:
+        """Pass over ``name`` (the next in order) without waiting: it is not prepared if the
+        thread has not started it, and closed unused when its preparation ends."""
+        self._advance(name, "skip")
+        self._skipped.add(name)
+
     def take(self, name: str) -> T:
         """The prepared slide ``name`` (the next in order), waiting for it if need be; raises
         what its preparation raised."""
-        if self._next >= len(self._names) or self._names[self._next] != name:
-            expected = self._names[self._next] if self._next < len(self._names) else None
-            raise ValueError(f"take({name!r}) out of order: the next slide is {expected!r}")
-        self._next += 1
-        got, prepared, error = self._ready.get()
-        self._slots.release()
+        self._advance(name, "take")
+        while True:
+            got, prepared, error = self._ready.get()
+            self._slots.release()
+            if got not in self._skipped:
+                break
+            _close_quietly(prepared)  # prepared before it was skipped
         assert got == name, (got, name)  # one producer, in order
         if error is not None:
             raise error

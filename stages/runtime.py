@@ -82,6 +82,7 @@ class RunReport:
 
     results: dict[str, Outcome] = field(default_factory=dict)
     not_started: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     current: str | None = None
     timed_out: bool = False
     seconds: float = 0.0
@@ -109,13 +110,14 @@ class RunReport:
         degraded = [n for n, r in self.results.items() if r.degraded and r.source != "fallback"]
         log.info(
             "done: %d slides in %.1f s; classes %s; graded %d, failed %d, degraded %d, "
-            "not started %d%s",
+            "skipped by the budget %d, not started %d%s",
             total,
             self.seconds,
             {c: classes.get(c, 0) for c in range(4)},
             len(self.results) - len(failed),
             len(failed),
             len(degraded),
+            len(self.skipped),
             len(self.not_started),
             " (time limit reached)" if self.timed_out else "",
         )
@@ -200,10 +202,12 @@ def run(
     checkpoint = Checkpoint(
         lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out
     )
+    cascade = Cascade(assets)
+    cascade.warm_up()
     worker = threading.Thread(
         target=_grade_all,
         args=(
-            Cascade(assets),
+            cascade,
             data,
             names,
             resolutions(data / METADATA_NAME, names),
@@ -293,7 +297,8 @@ def _grade_all(
     prefetch: bool,
     contour_levels: tuple[float, ...] = DEFAULT_LEVELS,
 ) -> None:
-    """The worker: slides in format order, each within its share of the budget; with
+    """The worker: slides in format order, each within its share of the budget (or passed over
+    with the prior row when the time left does not pay for every slide's cheapest path); with
     ``prefetch``, the next slide is prepared in the background meanwhile."""
     ahead: Prefetcher[Prepared] | None = None
     if prefetch:
@@ -311,6 +316,11 @@ def _grade_all(
                     prior.cls,
                 )
                 return
+            if budget.skip_next():  # too little time per slide: this one gets the prior row
+                report.skipped.append(name)
+                if ahead is not None:
+                    ahead.skip(name)
+                continue
             slide_budget = budget.start_slide()
             report.current = name
             try:  # the slide's wall time as the budget saw it (waiting for the prefetch included)

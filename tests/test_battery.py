@@ -257,9 +257,10 @@ def test_huge_mostly_white_canvas_among_small_slides(submission: Path, tmp_path:
 def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_path: Path) -> None:
     """400 slides (single-page, all tissue: no detector pass fits their share, so each takes the
     cheaper path, ~0.1 s here) in a 20 s run, of which start-up takes several seconds: far
-    fewer than 400 fit, so the budget must cut the run, and the budget, not the watchdog, ends
-    it. (Whether it ends inside the limit is a wall-time figure; the cut at the limit is checked
-    on a fake clock in test_runtime.py.)"""
+    fewer than 400 fit, so the budget must skip slides (their cheapest path costs more than
+    their share) and cut the run, and the budget, not the watchdog, ends it. (Whether it ends
+    inside the limit is a wall-time figure; the cut at the limit is checked on a fake clock in
+    test_runtime.py.)"""
     template = write_tiff(tmp_path / "template.tif", stained(31), pyramid=False).read_bytes()
     names = [f"s{i:03d}.tif" for i in range(400)]
     data = make_data(tmp_path, names, dict.fromkeys(names, template))
@@ -274,10 +275,13 @@ def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_p
     assert 1 <= started < len(names) and int(cut[2]) == FALLBACK, text
     assert "abandoning" not in text  # no slide was still running at the limit
     got = classes(outcome)
-    for name in names[:started]:  # each row is its slide's graded class
-        graded = line(outcome, f"] {name}: class ")
-        assert got[name] == int(graded.split(": class ")[1].split()[0])
-    for name in names[started:]:  # never read, the fallback's row
+    skipped = int(re.search(r"skipped by the budget (\d+)", text)[1])
+    graded = [n for n in names[:started] if f"] {n}: class " in text]
+    assert len(graded) + skipped == started and graded, text  # the others were skipped unread
+    for name in graded:  # each graded row is its slide's class
+        row = line(outcome, f"] {name}: class ")
+        assert got[name] == int(row.split(": class ")[1].split()[0])
+    for name in sorted(set(names) - set(graded)):  # skipped or never started: the fallback's row
         assert got[name] == FALLBACK and f"] {name}: " not in text
     # the slides shared the time: no detector pass fitted a slide's share, so the budget took the
     # cheaper path (tissue hotspots graded by stage 2) rather than overrun it

@@ -62,27 +62,49 @@ def test_expand_next_batches_partial_batches_and_max_k() -> None:
     assert slide.expand_next(12, 0.0) == 0
 
 
-def test_min_k_granted_while_the_run_has_time() -> None:
+def test_no_patch_is_granted_past_the_slides_deadline() -> None:
     run, clock = make_run(70.0, 4, reserve_s=30.0, min_k=3, max_k=10, batch_size=4)
-    slide = run.start_slide()
-    clock.advance(15.0)  # past the slide's 10 s, 25 s before the run's reserve
-    assert slide.time_left() == 0.0
-    assert slide.expand_next(0, 1.0) == 3
-    assert slide.expand_next(1, 1.0) == 2
-    assert slide.expand_next(3, 1.0) == 0
-    assert slide.expand_next(0, 8.0) == 3  # 24 s fit the run's 25 s
-    assert slide.expand_next(0, 9.0) == 0  # 27 s would eat into the reserve
-    clock.advance(30.0)  # past the run's end minus reserve
-    assert slide.expand_next(0, 0.5) == 0
+    slide = run.start_slide()  # 10 s
+    clock.advance(8.0)
+    assert slide.expand_next(0, 1.0) == 2  # min_k is 3, but only 2 s are left
+    clock.advance(7.0)  # past the slide's 10 s, 25 s before the run's reserve
+    assert slide.expand_next(0, 1.0) == 0
 
 
-def test_min_k_above_batch_size_spans_batches() -> None:
-    run, clock = make_run(100.0, 2, reserve_s=0.0, min_k=6, max_k=10, batch_size=4)
-    slide = run.start_slide()  # 50 s
-    clock.advance(60.0)  # the slide is over time, the run has 40 s
-    assert slide.expand_next(0, 1.0) == 4
-    assert slide.expand_next(4, 1.0) == 2
-    assert slide.expand_next(6, 1.0) == 0
+def test_the_detector_keeps_time_for_min_k_patches() -> None:
+    run, clock = make_run(130.0, 1, reserve_s=30.0, detector_fraction=1.0)
+    slide = run.start_slide()  # 100 s
+    assert slide.choose_detector_page(2, 4, 100.0) == 2
+    assert slide.choose_detector_page(2, 4, 100.0, keep_s=10.0) == 3  # 100 > 90, then 25
+    assert slide.choose_detector_page(2, 3, 361.0, keep_s=10.0) is None  # 90.25 s > 90 s
+    clock.advance(95.0)
+    assert slide.choose_detector_page(2, 4, 4.0, keep_s=5.0) is None  # nothing usable
+
+
+def test_slides_are_skipped_evenly_when_the_time_pays_for_fewer() -> None:
+    # the cheapest path: 0.5 s to prepare + 2 patches at 0.25 s = 1 s a slide
+    config = {"reserve_s": 0.0, "min_k": 2, "prior_prepare_s": 0.5, "prior_patch_s": 0.25}
+    run, clock = make_run(10.0, 10, **config)
+    assert (run.affordable(), run.allotment()) == (10, 1.0)
+    run, clock = make_run(5.0, 10, **config)
+    assert (run.affordable(), run.allotment()) == (5, 1.0)  # 5 s for the 5 affordable ones
+    pattern = []
+    for _ in range(10):
+        if run.skip_next():
+            pattern.append("skip")
+            continue
+        slide = run.start_slide()
+        pattern.append(slide.allotment)
+        clock.advance(slide.allotment)  # each graded slide spends its allotment
+        run.finish_slide()
+    assert pattern == ["skip", 1.0] * 5
+    assert run.slides_left == 0
+    run, _ = make_run(0.5, 3, **config)  # not even one slide is affordable: all skipped
+    assert [run.skip_next() for _ in range(3)] == [True, True, True]
+    with pytest.raises(RuntimeError, match="before finish_slide"):
+        busy, _ = make_run(5.0, 10, **config)
+        busy.start_slide()
+        busy.skip_next()
 
 
 def test_exhausted_run_gives_the_remaining_slides_fallback_rows() -> None:
@@ -126,6 +148,7 @@ def test_choose_detector_page_escalation() -> None:
 
 def test_cost_model_ema_exact() -> None:
     costs = CostModel(BudgetConfig(prior_patch_s=0.05, prior_detector_mpx_s=2.0, ema_alpha=0.5))
+    assert costs.slide_floor(4) == 0.25 + 4 * 0.05  # prior_prepare_s's default, then patches
     assert (costs.patch.value, costs.detector_seconds(3_000_000)) == (0.05, 6.0)  # the priors
     costs.observe_patches(8, 4.0)
     assert costs.patch.value == 0.5  # the first measurement replaces the prior

@@ -99,6 +99,25 @@ def test_the_pool_keeps_at_most_max_open_maps(tmp_path: Path) -> None:
     assert held[3] == 0  # an array a caller holds stays valid after its eviction
 
 
+def test_pool_items_are_read_without_a_map_and_close_their_files(tmp_path: Path) -> None:
+    arrays = [np.arange(i, i + 5 * 2 * 3, dtype=np.uint8).reshape(5, 2, 3) for i in range(6)]
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / f"p{i}.npy", a)
+    pool = ArrayPool(max_open=2)
+    before = len(os.listdir("/proc/self/fd"))
+    for i, a in enumerate(arrays):
+        for j in (4, 0, 2):
+            got = pool.item(tmp_path / f"p{i}.npy", j)
+            assert got.flags.writeable and got.dtype == np.uint8
+            np.testing.assert_array_equal(got, a[j])
+        assert len(pool) <= 2
+        assert len(os.listdir("/proc/self/fd")) <= before + 2
+    maps = Path("/proc/self/maps").read_text()
+    assert not any(f"p{i}.npy" in maps for i in range(6))  # read, never mapped
+    with pytest.raises(IndexError):
+        pool.item(tmp_path / "p0.npy", 5)
+
+
 # -- a canvas: two far-apart fragments and specks -------------------------------------------------
 
 

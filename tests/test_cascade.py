@@ -90,7 +90,7 @@ def test_no_time_for_any_detector_pass_takes_the_cheaper_path(
         assert mask[int(cy // sy), int(cx // sx)], hotspot
 
 
-def test_expired_budget_stops_the_detector_and_grades_min_k_only(
+def test_expired_budget_stops_the_detector_before_its_first_batch(
     cascade: Cascade, slide_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock(0.0)
@@ -98,7 +98,7 @@ def test_expired_budget_stops_the_detector_and_grades_min_k_only(
     slide_budget = budget.start_slide()
     clock.now = slide_budget.deadline  # the slide's share is already spent
     # the page chosen as if the estimate fitted: the pass itself then stops at the deadline
-    monkeypatch.setattr(SlideBudget, "choose_detector_page", lambda self, base, n, cost: base)
+    monkeypatch.setattr(SlideBudget, "choose_detector_page", lambda self, base, *_: base)
     result = cascade.grade_slide(slide_path, None, slide_budget, budget.costs)
     assert result.heatmap is not None and not result.heatmap.complete
     assert "detector stopped by the time budget" in result.problems()

@@ -89,7 +89,7 @@ def test_heatmap_over_tissue_windows(tmp_path: Path) -> None:
     )
     assert heatmap.windows == len(expected) > 0
     stopped = predict_heatmap(
-        model, slide, page, mask, (32.0, 32.0), TINY_DETECTOR, torch.device("cpu"), lambda: True
+        model, slide, page, mask, (32.0, 32.0), TINY_DETECTOR, torch.device("cpu"), lambda n: True
     )
     assert not stopped.complete and not stopped.visited.any() and stopped.windows == 0
 
@@ -141,3 +141,16 @@ def test_fpn_detector_at_output_stride_4() -> None:
         replace(config, stride=2)
     with pytest.raises(ValueError, match="segmentation"):
         replace(config, decoder_channels=(32, 16))
+
+
+def test_segformer_detector_at_output_stride_4() -> None:
+    config = TINY_DETECTOR
+    assert (config.arch, config.decoder_channels, config.output_stride) == ("Segformer", (32,), 4)
+    model = build_detector(config).eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(2, 3, 128, 128)).shape == (2, 4, 32, 32)
+    assert build_detector(replace(config, output_stride=1))(torch.zeros(1, 3, 64, 64)).shape == (
+        1, 4, 64, 64
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="Segformer"):
+        replace(config, decoder_channels=(32, 32))

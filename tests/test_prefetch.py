@@ -52,6 +52,30 @@ def test_slides_come_in_order_and_a_failed_preparation_raises_at_its_turn() -> N
     assert not ahead.alive
 
 
+def test_a_skipped_slide_is_not_prepared_or_is_closed_unused() -> None:
+    gate, started, made = threading.Event(), [], {}
+
+    def prepare(name: str) -> Item:
+        started.append(name)
+        if name == "a":
+            gate.wait(10)  # "b" is skipped while "a" is still being prepared
+        made[name] = Item(name)
+        return made[name]
+
+    with Prefetcher(prepare, ["a", "b", "c", "d"]) as ahead:
+        while not started:
+            time.sleep(0.01)
+        ahead.skip("a")  # being prepared: it will be closed, unused
+        ahead.skip("b")  # its turn has not come: never prepared
+        gate.set()
+        assert ahead.take("c").name == "c"
+        with pytest.raises(ValueError, match="out of order"):
+            ahead.skip("c")
+        assert ahead.take("d").name == "d"
+    assert started == ["a", "c", "d"]
+    assert made["a"].closed and not made["c"].closed
+
+
 class WatchedSemaphore(threading.Semaphore):
     """A semaphore that records, each time an ``acquire`` has to wait, how many times it had
     been released by then and what ``snapshot()`` returns."""

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import psutil
 
-from training.process import high_water_kb
+from training.process import high_water_kb, resident_kb
 
 HOLD = "import numpy, time; a = numpy.ones({mb} * 2**20, numpy.uint8); print(1, flush=True); time.sleep(30)"  # noqa: E501
 
@@ -39,3 +39,23 @@ def test_an_ended_process_reads_zero() -> None:
     proc.wait()
     time.sleep(0.1)
     assert high_water_kb(proc.pid) == 0
+
+
+MAP = (
+    "import numpy, time; a = numpy.ones(120 * 2**20, numpy.uint8); "
+    "m = numpy.load({path!r}, mmap_mode='r'); m.sum(); print(1, flush=True); time.sleep(30)"
+)
+
+
+def test_the_resident_set_is_split_into_own_memory_and_mapped_file_pages(tmp_path) -> None:
+    path = tmp_path / "mapped.npy"
+    np.save(path, np.ones(200 * 2**20, np.uint8))
+    proc = _started([sys.executable, "-c", MAP.format(path=str(path))])
+    try:
+        split = {k: v / 1024 for k, v in resident_kb(proc.pid).items()}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert 120 <= split["RssAnon"] < 120 + 150, split  # the array it allocated
+    assert 200 <= split["RssFile"] < 200 + 150, split  # the 200 MB file it read through a map
+    assert resident_kb(proc.pid) == {}

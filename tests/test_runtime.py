@@ -70,24 +70,31 @@ GRADED = 3
 
 class TimedCascade:
     """Stands in for :class:`stages.cascade.Cascade` in :func:`stages.runtime.run`: each slide
-    takes ``cost_s`` of the fake clock and is graded :data:`GRADED`."""
+    takes ``cost_s`` of the fake clock, of which ``prepare_s`` is its cheapest path's (as the
+    cost model sees it), and is graded :data:`GRADED`."""
 
-    def __init__(self, clock: FakeClock, cost_s: float) -> None:
-        self.clock, self.cost_s = clock, cost_s
+    def __init__(self, clock: FakeClock, cost_s: float, prepare_s: float) -> None:
+        self.clock, self.cost_s, self.prepare_s = clock, cost_s, prepare_s
         self.graded: list[str] = []
+
+    def warm_up(self) -> float:
+        return 0.0
 
     def grade_slide(self, path, mpp, budget, costs, prepared=None) -> SlideResult:
         self.clock.advance(self.cost_s)
+        costs.observe_prepare(self.prepare_s)
         self.graded.append(path.name)
         return SlideResult(path.name, GRADED, (0.0, 0.0, 0.0, 1.0), "patches")
 
 
-def test_the_budget_cuts_the_run_at_the_time_limit(
-    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """On a fake clock: 10 slides of 10 s each in a 45 s run (reserve 4.5 s, a slide is started
-    while at least 1 s is left before the reserve) grade the first four; the other six are not
-    started and keep the fallback row."""
+def _fake_clock_run(
+    tmp_path: Path,
+    assets: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    limit_s: float,
+    cost_s: float,
+    prepare_s: float,
+) -> tuple[list[str], TimedCascade, Path]:
     names = [f"s{i}.tif" for i in range(10)]
     data = tmp_path / "data"
     data.mkdir()
@@ -95,14 +102,24 @@ def test_the_budget_cuts_the_run_at_the_time_limit(
         "filename,0,1,2,3\n" + "".join(f"{n},0,0,0,0\n" for n in names)
     )
     clock = FakeClock(0.0)
-    cascade = TimedCascade(clock, cost_s=10.0)
+    cascade = TimedCascade(clock, cost_s, prepare_s)
     monkeypatch.setattr(runtime.time, "monotonic", clock)
     monkeypatch.setattr(runtime, "RunBudget", functools.partial(RunBudget, clock=clock))
     monkeypatch.setattr(runtime, "Cascade", lambda loaded: cascade)
     out = tmp_path / "submission.csv"
-    with caplog.at_level("INFO", "stages.runtime"):
-        code = runtime.run(data, out, assets, time_limit_s=45.0, device="cpu", prefetch=False)
+    code = runtime.run(data, out, assets, time_limit_s=limit_s, device="cpu", prefetch=False)
     assert code == 0
+    return names, cascade, out
+
+
+def test_the_budget_cuts_the_run_at_the_time_limit(
+    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a fake clock: 10 slides of 10 s each (their cheapest path 0.1 s, so none is skipped)
+    in a 45 s run (reserve 4.5 s, a slide is started while at least 1 s is left before the
+    reserve) grade the first four; the other six are not started and keep the fallback row."""
+    with caplog.at_level("INFO", "stages.runtime"):
+        names, cascade, out = _fake_clock_run(tmp_path, assets, monkeypatch, 45.0, 10.0, 0.1)
     fallback = decide_slide([], [], load_config(assets).decision).cls
     assert fallback != GRADED
     assert cascade.graded == names[:4]
@@ -111,6 +128,26 @@ def test_the_budget_cuts_the_run_at_the_time_limit(
     }
     assert f"time limit: 6 slides not started get the fallback class {fallback}" in caplog.text
     assert "not started 6" in caplog.text and "abandoning" not in caplog.text
+
+
+def test_slides_the_time_cannot_pay_for_are_skipped_evenly(
+    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a fake clock: 10 slides whose cheapest path costs 10 s in a 60 s run (54 s before the
+    reserve). The first, graded on the prior guesses, shows the cost; from then on the slides
+    the time left cannot pay for are skipped, every other one (the arithmetic is in the
+    comments), instead of running past the time; every row is written."""
+    with caplog.at_level("INFO", "stages.runtime"):
+        names, cascade, out = _fake_clock_run(tmp_path, assets, monkeypatch, 60.0, 10.0, 10.0)
+    # after s0, 44 s for 9 slides at 10.2 s (+ 4 patches at the 0.05 s prior): 4 affordable;
+    # s1 skipped, s2 graded (34 s, 7 left, 3), s3 skipped, s4 graded (24 s, 5 left, 2), and so
+    # on; s9: 4 s left pay for none
+    assert cascade.graded == names[0::2]
+    fallback = decide_slide([], [], load_config(assets).decision).cls
+    assert classes_by_filename(read_table(out)) == {
+        n: GRADED if i % 2 == 0 else fallback for i, n in enumerate(names)
+    }
+    assert "skipped by the budget 5, not started 0" in caplog.text
 
 
 def test_stuck_slide_is_abandoned_at_the_limit(tmp_path: Path, assets: Path) -> None:

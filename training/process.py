@@ -24,3 +24,15 @@ def high_water_kb(pid: int) -> int:
         except (OSError, ValueError):
             pass  # ended between the listing and the reading
     return peak
+
+
+def resident_kb(pid: int) -> dict[str, int]:
+    """The resident set of ``pid`` now, split as ``/proc/<pid>/status`` gives it (KiB):
+    ``RssAnon`` (the process's own memory), ``RssFile`` (file pages mapped, e.g. memory-mapped
+    arrays: reclaimable page cache) and ``RssShmem``; empty once it has ended."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = ("RssAnon:", "RssFile:", "RssShmem:")
+    return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(fields)}

@@ -27,9 +27,9 @@ last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
 convention of the annotations among them), and a rerun with other settings is refused. A slide
 that cannot be read is skipped and named in the log; the others go on.
 
-Arrays are read memory-mapped through an :class:`ArrayPool` of at most ``max_open`` maps (each
-holds a file descriptor), so a training process keeps a bounded number of files open whatever
-the number of slides.
+Arrays are read through an :class:`ArrayPool` of at most ``max_open`` open files (fragment
+crops memory-mapped, patches read one at a time), so a training process keeps a bounded number
+of files open whatever the number of slides.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -442,33 +443,80 @@ def write_index(out: Path, fold_of: dict[str, int] | None = None) -> pd.DataFram
     return slides
 
 
+#: ``.npy`` header readers by format version (``np.save`` writes 1.0, or 2.0 for huge headers).
+HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
 class ArrayPool:
-    """Memory-mapped ``.npy`` arrays by path, at most ``max_open`` at a time, the least recently
-    used dropped first. Each map holds a file descriptor while it lives, so the pool bounds the
-    open files of a process whatever the number of slides; an array a caller still holds stays
-    valid (its map closes when the last reference goes). Pickled empty (for loader workers)."""
+    """``.npy`` arrays by path, at most ``max_open`` open at a time, the least recently used
+    closed first, so the pool bounds the open files of a process whatever the number of slides.
+    Pickled empty (for loader workers).
+
+    * :meth:`get` memory-maps a whole array (one file descriptor while the map lives; an array a
+      caller still holds stays valid, its map closing when the last reference goes): for crops of
+      the detector's fragment arrays.
+    * :meth:`item` reads one item along the first axis with ``pread`` into a fresh array: for
+      the classifier's patches, drawn one at a time from every slide. Nothing stays mapped, so
+      the pages read count in the system's page cache, not in the process's resident set.
+    """
 
     def __init__(self, max_open: int = 64) -> None:
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         self.max_open = max_open
-        self._maps: OrderedDict[Path, np.ndarray] = OrderedDict()
+        self._open: OrderedDict[tuple[Path, str], Any] = OrderedDict()
+
+    def _remember(self, key: tuple[Path, str], value: Any) -> None:
+        self._open[key] = value
+        while len(self._open) > self.max_open:
+            (_, kind), old = self._open.popitem(last=False)
+            if kind == "file":
+                old[0].close()
 
     def get(self, path: Path) -> np.ndarray:
         """The array of ``path``, memory-mapped read-only."""
-        array = self._maps.pop(path, None)
+        array = self._open.pop((path, "map"), None)
         if array is None:
             array = np.load(path, mmap_mode="r")
-        self._maps[path] = array
-        while len(self._maps) > self.max_open:
-            self._maps.popitem(last=False)
+        self._remember((path, "map"), array)
         return array
 
+    def item(self, path: Path, index: int) -> np.ndarray:
+        """Item ``index`` (along the first axis) of the C-ordered array of ``path``, read."""
+        entry = self._open.pop((path, "file"), None)
+        if entry is None:
+            handle = path.open("rb")
+            try:
+                version = np.lib.format.read_magic(handle)
+                header = HEADER_READERS.get(version)
+                if header is None:
+                    raise ValueError(f"{path}: .npy format {version} is not read by items")
+                shape, fortran, dtype = header(handle)
+            except BaseException:
+                handle.close()
+                raise
+            if fortran or not shape:
+                handle.close()
+                raise ValueError(f"{path}: item reads need a C-ordered array of rank >= 1")
+            entry = (handle, handle.tell(), shape, dtype)
+        self._remember((path, "file"), entry)
+        handle, offset, shape, dtype = entry
+        if not 0 <= index < shape[0]:
+            raise IndexError(f"{path}: item {index} of {shape[0]}")
+        size = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        data = os.pread(handle.fileno(), size, offset + index * size)
+        if len(data) != size:
+            raise ValueError(f"{path}: truncated at item {index}")
+        return np.frombuffer(bytearray(data), dtype).reshape(shape[1:])
+
     def __len__(self) -> int:
-        return len(self._maps)
+        return len(self._open)
 
     def __getstate__(self) -> dict:
-        return {"max_open": self.max_open, "_maps": OrderedDict()}
+        return {"max_open": self.max_open, "_open": OrderedDict()}
 
 
 @dataclass(frozen=True)
@@ -510,6 +558,11 @@ class Cache:
         rows = self.squares[(self.squares["filename"] == filename)]
         rows = rows[rows["cls"].astype(int) >= min_class]
         return [Box(r.x, r.y, r.w, r.h) for r in rows.itertuples(index=False)]
+
+    def item(self, stem: str, name: str, index: int) -> np.ndarray:
+        """Item ``index`` of the cached array ``name`` of slide ``stem`` (``patches``, ``hard``):
+        one ``(S, S, 3)`` uint8 crop, read through the pool without a map."""
+        return self.pool.item(self.root / stem / f"{name}.npy", index)
 
     def array(self, stem: str, name: str) -> np.ndarray:
         """A cached array of slide ``stem`` (``detector-i``, ``tissue-i``, ``target-i`` of

@@ -49,7 +49,7 @@ from training.data.synthetic import SynthConfig, layout_specs, sample_specs, wri
 from training.evaluate.benchmark import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
 from training.fit import classifier, detector
 from training.pack.export import load_recipe
-from training.process import high_water_kb
+from training.process import high_water_kb, resident_kb
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,17 @@ class ProcessPeak:
     """What a training process tree reached: ``rss_mb``, the peak RSS of its largest process
     (MB, ``VmHWM`` read at every sample, see :func:`high_water_kb`); ``pss_mb``, the tree's
     proportional set size at its highest sample (loader workers share the training process's
-    pages; PSS counts each page once); ``fds``,
-    the most file descriptors one process of the tree held; and its seconds."""
+    pages; PSS counts each page once); ``anon_mb`` and ``file_mb``, the largest ``RssAnon``
+    (its own memory) and ``RssFile`` (mapped file pages, reclaimable) one process of the tree
+    showed at a sample (:func:`resident_kb`); ``fds``, the most file descriptors one process of
+    the tree held; and its seconds."""
 
     rss_mb: float
     pss_mb: float
     fds: int
     seconds: float
+    anon_mb: float
+    file_mb: float
 
 
 def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessPeak:
@@ -85,7 +89,7 @@ def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessP
     with log_path.open("w") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
         root = psutil.Process(proc.pid)
-        pss, fds, peak_kb = 0, 0, 0
+        pss, fds, peak_kb, anon_kb, file_kb = 0, 0, 0, 0, 0
         while True:
             peak_kb = max(peak_kb, high_water_kb(proc.pid))
             pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
@@ -95,13 +99,18 @@ def watch(command: list[str], log_path: Path, interval: float = 0.5) -> ProcessP
                 tree = [root, *root.children(recursive=True)]
                 pss = max(pss, sum(p.memory_full_info().pss for p in tree))
                 fds = max(fds, *(p.num_fds() for p in tree))
+                for p in tree:
+                    split = resident_kb(p.pid)
+                    anon_kb = max(anon_kb, split.get("RssAnon", 0))
+                    file_kb = max(file_kb, split.get("RssFile", 0))
             except psutil.Error:
                 pass  # a process ended between the listing and the reading
             time.sleep(interval)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}); see {log_path}")
-    return ProcessPeak(peak_kb / 1e3, pss / 1e6, fds, time.monotonic() - started)
+    elapsed = time.monotonic() - started
+    return ProcessPeak(peak_kb / 1e3, pss / 1e6, fds, elapsed, anon_kb / 1e3, file_kb / 1e3)
 
 
 def subset_cache(full: Path, target: Path, filenames: list[str]) -> Path:
@@ -220,7 +229,7 @@ def run(
             for r in range(repeats)
         ]
         for stage in ("detector", "classifier"):
-            for f in ("rss_mb", "pss_mb", "fds", "seconds"):
+            for f in ("rss_mb", "pss_mb", "anon_mb", "file_mb", "fds", "seconds"):
                 values = [getattr(peaks[stage], f) for peaks in runs]
                 figures[f"{stage}_{f}"] = max(values) if f == "fds" else float(np.mean(values))
                 figures[f"{stage}_{f}_runs"] = values
@@ -274,6 +283,8 @@ def extrapolate(results: dict) -> dict[str, float]:
         slope, base = np.polyfit(*zip(*points, strict=True), 1)
         out[f"{stage}_kb_per_slide"] = slope * 1000
         out[f"{stage}_rss_mb_at_{REAL_SET}"] = base + slope * REAL_SET
+        anon = [(c, a) for c in counts for a in results["counts"][c][f"{stage}_anon_mb_runs"]]
+        out[f"{stage}_anon_kb_per_slide"] = np.polyfit(*zip(*anon, strict=True), 1)[0] * 1000
         fds = [results["counts"][c][f"{stage}_fds"] for c in counts]
         out[f"{stage}_fds_max"] = max(fds + [results["real_train"][stage]["fds"]])
     return out
@@ -283,15 +294,17 @@ def report(results: dict) -> str:
     """The measurements as Markdown tables."""
     lines = [
         "| slides | cache MB/slide (median) | cache s/slide | data KB/slide (traced) | "
-        "detector RSS MB, each run (tree PSS, mean) | detector fds | classifier RSS MB, each run "
-        "(tree PSS, mean) | classifier fds | detector items/s/worker "
+        "detector RSS MB, each run (tree PSS, mean) | detector anon / file MB | detector fds | "
+        "classifier RSS MB, each run (tree PSS, mean) | classifier anon / file MB | "
+        "classifier fds | detector items/s/worker "
         "| classifier items/s/worker | batch aug items/s (CPU, det / cls) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def runs(f: dict, stage: str) -> str:
         each = " / ".join(f"{v:.0f}" for v in f[f"{stage}_rss_mb_runs"])
-        return f"{each} ({f[f'{stage}_pss_mb']:.0f})"
+        split = f"{f[f'{stage}_anon_mb']:.0f} / {f[f'{stage}_file_mb']:.0f}"
+        return f"{each} ({f[f'{stage}_pss_mb']:.0f}) | {split}"
 
     for count, f in sorted(results["counts"].items(), key=lambda kv: int(kv[0])):
         lines.append(
@@ -333,7 +346,8 @@ def report(results: dict) -> str:
         lines.append(
             f"{stage}: {slope:+.1f} KB per slide (bound {BOUND_KB_PER_SLIDE}: "
             f"{'met' if slope <= BOUND_KB_PER_SLIDE else 'NOT met'}; a line through every run's "
-            f"peak RSS of the training process), "
+            f"peak RSS of the training process; its own memory, RssAnon: "
+            f"{e[f'{stage}_anon_kb_per_slide']:+.1f} KB per slide), "
             f"{e[f'{stage}_rss_mb_at_{REAL_SET}']:.0f} MB at {REAL_SET} slides, at most {fds} fds "
             f"(bound {BOUND_FDS}: {'met' if fds <= BOUND_FDS else 'NOT met'})"
         )

@@ -109,7 +109,7 @@ class PatchSet(EpochDraws):
     def image(self, j: int) -> np.ndarray:
         """The cached ``(S, S, 3)`` uint8 crop of row ``j``."""
         stem, source = str(self._keys[j]).rsplit("/", 1)
-        return np.array(self.cache.array(stem, source)[self._index[j]])
+        return self.cache.item(stem, source, int(self._index[j]))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         rng = None

@@ -42,15 +42,16 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 
 #: Small networks that grade a real-size slide in under a second on a CPU (training on a CPU,
-#: tests, demo): an FPN detector whose output is its quarter-resolution map (never upsampled)
-#: on page 5 (~8 µm/px; heatmap cells of ~32 µm), in 128 px windows that follow the tissue
-#: closely, and the tissue mask at ~32 µm/px.
+#: tests, demo): a Segformer detector (1 × 1 projections of the encoder's levels, fused at a
+#: quarter of the window: ~2.5× the speed of an FPN of the same width on a CPU) whose output is
+#: its quarter-resolution map (never upsampled) on page 5 (~8 µm/px; heatmap cells of ~32 µm),
+#: in 128 px windows that follow the tissue closely, and the tissue mask at ~32 µm/px.
 TINY = CascadeConfig(
     tissue=TissueConfig(target_mpp=32.0),
     detector=DetectorConfig(
-        arch="FPN",
+        arch="Segformer",
         encoder="tu-mobilenetv3_small_050",
-        decoder_channels=(32, 32),
+        decoder_channels=(32,),
         output_stride=4,
         target_mpp=8.0,
         window=128,
