@@ -62,6 +62,12 @@ class BudgetConfig:
     ema_alpha: float = 0.3
     stage2: bool = True
 
+    @property
+    def kept_patches(self) -> int:
+        """Patches a slide's time is kept for before the detector's: ``min_k``, or 0 without
+        stage 2."""
+        return self.min_k if self.stage2 else 0
+
     def __post_init__(self) -> None:
         if not (math.isfinite(self.reserve_s) and self.reserve_s >= 0):
             raise ValueError(f"budget.reserve_s must be finite and >= 0, got {self.reserve_s}")
@@ -248,7 +254,7 @@ class RunBudget:
     def affordable(self) -> int:
         """How many more slides the time before the reserve pays for at the cheapest path's
         cost (:meth:`CostModel.slide_floor`), at most the slides left."""
-        floor = self.costs.slide_floor(self.config.min_k if self.config.stage2 else 0)
+        floor = self.costs.slide_floor(self.config.kept_patches)
         fits = math.floor(self._usable() / floor) if floor > 0 else self.slides_left
         return min(self.slides_left, fits)
 
@@ -277,7 +283,7 @@ class RunBudget:
             self._usable(),
             left,
             affordable,
-            self.costs.slide_floor(self.config.min_k if self.config.stage2 else 0),
+            self.costs.slide_floor(self.config.kept_patches),
         )
         return True
 

@@ -284,7 +284,7 @@ def detect(
     cfg = config.detector
     base = prepared.detector_page
     pixels = len(prepared.corners) * cfg.window**2
-    keep = config.budget.min_k * costs.patch.value if config.budget.stage2 else 0.0
+    keep = config.budget.kept_patches * costs.patch.value
     page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels), keep)
     if page is None:
         return None

@@ -16,23 +16,19 @@ def high_water_kb(pid: int) -> int:
     except psutil.Error:
         return 0
     peak = 0
-    for each in pids:
-        try:
-            for line in Path(f"/proc/{each}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]))
-        except (OSError, ValueError):
-            pass  # ended between the listing and the reading
+    for each in pids:  # one that ended between the listing and the reading reads {}
+        peak = max(peak, resident_kb(each).get("VmHWM", 0))
     return peak
 
 
 def resident_kb(pid: int) -> dict[str, int]:
-    """The resident set of ``pid`` now, split as ``/proc/<pid>/status`` gives it (KiB):
-    ``RssAnon`` (the process's own memory), ``RssFile`` (file pages mapped, e.g. memory-mapped
-    arrays: reclaimable page cache) and ``RssShmem``; empty once it has ended."""
+    """The resident set of ``pid`` as ``/proc/<pid>/status`` gives it (KiB): its peak ``VmHWM``,
+    and now ``RssAnon`` (the process's own memory), ``RssFile`` (file pages mapped, e.g.
+    memory-mapped arrays and shared libraries: reclaimable page cache) and ``RssShmem``; empty
+    once it has ended."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
         return {}
-    fields = ("RssAnon:", "RssFile:", "RssShmem:")
+    fields = ("VmHWM:", "RssAnon:", "RssFile:", "RssShmem:")
     return {line.split(":")[0]: int(line.split()[1]) for line in lines if line.startswith(fields)}

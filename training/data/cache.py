@@ -506,11 +506,10 @@ class ArrayPool:
         handle, offset, shape, dtype = entry
         if not 0 <= index < shape[0]:
             raise IndexError(f"{path}: item {index} of {shape[0]}")
-        size = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-        data = os.pread(handle.fileno(), size, offset + index * size)
-        if len(data) != size:
+        out = np.empty(shape[1:], dtype)  # read straight into the array handed back
+        if os.preadv(handle.fileno(), [out], offset + index * out.nbytes) != out.nbytes:
             raise ValueError(f"{path}: truncated at item {index}")
-        return np.frombuffer(bytearray(data), dtype).reshape(shape[1:])
+        return out
 
     def __len__(self) -> int:
         return len(self._open)
