@@ -13,7 +13,8 @@
   (:meth:`~SlideBudget.choose_detector_page`; none: the slide's hotspots come from its tissue
   alone). No unit of work is started unless its estimated cost fits the slide's time left.
 * :class:`CostModel` holds measured costs (seconds per graded patch, per detector megapixel,
-  per slide prepared) as exponential moving averages that start from the config's prior
+  per million heatmap cells searched for hotspots, per slide prepared) as exponential moving
+  averages that start from the config's prior
   guesses.
 
 All times are seconds of ``clock`` (``time.monotonic`` by default; tests pass a fake clock).
@@ -43,11 +44,14 @@ class BudgetConfig:
     classifier batch at most (fewer where memory is short: :mod:`stages.memory`);
     ``detector_fraction``: share of a slide's allotment the detector may use
     before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
-    started; ``prior_patch_s`` / ``prior_detector_mpx_s`` / ``prior_prepare_s``: cost guesses
-    (seconds per patch, per detector megapixel, per slide opened and its tissue found) used until
+    started; ``prior_patch_s`` / ``prior_detector_mpx_s`` / ``prior_hotspots_mcell_s`` /
+    ``prior_prepare_s``: cost guesses (seconds per patch, per detector megapixel, per million
+    heatmap cells searched for hotspots, per slide opened and its tissue found) used until
     measured;
-    ``ema_alpha``: weight of the newest measurement in the moving averages; ``stage2``: False turns
-    the patch classifier off (the hotspots' heatmap probabilities alone decide).
+    ``ema_alpha``: weight of the newest measurement in the moving averages; ``slack``: share of a
+    slide's allotment its plans leave unspent, against the estimates' errors (what a slide leaves
+    rolls over to the later ones); ``stage2``: False turns the patch classifier off (the
+    hotspots' heatmap probabilities alone decide).
     """
 
     reserve_s: float = 30.0
@@ -59,7 +63,9 @@ class BudgetConfig:
     prior_patch_s: float = 0.05
     prior_detector_mpx_s: float = 1.0
     prior_prepare_s: float = 0.25
+    prior_hotspots_mcell_s: float = 0.05
     ema_alpha: float = 0.3
+    slack: float = 0.1
     stage2: bool = True
 
     @property
@@ -83,36 +89,53 @@ class BudgetConfig:
             )
         if not (math.isfinite(self.min_slide_s) and self.min_slide_s >= 0):
             raise ValueError(f"budget.min_slide_s must be finite and >= 0, got {self.min_slide_s}")
-        if not min(self.prior_patch_s, self.prior_detector_mpx_s, self.prior_prepare_s) > 0:
+        priors = (
+            self.prior_patch_s,
+            self.prior_detector_mpx_s,
+            self.prior_prepare_s,
+            self.prior_hotspots_mcell_s,
+        )
+        if not min(priors) > 0:
             raise ValueError(
-                "budget.prior_patch_s, prior_detector_mpx_s and prior_prepare_s must be positive"
+                "budget.prior_patch_s, prior_detector_mpx_s, prior_prepare_s and "
+                "prior_hotspots_mcell_s must be positive"
             )
         if not 0 < self.ema_alpha <= 1:
             raise ValueError(f"budget.ema_alpha must be in (0, 1], got {self.ema_alpha}")
+        if not 0 <= self.slack < 1:
+            raise ValueError(f"budget.slack must be in [0, 1), got {self.slack}")
 
 
 class Ema:
     """Exponential moving average starting from a prior guess, which the first measurement
-    replaces: ``value ← (1 − alpha) · value + alpha · x`` from the second measurement on."""
+    replaces: ``value ← (1 − alpha) · value + alpha · x`` from the second measurement on.
+    ``peak`` is a decaying maximum of the same measurements, for a cost that is better
+    overestimated: ``peak ← max(x, (1 − alpha) · peak + alpha · x)``."""
 
     def __init__(self, prior: float, alpha: float) -> None:
-        self.value = prior
+        self.value = self.peak = prior
         self.alpha = alpha
         self.count = 0
 
     def update(self, x: float) -> None:
-        self.value = x if self.count == 0 else (1 - self.alpha) * self.value + self.alpha * x
+        if self.count == 0:
+            self.value = self.peak = x
+        else:
+            self.value = (1 - self.alpha) * self.value + self.alpha * x
+            self.peak = max(x, (1 - self.alpha) * self.peak + self.alpha * x)
         self.count += 1
 
 
 class CostModel:
     """Measured costs: ``patch.value`` (seconds per graded patch), ``detector.value`` (seconds
-    per detector megapixel) and ``prepare.value`` (seconds to open a slide and find its tissue),
-    updated by the cascade after each batch / detector pass / slide."""
+    per detector megapixel), ``hotspots.value`` (seconds per million heatmap cells: the heatmap
+    put together and its hotspots selected) and ``prepare.value`` (seconds to open a slide and
+    find its tissue), updated by the cascade after each batch / detector pass / slide."""
 
     def __init__(self, config: BudgetConfig) -> None:
         self.patch = Ema(config.prior_patch_s, config.ema_alpha)
         self.detector = Ema(config.prior_detector_mpx_s, config.ema_alpha)
+        self.hotspots = Ema(config.prior_hotspots_mcell_s, config.ema_alpha)
         self.prepare = Ema(config.prior_prepare_s, config.ema_alpha)
 
     def observe_prepare(self, seconds: float) -> None:
@@ -133,14 +156,27 @@ class CostModel:
             raise ValueError(f"need pixels >= 1 and seconds >= 0, got {pixels}, {seconds}")
         self.detector.update(seconds / (pixels / 1e6))
 
+    def observe_hotspots(self, cells: int, seconds: float) -> None:
+        """Record that putting a heatmap of ``cells`` cells together and selecting its hotspots
+        took ``seconds``."""
+        if cells < 1 or seconds < 0:
+            raise ValueError(f"need cells >= 1 and seconds >= 0, got {cells}, {seconds}")
+        self.hotspots.update(seconds / (cells / 1e6))
+
+    def hotspot_seconds(self, cells: int) -> float:
+        """Estimated seconds to put a heatmap of ``cells`` cells together and select its
+        hotspots."""
+        return cells / 1e6 * self.hotspots.value
+
     def detector_seconds(self, pixels: int) -> float:
         """Estimated detector seconds over a page of ``pixels`` pixels."""
         return pixels / 1e6 * self.detector.value
 
     def slide_floor(self, min_k: int) -> float:
-        """Estimated seconds of a slide's cheapest graded path: prepared, then ``min_k`` patches
-        of its tissue graded."""
-        return self.prepare.value + min_k * self.patch.value
+        """Estimated seconds of a slide's cheapest graded path: prepared (at the decaying
+        maximum of the preparations measured: it cannot be stopped part way), then ``min_k``
+        patches of its tissue graded."""
+        return self.prepare.peak + min_k * self.patch.value
 
 
 class SlideBudget:
@@ -168,10 +204,15 @@ class SlideBudget:
         """Seconds left before this slide's deadline (≥ 0)."""
         return max(0.0, self.deadline - self._clock())
 
+    def plan_left(self) -> float:
+        """Seconds the slide's next units of work may be planned into: :meth:`time_left` less
+        ``slack`` of the allotment (≥ 0)."""
+        return max(0.0, self.time_left() - self.config.slack * self.allotment)
+
     def expand_next(self, k_done: int, patch_cost_s: float) -> int:
         """How many hotspots the next batch may grade, ``k_done`` being graded already.
 
-        At most ``batch_size`` and up to ``max_k`` in all; as many as fit the slide's time left at
+        At most ``batch_size`` and up to ``max_k`` in all; as many as fit :meth:`plan_left` at
         ``patch_cost_s`` seconds each (0 when none fits).
         """
         if k_done < 0 or patch_cost_s < 0:
@@ -179,20 +220,20 @@ class SlideBudget:
         n = min(self.config.batch_size, self.config.max_k - k_done)
         if n <= 0:
             return 0
-        fits = n if patch_cost_s == 0 else math.floor(self.time_left() / patch_cost_s)
+        fits = n if patch_cost_s == 0 else math.floor(self.plan_left() / patch_cost_s)
         return min(n, fits)
 
     def choose_detector_page(
         self, base_page: int, n_pages: int, est_cost_at_base_s: float, keep_s: float = 0.0
     ) -> int | None:
         """The first page from ``base_page`` on whose estimated detector cost (÷ 4 per coarser
-        page) fits both ``detector_fraction`` of the allotment and the slide's time left less
-        ``keep_s`` (kept for grading ``min_k`` patches); the last page if none does, or None when
-        even the last page's cost exceeds that time (the slide then takes the cheaper path
-        without the detector)."""
+        page) fits both ``detector_fraction`` of the allotment and :meth:`plan_left` less
+        ``keep_s`` (kept for the hotspots and ``min_k`` patches); the last page if none does, or
+        None when even the last page's cost exceeds that time (the slide then takes the cheaper
+        path without the detector)."""
         if not 0 <= base_page < n_pages:
             raise ValueError(f"base_page {base_page} out of range 0..{n_pages - 1}")
-        usable = self.time_left() - keep_s
+        usable = self.plan_left() - keep_s
         limit = min(self.config.detector_fraction * self.allotment, usable)
         page, cost = base_page, est_cost_at_base_s
         while cost > limit and page < n_pages - 1:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -276,15 +277,18 @@ def detect(
 ) -> Heatmap | None:
     """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
     (the page nearest ``detector.target_mpp``, or coarser), stopped before a batch whose
-    estimated cost does not fit the slide's time left less the time kept for ``min_k`` patches;
+    estimated cost does not fit the slide's :meth:`~SlideBudget.plan_left` less the time kept for
+    what follows (the hotspots of its heatmap, :func:`heatmap_cells`, and ``min_k`` patches);
     records its measured cost in ``costs``. None when not even the coarsest page's pass fits
-    the slide's time left (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
+    that time (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
     windows listed and read ahead in ``prepared`` are used when its detector page is chosen;
     ``autocast``: the network's dtype (None: float32)."""
     cfg = config.detector
     base = prepared.detector_page
-    pixels = len(prepared.corners) * cfg.window**2
+    window_px = cfg.window**2
+    pixels = len(prepared.corners) * window_px
     keep = config.budget.kept_patches * costs.patch.value
+    keep += costs.hotspot_seconds(heatmap_cells(slide, base, cfg.stride))
     page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels), keep)
     if page is None:
         return None
@@ -298,14 +302,21 @@ def detect(
         mask_scale,
         cfg,
         device,
-        should_stop=lambda n: budget.time_left() < keep + costs.detector_seconds(n * cfg.window**2),
+        should_stop=lambda n: budget.plan_left() < keep + costs.detector_seconds(n * window_px),
         prefetched=prepared.windows if page == base else None,
         autocast=autocast,
         corners=prepared.corners if page == base else None,
     )
     if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
-        costs.observe_detector(heatmap.windows * cfg.window**2, time.perf_counter() - start)
+        costs.observe_detector(heatmap.windows * window_px, time.perf_counter() - start)
     return heatmap
+
+
+def heatmap_cells(slide: Slide, page: int, stride: int) -> int:
+    """Cells of the heatmap the detector makes on ``page`` with cells of ``stride`` page px (the
+    grid of :func:`stages.detector.predict_heatmap`)."""
+    info = slide.pages[page]
+    return -(-info.width // stride) * -(-info.height // stride)
 
 
 def locate_hotspots(
@@ -368,6 +379,18 @@ class Cascade:
         seconds = time.perf_counter() - start
         log.info("networks warmed up in %.2f s", seconds)
         return seconds
+
+    def read_ahead_bytes(self, allotment_s: float, costs: CostModel) -> int:
+        """Bytes of detector windows worth reading ahead for a slide given ``allotment_s``: as
+        many windows as the detector's share of it (``budget.detector_fraction``) pays for at
+        the measured cost, at most :data:`READ_AHEAD_BYTES`. With less time per slide the
+        detector runs on a coarser page or not at all, and windows read ahead would be wasted."""
+        cfg = self.config
+        window_bytes = 3 * cfg.detector.window**2
+        seconds = cfg.budget.detector_fraction * max(allotment_s, 0.0)
+        per_window = costs.detector_seconds(cfg.detector.window**2)
+        windows = math.floor(seconds / per_window) if per_window > 0 else math.inf
+        return int(min(READ_AHEAD_BYTES, windows * window_bytes))
 
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
@@ -451,11 +474,13 @@ class Cascade:
                         costs, self.assets.autocast,
                     )  # fmt: skip
                 with clock.stage("hotspots"):
+                    start = time.perf_counter()
                     if heatmap is None:  # the budget affords no detector pass
                         hotspots = self._tissue_hotspots(slide, mask, mask_scale, classifier_page)
                     else:
                         pages["detector"] = heatmap.page
                         hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
+                        costs.observe_hotspots(heatmap.visited.size, time.perf_counter() - start)
             except Exception as exc:  # a stage failure costs the stage, not the slide
                 errors.append(_describe("detector", exc))
                 log.exception("%s: detector failed", slide.path.name)

@@ -277,9 +277,8 @@ def predict_heatmap(
             weight[gy : gy + h, gx : gx + w] += 1.0
         done += len(batch)
     visited = weight > 0
-    probs = np.zeros_like(total)
-    probs[0] = 1.0
-    probs[:, visited] = total[:, visited] / weight[visited]
+    probs = np.divide(total, np.maximum(weight, 1.0), out=total)  # unvisited cells: all 0 …
+    probs[0][~visited] = 1.0  # … but "no lesion"
     tissue = cv2.resize(mask.astype(np.uint8), (grid_w, grid_h), interpolation=cv2.INTER_NEAREST)
     return Heatmap(
         probs=probs,

@@ -32,7 +32,7 @@ import pandas as pd
 import pyvips
 
 from stages.budget import RunBudget
-from stages.cascade import READ_AHEAD_BYTES, Cascade, Prepared, SlideResult, grade_or_fallback
+from stages.cascade import Cascade, Prepared, SlideResult, grade_or_fallback
 from stages.config import load_assets
 from stages.decision import Decision, decide_slide
 from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
@@ -302,9 +302,13 @@ def _grade_all(
     ``prefetch``, the next slide is prepared in the background meanwhile."""
     ahead: Prefetcher[Prepared] | None = None
     if prefetch:
-        ahead = Prefetcher(
-            lambda name: cascade.prepare(data / name, mpps.get(name), READ_AHEAD_BYTES), names
-        )
+
+        def prepare(name: str) -> Prepared:  # read ahead what the time per slide lets it use
+            allotment = budget.allotment() if budget.slides_left > 0 else 0.0
+            read_ahead = cascade.read_ahead_bytes(allotment, budget.costs)
+            return cascade.prepare(data / name, mpps.get(name), read_ahead)
+
+        ahead = Prefetcher(prepare, names)
     run_start = time.monotonic()
     try:
         for i, name in enumerate(names):

@@ -7,8 +7,9 @@ from stages.budget import BudgetConfig, CostModel, Ema, RunBudget
 
 
 def make_run(limit: float, n_slides: int, **config: object) -> tuple[RunBudget, FakeClock]:
+    """A run on a fake clock; its plans use the whole allotment unless ``slack`` is given."""
     clock = FakeClock()
-    return RunBudget(limit, n_slides, BudgetConfig(**config), clock), clock
+    return RunBudget(limit, n_slides, BudgetConfig(**({"slack": 0.0} | config)), clock), clock
 
 
 def test_allotment_and_rollover_exact() -> None:
@@ -69,6 +70,19 @@ def test_no_patch_is_granted_past_the_slides_deadline() -> None:
     assert slide.expand_next(0, 1.0) == 2  # min_k is 3, but only 2 s are left
     clock.advance(7.0)  # past the slide's 10 s, 25 s before the run's reserve
     assert slide.expand_next(0, 1.0) == 0
+
+
+def test_plans_leave_the_slack_of_the_allotment_unspent() -> None:
+    run, clock = make_run(70.0, 4, reserve_s=30.0, max_k=10, batch_size=4, slack=0.25)
+    slide = run.start_slide()  # 10 s, of which 2.5 s are left unplanned
+    assert (slide.time_left(), slide.plan_left()) == (10.0, 7.5)
+    assert slide.expand_next(0, 2.0) == 3  # 3 patches at 2 s fit the 7.5 s
+    assert slide.choose_detector_page(2, 3, 6.0, keep_s=1.5) == 2  # 6 + 1.5 fits 7.5 …
+    assert slide.choose_detector_page(2, 3, 24.1, keep_s=1.5) is None  # … 6.025 + 1.5 does not
+    clock.advance(8.0)
+    assert (slide.time_left(), slide.plan_left(), slide.expand_next(0, 0.1)) == (2.0, 0.0, 0)
+    run.finish_slide()  # the 2 s unspent roll over: (62 − 30) / 3
+    assert run.allotment() == pytest.approx(32.0 / 3)
 
 
 def test_the_detector_keeps_time_for_min_k_patches() -> None:
@@ -158,12 +172,29 @@ def test_cost_model_ema_exact() -> None:
     assert costs.detector_seconds(4_000_000) == 6.0
     costs.observe_detector(1_000_000, 0.5)
     assert costs.detector.value == 1.0  # (1.5 + 0.5) / 2
+    assert costs.hotspot_seconds(2_000_000) == 0.1  # prior_hotspots_mcell_s's default
+    costs.observe_hotspots(4_000_000, 1.0)
+    assert costs.hotspot_seconds(2_000_000) == 0.5
     with pytest.raises(ValueError, match="n >= 1"):
         costs.observe_patches(0, 1.0)
     ema = Ema(10.0, 0.25)
     for x in (4.0, 8.0, 8.0):
         ema.update(x)
     assert (ema.value, ema.count) == (4.0 * 0.75 * 0.75 + 8.0 * (1 - 0.75 * 0.75), 3)
+    peak = Ema(1.0, 0.5)
+    peaks = []
+    for x in (2.0, 6.0, 2.0, 2.0, 10.0):
+        peak.update(x)
+        peaks.append(peak.peak)
+    assert peaks == [2.0, 6.0, 4.0, 3.0, 10.0]  # up at once, down at the average's pace
+
+
+def test_the_slide_floor_prepares_at_the_peak() -> None:
+    costs = CostModel(BudgetConfig(prior_patch_s=0.05, ema_alpha=0.5))
+    for seconds in (0.1, 0.3, 0.1):
+        costs.observe_prepare(seconds)
+    assert (costs.prepare.value, costs.prepare.peak) == pytest.approx((0.15, 0.2))
+    assert costs.slide_floor(4) == pytest.approx(0.2 + 4 * 0.05)
 
 
 def test_run_budget_shares_one_cost_model() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from conftest import FakeClock
 
 from stages.budget import RunBudget, SlideBudget
-from stages.cascade import Cascade, SlideResult
+from stages.cascade import READ_AHEAD_BYTES, Cascade, SlideResult, heatmap_cells
 from stages.config import load_assets
 from stages.slide import SlideError
 
@@ -45,9 +46,9 @@ def test_generous_budget_uses_the_configured_pages(cascade: Cascade, slide_path:
 
 def _frozen_run(cascade: Cascade, limit_s: float, slides: int = 1) -> tuple[RunBudget, FakeClock]:
     """A run on a frozen clock (every measured cost is 0, only the estimates matter), with no
-    reserve."""
+    reserve and no slack."""
     clock = FakeClock(0.0)
-    config = replace(cascade.config.budget, reserve_s=0.0)
+    config = replace(cascade.config.budget, reserve_s=0.0, slack=0.0)
     return RunBudget(limit_s, slides, config, clock=clock), clock
 
 
@@ -62,15 +63,37 @@ def test_small_allotment_keeps_the_last_page_while_it_fits_the_time_left(
     cascade: Cascade, slide_path: Path
 ) -> None:
     budget, _ = _frozen_run(cascade, 2.0)  # 2 s: the detector may use 1 s (fraction 0.5)
-    # estimated 1.8 s on page 5, the slide's coarsest: over the detector's share, within the
-    # 2 s left, so the pass runs there (escalation between pages: tests/test_budget.py)
+    # estimated 1.7 s on page 5, the slide's coarsest: over the detector's share, within the
+    # 2 s left less the 0.2 s kept for min_k patches (and a few ms for its hotspots), so the
+    # pass runs there (escalation between pages: tests/test_budget.py)
     prepared = cascade.prepare(slide_path, None)
     prepared.close()
     assert (prepared.detector_page, len(prepared.slide.pages)) == (5, 6)
-    budget.costs.detector.update(1.8 / _base_mpx(cascade, slide_path))
+    budget.costs.detector.update(1.7 / _base_mpx(cascade, slide_path))
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
     assert result.pages["detector"] == 5 and result.heatmap is not None
     assert result.source == "patches"
+
+
+def test_the_detector_keeps_time_for_the_hotspots_of_its_heatmap(
+    cascade: Cascade, slide_path: Path
+) -> None:
+    budget, _ = _frozen_run(cascade, 4.0, slides=2)  # 2 s a slide
+    budget.costs.detector.update(1.0 / _base_mpx(cascade, slide_path))  # 1 s: fits the 2 s left
+    prepared = cascade.prepare(slide_path, None)
+    prepared.close()
+    cells = heatmap_cells(prepared.slide, prepared.detector_page, cascade.config.detector.stride)
+    info = prepared.slide.pages[prepared.detector_page]
+    assert cells == math.ceil(info.width / 4) * math.ceil(info.height / 4)
+    # … but not with the 1.5 s its heatmap's hotspots are estimated to take after it
+    budget.costs.hotspots.update(1.5 / (cells / 1e6))
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is None and result.source == "patches"  # the cheaper path
+    budget.costs.hotspots.value = 0.5 / (cells / 1e6)  # 1 s + 0.5 s fits: the pass runs …
+    budget.finish_slide()
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is not None and result.heatmap.probs[0].size == cells
+    assert budget.costs.hotspots.count == 2  # … and its hotspots' cost is measured
 
 
 def test_no_time_for_any_detector_pass_takes_the_cheaper_path(
@@ -144,3 +167,16 @@ def test_saved_result_loads_back_equal(cascade: Cascade, slide_path: Path, tmp_p
         result.heatmap.page,
         result.heatmap.complete,
     )
+
+
+def test_windows_are_read_ahead_only_as_far_as_the_detector_can_use_them(
+    cascade: Cascade,
+) -> None:
+    costs = RunBudget(1.0, 1, cascade.config.budget).costs
+    window = cascade.config.detector.window
+    costs.detector.update(0.01 / (window**2 / 1e6))  # 10 ms a window
+    fraction = cascade.config.budget.detector_fraction
+    # the detector's share of 1.01 s pays for ⌊101 × fraction⌋ windows of 3 × window² bytes
+    assert cascade.read_ahead_bytes(1.01, costs) == int(101 * fraction) * 3 * window**2
+    assert cascade.read_ahead_bytes(0.0, costs) == 0
+    assert cascade.read_ahead_bytes(1e6, costs) == READ_AHEAD_BYTES  # capped

@@ -139,6 +139,9 @@ class FakeCascade:
         self.clock, self.cost_s, self.bad = clock, cost_s, bad
         self.prepared: list[Item] = []
 
+    def read_ahead_bytes(self, allotment_s: float, costs: object) -> int:
+        return 0
+
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Item:
         if path.name in self.bad:
             raise OSError(f"{path.name}: unreadable")
