@@ -14,8 +14,7 @@
   alone). No unit of work is started unless its estimated cost fits the slide's time left.
 * :class:`CostModel` holds measured costs (seconds per graded patch, per detector megapixel,
   per million heatmap cells searched for hotspots, per slide prepared) as exponential moving
-  averages that start from the config's prior
-  guesses.
+  averages that start from the config's prior guesses.
 
 All times are seconds of ``clock`` (``time.monotonic`` by default; tests pass a fake clock).
 """
@@ -128,8 +127,8 @@ class Ema:
 
 class CostModel:
     """Measured costs: ``patch.value`` (seconds per graded patch), ``detector.value`` (seconds
-    per detector megapixel), ``hotspots.value`` (seconds per million heatmap cells: the heatmap
-    put together and its hotspots selected) and ``prepare.value`` (seconds to open a slide and
+    per detector megapixel, the heatmap's assembly included), ``hotspots.value`` (seconds per
+    million heatmap cells to select its hotspots) and ``prepare.value`` (seconds to open a slide and
     find its tissue), updated by the cascade after each batch / detector pass / slide."""
 
     def __init__(self, config: BudgetConfig) -> None:
@@ -157,15 +156,14 @@ class CostModel:
         self.detector.update(seconds / (pixels / 1e6))
 
     def observe_hotspots(self, cells: int, seconds: float) -> None:
-        """Record that putting a heatmap of ``cells`` cells together and selecting its hotspots
-        took ``seconds``."""
+        """Record that selecting the hotspots of a heatmap of ``cells`` cells took
+        ``seconds``."""
         if cells < 1 or seconds < 0:
             raise ValueError(f"need cells >= 1 and seconds >= 0, got {cells}, {seconds}")
         self.hotspots.update(seconds / (cells / 1e6))
 
     def hotspot_seconds(self, cells: int) -> float:
-        """Estimated seconds to put a heatmap of ``cells`` cells together and select its
-        hotspots."""
+        """Estimated seconds to select the hotspots of a heatmap of ``cells`` cells."""
         return cells / 1e6 * self.hotspots.value
 
     def detector_seconds(self, pixels: int) -> float:

@@ -34,7 +34,7 @@ from stages.budget import CostModel, SlideBudget
 from stages.classifier import grade, memory_batch, read_patches
 from stages.config import Assets, CascadeConfig
 from stages.decision import Decision, decide_slide
-from stages.detector import Heatmap, predict_heatmap, read_windows, tissue_windows
+from stages.detector import Heatmap, heatmap_grid, predict_heatmap, read_windows, tissue_windows
 from stages.geometry import Box
 from stages.hotspots import Hotspot, heat_evidence, select_hotspots, tissue_hotspots
 from stages.nets import inference, to_input
@@ -313,10 +313,10 @@ def detect(
 
 
 def heatmap_cells(slide: Slide, page: int, stride: int) -> int:
-    """Cells of the heatmap the detector makes on ``page`` with cells of ``stride`` page px (the
-    grid of :func:`stages.detector.predict_heatmap`)."""
-    info = slide.pages[page]
-    return -(-info.width // stride) * -(-info.height // stride)
+    """Cells of the heatmap the detector makes on ``page`` with cells of ``stride`` page px
+    (:func:`stages.detector.heatmap_grid`)."""
+    width, height = heatmap_grid(slide.pages[page].size, stride)
+    return width * height
 
 
 def locate_hotspots(
@@ -386,11 +386,11 @@ class Cascade:
         the measured cost, at most :data:`READ_AHEAD_BYTES`. With less time per slide the
         detector runs on a coarser page or not at all, and windows read ahead would be wasted."""
         cfg = self.config
-        window_bytes = 3 * cfg.detector.window**2
+        window_px = cfg.detector.window**2
         seconds = cfg.budget.detector_fraction * max(allotment_s, 0.0)
-        per_window = costs.detector_seconds(cfg.detector.window**2)
+        per_window = costs.detector_seconds(window_px)
         windows = math.floor(seconds / per_window) if per_window > 0 else math.inf
-        return int(min(READ_AHEAD_BYTES, windows * window_bytes))
+        return int(min(READ_AHEAD_BYTES, windows * 3 * window_px))
 
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
@@ -474,13 +474,13 @@ class Cascade:
                         costs, self.assets.autocast,
                     )  # fmt: skip
                 with clock.stage("hotspots"):
-                    start = time.perf_counter()
                     if heatmap is None:  # the budget affords no detector pass
                         hotspots = self._tissue_hotspots(slide, mask, mask_scale, classifier_page)
                     else:
                         pages["detector"] = heatmap.page
                         hotspots = locate_hotspots(slide, heatmap, cfg, classifier_page)
-                        costs.observe_hotspots(heatmap.visited.size, time.perf_counter() - start)
+                if heatmap is not None:
+                    costs.observe_hotspots(heatmap.visited.size, clock.seconds["hotspots"])
             except Exception as exc:  # a stage failure costs the stage, not the slide
                 errors.append(_describe("detector", exc))
                 log.exception("%s: detector failed", slide.path.name)

@@ -115,6 +115,12 @@ class Heatmap:
     windows: int
 
 
+def heatmap_grid(page_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """``(width, height)`` in cells of the heatmap over a page of ``page_size`` ``(width,
+    height)`` px, with cells of ``stride`` page px (the last row/column may be partial)."""
+    return math.ceil(page_size[0] / stride), math.ceil(page_size[1] / stride)
+
+
 def build_detector(config: DetectorConfig) -> torch.nn.Module:
     """The smp model named by ``config``, randomly initialised (``encoder_weights=None``):
     ``(N, 3, w, w)`` float32 in, ``(N, classes, w / output_stride, w / output_stride)`` logits
@@ -232,7 +238,7 @@ def predict_heatmap(
     """
     info = slide.pages[page]
     stride, window = config.stride, config.window
-    grid_w, grid_h = math.ceil(info.width / stride), math.ceil(info.height / stride)
+    grid_w, grid_h = heatmap_grid(info.size, stride)
     total = np.zeros((config.classes, grid_h, grid_w), np.float32)
     weight = np.zeros((grid_h, grid_w), np.float32)
     if corners is None:
