@@ -278,7 +278,8 @@ def detect(
     """Stage 1 on ``slide``: the detector over the tissue windows of the page the budget affords
     (the page nearest ``detector.target_mpp``, or coarser), stopped before a batch whose
     estimated cost does not fit the slide's :meth:`~SlideBudget.plan_left` less the time kept for
-    what follows (the hotspots of its heatmap, :func:`heatmap_cells`, and ``min_k`` patches);
+    what follows (the hotspots of its heatmap, :func:`heatmap_cells`, and ``min_k`` patches at
+    their decaying peak cost: a batch cannot be stopped part way);
     records its measured cost in ``costs``. None when not even the coarsest page's pass fits
     that time (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
     windows listed and read ahead in ``prepared`` are used when its detector page is chosen;
@@ -287,7 +288,7 @@ def detect(
     base = prepared.detector_page
     window_px = cfg.window**2
     pixels = len(prepared.corners) * window_px
-    keep = config.budget.kept_patches * costs.patch.value
+    keep = config.budget.kept_patches * costs.patch.peak
     keep += costs.hotspot_seconds(heatmap_cells(slide, base, cfg.stride))
     page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels), keep)
     if page is None:
@@ -533,12 +534,14 @@ class Cascade:
         budget: SlideBudget,
         costs: CostModel,
     ) -> np.ndarray:
-        """Grade hotspots in order, batch by batch, while the budget grants them."""
+        """Grade hotspots in order, batch by batch, while the budget grants them (planned at the
+        patches' decaying peak cost, :class:`stages.budget.Ema`: one slow read would otherwise
+        overrun a tight slide)."""
         graded: list[np.ndarray] = []
         done = 0
         while done < len(hotspots):
             n = min(
-                budget.expand_next(done, costs.patch.value), len(hotspots) - done, self.patch_batch
+                budget.expand_next(done, costs.patch.peak), len(hotspots) - done, self.patch_batch
             )
             if n <= 0:
                 break

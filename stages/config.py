@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from stages.classifier import ClassifierConfig, load_classifier
 from stages.decision import DecisionConfig
 from stages.detector import DetectorConfig, build_detector
 from stages.hotspots import HotspotConfig
-from stages.nets import AssetsError, load_weights, pick_precision
+from stages.nets import AssetsError, freeze, load_weights, pick_precision
 from stages.tissue import TissueConfig
 
 log = logging.getLogger(__name__)
@@ -177,15 +178,23 @@ class Assets:
     autocast: torch.dtype | None = None
 
 
-def load_assets(assets: Path, device: torch.device, precision: str = "float32") -> Assets:
+def load_assets(
+    assets: Path, device: torch.device, precision: str = "float32", frozen: bool = False
+) -> Assets:
     """Config plus both networks with their weights; fails early, naming the bad file.
-    ``precision``: one of :data:`stages.nets.PRECISIONS` (the runtime's default is ``auto``)."""
+    ``precision``: one of :data:`stages.nets.PRECISIONS` (the runtime's default is ``auto``).
+    ``frozen``: on a CPU, the detector (stage 1, most of a slide's compute) is traced and frozen
+    for its batches in that precision (:func:`stages.nets.freeze`; the runtime's choice); a
+    failure to do so is logged and the network kept as it is. The classifier stays as built: it
+    may be any encoder, and its batches follow the memory left (:mod:`stages.memory`)."""
     config = load_config(assets)
     detector = load_weights(build_detector(config.detector), assets / config.detector.weights)
     classifier = load_classifier(config.classifier, assets)
     # the inputs are channels-last (stages.nets.to_input); so are the weights: oneDNN's fast path
     detector, classifier = (m.to(memory_format=torch.channels_last) for m in (detector, classifier))
     autocast = pick_precision(device, precision)
+    if frozen and device.type == "cpu":
+        detector = _frozen_detector(detector, config.detector, autocast or torch.float32)
     log.info(
         "assets %s: detector %s/%s, classifier %s%s; inference in %s",
         assets,
@@ -198,3 +207,16 @@ def load_assets(assets: Path, device: torch.device, precision: str = "float32") 
     return Assets(
         config, detector.to(device).eval(), classifier.to(device).eval(), device, autocast
     )
+
+
+def _frozen_detector(
+    detector: torch.nn.Module, config: DetectorConfig, dtype: torch.dtype
+) -> torch.nn.Module:
+    start = time.perf_counter()
+    try:
+        frozen = freeze(detector.eval(), config.batch_size, config.window, dtype)
+    except Exception as exc:  # a network TorchScript cannot trace still runs as it is
+        log.warning("detector not frozen (%s: %s); it runs as built", type(exc).__name__, exc)
+        return detector
+    log.info("detector frozen in %s in %.1f s", dtype, time.perf_counter() - start)
+    return frozen

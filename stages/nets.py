@@ -6,8 +6,10 @@ Weights are safetensors files in ``assets/``; models are always built with
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +139,49 @@ def standardise(
     mean_t = torch.tensor(mean, device=tensor.device).view(1, 3, 1, 1)
     std_t = torch.tensor(std, device=tensor.device).view(1, 3, 1, 1)
     return (tensor - mean_t).div_(std_t)
+
+
+class Frozen(torch.nn.Module):
+    """A network traced by TorchScript for one input shape ``(batch, 3, size, size)`` and frozen,
+    in ``dtype``: its BatchNorms folded into the convolutions, its weights cast once (autocast
+    casts them at every call) and no Python between its layers. Calls take ``(N, 3, size,
+    size)`` tensors of any float dtype; a batch of fewer than ``batch`` is padded with zeros to
+    it (the graph only ever runs on the shape it was optimised for; a new shape would be
+    profiled and optimised again, slowly), a larger one is run in chunks. Outputs are float32,
+    the padding's dropped."""
+
+    def __init__(self, graph: torch.jit.ScriptModule, batch: int, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.graph, self.batch, self.dtype = graph, batch, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = []
+        for chunk in x.split(self.batch):
+            n = len(chunk)
+            if n < self.batch:
+                pad = chunk.new_zeros((self.batch - n, *chunk.shape[1:]))
+                chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
+            outputs.append(self.graph(chunk.to(self.dtype))[:n].float())
+        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def freeze(model: torch.nn.Module, batch: int, size: int, dtype: torch.dtype) -> Frozen:
+    """``model`` (eval mode, on the CPU) as a :class:`Frozen` network for ``(batch, 3, size,
+    size)`` channels-last inputs in ``dtype``, run twice on a blank batch (TorchScript's
+    profiling runs) so that the first real call is already optimised. The model given is left
+    as it was."""
+    example = torch.zeros((batch, 3, size, size), dtype=dtype)
+    example = example.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), warnings.catch_warnings():
+        # shape-dependent branches are fixed at the traced shape: the only one it runs on
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # TorchScript is deprecated upstream for torch.compile, which needs a C++ compiler at run
+        # time: a runtime submission cannot count on one (torch is pinned, so this keeps working)
+        warnings.simplefilter("ignore", FutureWarning)
+        graph = torch.jit.freeze(torch.jit.trace(copy.deepcopy(model).to(dtype).eval(), example))
+        for _ in range(2):
+            graph(example)
+    return Frozen(graph, batch, dtype)
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:

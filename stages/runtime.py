@@ -12,7 +12,8 @@ Guarantees, in order of priority:
 3. One bad slide costs only its own row (fallback class, error logged with the filename).
 4. The run ends within the time limit: slides share it through :class:`stages.budget.RunBudget`;
    slides not started in time get the fallback class; a slide stuck past the hard end is
-   abandoned by a watchdog, which writes the file and exits.
+   abandoned by a watchdog thread, which writes the file and exits (the slides are graded in
+   the main thread, the one that loaded the networks).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def run(
         log.error("cannot run: %s", exc)
         return 2
     try:
-        assets = load_assets(assets_dir, pick_device(device), precision)
+        assets = load_assets(assets_dir, pick_device(device), precision, frozen=True)
     except AssetsError as exc:
         log.error("cannot run: bad assets: %s", exc)
         return 3
@@ -203,42 +204,55 @@ def run(
         lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out
     )
     cascade = Cascade(assets)
+    mpps = resolutions(data / METADATA_NAME, names)
+    # the first slide is prepared while the networks warm up: it has no slide to overlap
+    ahead = start_prefetch(cascade, data, names, mpps, budget) if prefetch else None
     cascade.warm_up()
-    worker = threading.Thread(
-        target=_grade_all,
-        args=(
-            cascade,
-            data,
-            names,
-            resolutions(data / METADATA_NAME, names),
-            budget,
-            report,
-        ),
-        kwargs={
-            "prior": prior,
-            "save_heatmaps": save_heatmaps,
-            "checkpoint": checkpoint,
-            "prefetch": prefetch,
-            "contour_levels": contour_levels,
-        },
-        daemon=True,
-        name="cascade",
+    ending = threading.Lock()  # taken by whichever ends the run: the grading or the watchdog
+
+    def end(timed_out: bool) -> None:
+        report.timed_out = timed_out
+        if timed_out:
+            log.error(
+                "time limit: %s; writing the submission now",
+                f"abandoning {report.current}"
+                if report.current
+                else "stopping before the next slide",
+            )
+        checkpoint.write(quiet=False)
+        report.seconds = time.monotonic() - started
+        report.log_summary(len(names), prior.cls)
+        log.info("wrote %s (%d rewrites took %.2f s)", out, checkpoint.writes, checkpoint.seconds)
+
+    def watchdog() -> None:
+        if ending.acquire(blocking=False):
+            end(timed_out=True)
+            logging.shutdown()
+            os._exit(0)  # the grading may be stuck in native code: do not wait for it
+
+    timer = threading.Timer(max(0.0, budget.remaining() - reserve / 2), watchdog)
+    timer.daemon = True
+    timer.name = "watchdog"
+    timer.start()
+    # the grading runs in this thread, the one that loaded and warmed the networks up: torch's
+    # CPU kernels run at about half speed from a second thread once a first one has used them
+    _grade_all(
+        cascade,
+        data,
+        names,
+        mpps,
+        budget,
+        report,
+        prior=prior,
+        save_heatmaps=save_heatmaps,
+        checkpoint=checkpoint,
+        ahead=ahead,
+        contour_levels=contour_levels,
     )
-    worker.start()
-    worker.join(timeout=max(0.0, budget.remaining() - reserve / 2))
-    report.timed_out = worker.is_alive()
-    if report.timed_out:
-        log.error(
-            "time limit: %s; writing the submission now",
-            f"abandoning {report.current}" if report.current else "stopping before the next slide",
-        )
-    checkpoint.write(quiet=False)
-    report.seconds = time.monotonic() - started
-    report.log_summary(len(names), prior.cls)
-    log.info("wrote %s (%d rewrites took %.2f s)", out, checkpoint.writes, checkpoint.seconds)
-    if report.timed_out:  # the worker may be stuck in native code: do not wait for it
-        logging.shutdown()
-        os._exit(0)
+    timer.cancel()
+    if not ending.acquire(blocking=False):  # the watchdog is ending the run and the process
+        threading.Event().wait()
+    end(timed_out=False)
     return 0
 
 
@@ -284,6 +298,25 @@ class Checkpoint:
             self.write()
 
 
+def start_prefetch(
+    cascade: Cascade,
+    data: Path,
+    names: list[str],
+    mpps: dict[str, float | None],
+    budget: RunBudget,
+) -> Prefetcher[Prepared]:
+    """A :class:`stages.prefetch.Prefetcher` preparing ``names`` (in ``data``) in order, each
+    with the detector windows read ahead that its slide's time lets the detector use
+    (:meth:`stages.cascade.Cascade.read_ahead_bytes` of the allotment when it starts)."""
+
+    def prepare(name: str) -> Prepared:
+        allotment = budget.allotment() if budget.slides_left > 0 else 0.0
+        read_ahead = cascade.read_ahead_bytes(allotment, budget.costs)
+        return cascade.prepare(data / name, mpps.get(name), read_ahead)
+
+    return Prefetcher(prepare, names)
+
+
 def _grade_all(
     cascade: Cascade,
     data: Path,
@@ -294,21 +327,13 @@ def _grade_all(
     prior: Decision,
     save_heatmaps: Path | None,
     checkpoint: Checkpoint,
-    prefetch: bool,
+    ahead: Prefetcher[Prepared] | None,
     contour_levels: tuple[float, ...] = DEFAULT_LEVELS,
 ) -> None:
     """The worker: slides in format order, each within its share of the budget (or passed over
     with the prior row when the time left does not pay for every slide's cheapest path); with
-    ``prefetch``, the next slide is prepared in the background meanwhile."""
-    ahead: Prefetcher[Prepared] | None = None
-    if prefetch:
-
-        def prepare(name: str) -> Prepared:  # read ahead what the time per slide lets it use
-            allotment = budget.allotment() if budget.slides_left > 0 else 0.0
-            read_ahead = cascade.read_ahead_bytes(allotment, budget.costs)
-            return cascade.prepare(data / name, mpps.get(name), read_ahead)
-
-        ahead = Prefetcher(prepare, names)
+    ``ahead`` (:func:`start_prefetch`), the next slide is prepared in the background meanwhile,
+    and closed here at the end."""
     run_start = time.monotonic()
     try:
         for i, name in enumerate(names):

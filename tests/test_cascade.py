@@ -11,6 +11,7 @@ import pytest
 import torch
 from conftest import FakeClock
 
+import stages.cascade
 from stages.budget import RunBudget, SlideBudget
 from stages.cascade import READ_AHEAD_BYTES, Cascade, SlideResult, heatmap_cells
 from stages.config import load_assets
@@ -94,6 +95,43 @@ def test_the_detector_keeps_time_for_the_hotspots_of_its_heatmap(
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
     assert result.heatmap is not None and result.heatmap.probs[0].size == cells
     assert budget.costs.hotspots.count == 2  # … and its hotspots' cost is measured
+
+
+def test_the_detector_keeps_time_for_min_k_patches_at_their_peak_cost(
+    cascade: Cascade, slide_path: Path
+) -> None:
+    budget, _ = _frozen_run(cascade, 4.0, slides=2)  # 2 s a slide
+    budget.costs.detector.update(1.0 / _base_mpx(cascade, slide_path))  # 1 s: fits the 2 s left
+    assert cascade.config.budget.kept_patches == 4
+    # patches at 0.01 s on average leave room, but a batch at their recent peak, 0.3 s a patch,
+    # would not: 1 s + 4 × 0.3 s > 2 s (a batch cannot be stopped part way)
+    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.3
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is None and result.source == "patches"  # the cheaper path
+    budget.finish_slide()
+    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.2  # 1 s + 4 × 0.2 s fits
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is not None
+
+
+def test_patches_are_granted_at_their_peak_cost(
+    cascade: Cascade, slide_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    budget, clock = _frozen_run(cascade, 2.0, slides=2)  # 1 s a slide
+    budget.costs.detector.update(1e-6)  # the detector's pass is estimated free
+    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.2
+    grade = stages.cascade.grade
+
+    def slow(model: torch.nn.Module, patches: np.ndarray, *args: object) -> np.ndarray:
+        clock.advance(0.2 * len(patches))  # each patch takes 0.2 s of the run's clock
+        return grade(model, patches, *args)
+
+    monkeypatch.setattr(stages.cascade, "grade", slow)
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert result.heatmap is not None and len(result.hotspots) > 5
+    # 1 s ÷ 0.2 s: 5 patches, within the slide's second (at the average cost, a first batch of
+    # 8 would have been granted: 1.6 s)
+    assert len(result.grades) == 5 and clock.now == pytest.approx(1.0)
 
 
 def test_no_time_for_any_detector_pass_takes_the_cheaper_path(

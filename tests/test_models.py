@@ -10,9 +10,11 @@ import pytest
 import torch
 from conftest import write_tiff
 
+import stages.config as config_module
 from stages.classifier import ClassifierConfig, PatchClassifier, grade, patch_box, read_patches
+from stages.config import load_assets
 from stages.detector import DetectorConfig, build_detector, predict_heatmap, tissue_windows
-from stages.nets import AssetsError, load_weights, save_weights, to_input
+from stages.nets import AssetsError, Frozen, freeze, load_weights, save_weights, to_input
 from stages.slide import Slide
 from training.pack.export import TINY
 
@@ -154,3 +156,42 @@ def test_segformer_detector_at_output_stride_4() -> None:
     )  # fmt: skip
     with pytest.raises(ValueError, match="Segformer"):
         replace(config, decoder_channels=(32, 32))
+
+
+def test_a_frozen_detector_gives_the_networks_output_at_any_batch() -> None:
+    torch.manual_seed(0)
+    model = build_detector(TINY_DETECTOR).eval().to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = freeze(model, 4, 128, torch.float32)
+    assert isinstance(frozen, Frozen) and frozen.batch == 4
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # left as it was
+    x = torch.randn(9, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        eager = model(x)
+        for n in (1, 3, 4, 9):  # padded to the traced batch, exact, and run in chunks
+            out = frozen(x[:n])
+            assert out.shape == (n, 4, 32, 32) and out.dtype == torch.float32
+            torch.testing.assert_close(out, eager[:n], atol=1e-4, rtol=1e-4)
+        half = freeze(model, 4, 128, torch.bfloat16)(x[:3])
+    assert half.dtype == torch.float32  # bfloat16 inside, float32 out
+    torch.testing.assert_close(half.softmax(1), eager[:3].softmax(1), atol=0.1, rtol=0)
+
+
+def test_load_assets_freezes_the_detector_only_when_asked_and_keeps_it_when_it_cannot(
+    assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cpu = torch.device("cpu")
+    assert not isinstance(load_assets(assets, cpu).detector, Frozen)
+    loaded = load_assets(assets, cpu, frozen=True)
+    assert isinstance(loaded.detector, Frozen)
+    assert loaded.detector.batch == loaded.config.detector.batch_size
+    assert not isinstance(loaded.classifier, Frozen)
+
+    def untraceable(*args: object) -> Frozen:
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(config_module, "freeze", untraceable)
+    with caplog.at_level("WARNING"):
+        kept = load_assets(assets, cpu, frozen=True)
+    assert not isinstance(kept.detector, Frozen)
+    assert "detector not frozen (RuntimeError: cannot trace this)" in caplog.text

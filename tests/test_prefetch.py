@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.decision import Decision
-from stages.prefetch import Prefetcher
+from stages.prefetch import NICENESS, Prefetcher
 from stages.submission import read_table
 from training.data.synthetic import generate_dataset
 
@@ -27,6 +28,7 @@ class Item:
     def __init__(self, name: str) -> None:
         self.name = name
         self.closed = False
+        self.niceness = 0
 
     def close(self) -> None:
         self.closed = True
@@ -164,17 +166,19 @@ def grade_all(cascade: FakeCascade, names: list[str], time_limit_s: float) -> ru
     report = runtime.RunReport()
     checkpoint = runtime.Checkpoint(lambda quiet: None, Path("unused"))
     checkpoint.maybe_write = lambda: None  # type: ignore[method-assign]
+    mpps: dict[str, float | None] = dict.fromkeys(names)
+    ahead = runtime.start_prefetch(cascade, Path("data"), names, mpps, budget)  # type: ignore[arg-type]
     runtime._grade_all(
         cascade,  # type: ignore[arg-type]
         Path("data"),
         names,
-        dict.fromkeys(names),
+        mpps,
         budget,
         report,
         prior=Decision((0.25,) * 4, 1, "prior"),
         save_heatmaps=None,
         checkpoint=checkpoint,
-        prefetch=True,
+        ahead=ahead,
     )
     return report
 
@@ -204,7 +208,23 @@ def test_a_slide_that_fails_in_the_prefetch_costs_only_its_row() -> None:
 
 
 @pytest.mark.slow
-def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path, assets: Path) -> None:
+def test_the_same_predictions_with_and_without_prefetch(
+    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the first slide is prepared while the networks warm up (it has no slide to overlap)
+    preparing, warmed_while_preparing = threading.Event(), []
+    prepare, warm_up = Cascade.prepare, Cascade.warm_up
+
+    def noted_prepare(self: Cascade, *args: object, **kwargs: object) -> object:
+        preparing.set()
+        return prepare(self, *args, **kwargs)
+
+    def noted_warm_up(self: Cascade) -> float:
+        warmed_while_preparing.append(preparing.wait(10.0 if prefetch else 0.0))
+        return warm_up(self)
+
+    monkeypatch.setattr(Cascade, "prepare", noted_prepare)
+    monkeypatch.setattr(Cascade, "warm_up", noted_warm_up)
     data = tmp_path / "data"
     generate_dataset(data, 3, seed=41, split="test")
     (data / "broken.tif").write_bytes(b"II*\x00 not a slide")
@@ -224,6 +244,8 @@ def test_the_same_predictions_with_and_without_prefetch(tmp_path: Path, assets: 
         )
         assert code == 0
         outputs[prefetch] = out
+        preparing.clear()
+    assert warmed_while_preparing == [False, True]
     assert not prefetch_threads()
     submissions = [read_table(outputs[p] / "submission.csv") for p in (False, True)]
     assert submissions[0].equals(submissions[1])
@@ -260,3 +282,16 @@ def test_read_ahead_windows_give_the_same_heatmap(tmp_path: Path, assets: Path) 
     for other in results[1:]:
         np.testing.assert_array_equal(other.heatmap.probs, results[0].heatmap.probs)
         assert other.probs == results[0].probs
+
+
+def test_slides_are_prepared_at_a_lower_priority() -> None:
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    def prepare(name: str) -> Item:
+        item = Item(name)
+        item.niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return item
+
+    with Prefetcher(prepare, ["a"]) as ahead:
+        assert ahead.take("a").niceness == min(own + NICENESS, 19)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

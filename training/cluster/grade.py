@@ -138,7 +138,8 @@ class GradeWorker(PoolWorker):
         with tempfile.TemporaryDirectory(prefix="tissuenet-assets-") as tmp:
             for name, blob in assets.items():
                 (Path(tmp) / name).write_bytes(blob)
-            self.assets = load_assets(Path(tmp), pick_device(options.device), options.precision)
+            device = pick_device(options.device)
+            self.assets = load_assets(Path(tmp), device, options.precision, frozen=True)
         self.cascade = Cascade(self.assets)
         self.costs = CostModel(self.assets.config.budget)
         self.prior = decide_slide([], [], self.assets.config.decision)

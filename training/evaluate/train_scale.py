@@ -11,7 +11,9 @@ metadata (two typical 10–13 gigapixel slides and a 271,950 × 294,038 px canva
 * the peak RSS and the most open file descriptors of the detector and the classifier training
   processes (``python -m training.fit.{detector,classifier}`` for ``--steps`` steps, their loader
   workers included), sampled every 0.5 s, ``--repeats`` runs per count (one run's peak moves by
-  tens of MB from run to run, as much as hundreds of slides would);
+  tens of MB from run to run, as much as hundreds of slides would; the detector's per-epoch
+  hotspot recall runs on the same number of validation slides at every count,
+  ``--recall-slides``, so that its fixed-size subset does not pass for growth);
 * the memory the training data itself holds per slide in one process (the cache's index tables,
   both stages' datasets, a few hundred items read), traced by ``tracemalloc``: what grows with
   the slides, without the run-to-run noise of a whole process's peak;
@@ -62,6 +64,12 @@ REAL = (*REAL_ROWS[:2], CANVAS_ROW)
 REAL_SET, REAL_CANVASES = 1015, 300
 #: Bounds of issue 15: memory per slide beyond a fixed base, open files at any slide count.
 BOUND_KB_PER_SLIDE, BOUND_FDS = 64, 256
+#: Validation slides of the detector's per-epoch hotspot recall in the runs over ``--counts``: as
+#: many as the smallest set's validation fold has with lesions (3 of 32 slides), so that every
+#: count measures the same fixed-size subset (its memory, the peak of a heatmap pass over
+#: each, is part of the fixed base: a run caps it at ``--recall-slides``, 16 by default, at any
+#: slide count); the real-size run uses the trainer's default.
+RECALL_SLIDES = 3
 
 
 @dataclass(frozen=True)
@@ -176,10 +184,11 @@ def data_memory(cache_root: Path, recipe: str, items: int = 200) -> float:
 
 
 def train_peaks(
-    cache_root: Path, work: Path, recipe: str, steps: int, workers: int
+    cache_root: Path, work: Path, recipe: str, steps: int, workers: int, recall_slides: int
 ) -> dict[str, ProcessPeak]:
     """Peak RSS and open files of a detector and a classifier run of ``steps`` steps each (one
-    epoch, one validation pass) with ``workers`` loader processes."""
+    epoch, one validation pass) with ``workers`` loader processes; the detector's hotspot recall
+    on ``recall_slides`` validation slides."""
     peaks = {}
     for name, batch in (("detector", 8), ("classifier", 32)):
         out = work / name
@@ -189,6 +198,8 @@ def train_peaks(
             "--config", recipe, "--epochs", "1", "--samples", str(steps * batch),
             "--batch-size", str(batch), "--workers", str(workers), "--accelerator", "cpu",
         ]  # fmt: skip
+        if name == "detector":
+            command += ["--recall-slides", str(recall_slides)]
         work.mkdir(parents=True, exist_ok=True)
         peaks[name] = watch(command, work / f"{name}.log")
     return peaks
@@ -206,7 +217,13 @@ def cache_figures(cache_root: Path) -> dict[str, float]:
 
 
 def run(
-    out: Path, counts: list[int], steps: int, workers: int, recipe: str, repeats: int = 2
+    out: Path,
+    counts: list[int],
+    steps: int,
+    workers: int,
+    recipe: str,
+    repeats: int = 2,
+    recall_slides: int = RECALL_SLIDES,
 ) -> dict:
     """Every measurement of the module doc; returns them (also written to ``OUT/scale.json``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -225,7 +242,7 @@ def run(
         figures |= loader_rates(root, recipe)
         figures["data_bytes_per_slide"] = data_memory(root, recipe)
         runs = [
-            train_peaks(root, out / f"train-{count}-{r}", recipe, steps, workers)
+            train_peaks(root, out / f"train-{count}-{r}", recipe, steps, workers, recall_slides)
             for r in range(repeats)
         ]
         for stage in ("detector", "classifier"):
@@ -253,7 +270,9 @@ def run(
             "bytes": float(row["bytes"]),
             "seconds": float(row["seconds"]),
         }
-    peaks = train_peaks(real_cache, out / "train-real", recipe, steps, workers)
+    peaks = train_peaks(
+        real_cache, out / "train-real", recipe, steps, workers, detector.RECALL_SLIDES
+    )
     results["real_train"] = {k: vars(v) for k, v in peaks.items()}
     results["extrapolation"] = extrapolate(results)
     (out / "scale.json").write_text(json.dumps(results, indent=1) + "\n")
@@ -361,11 +380,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="training steps per process")
     parser.add_argument("--workers", type=int, default=2, help="loader workers of the trainers")
     parser.add_argument("--repeats", type=int, default=2, help="training runs per count")
+    parser.add_argument(
+        "--recall-slides",
+        type=int,
+        default=RECALL_SLIDES,
+        help="validation slides of the detector's hotspot recall in the runs over --counts",
+    )
     parser.add_argument("--config", default="tiny")
     parser.add_argument("--publish", type=Path, help="also write train_scale.md there")
     args = parser.parse_args(argv)
     setup_logging()
-    results = run(args.out, args.counts, args.steps, args.workers, args.config, args.repeats)
+    results = run(
+        args.out,
+        args.counts,
+        args.steps,
+        args.workers,
+        args.config,
+        args.repeats,
+        args.recall_slides,
+    )
     text = report(json.loads(json.dumps(results)))
     print(text)
     if args.publish:
