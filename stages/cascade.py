@@ -555,6 +555,7 @@ class Cascade:
                     self.config.classifier,
                     self.assets.device,
                     self.assets.autocast,
+                    pad_to=self.patch_batch,
                 )
             )
             costs.observe_patches(n, time.perf_counter() - start)

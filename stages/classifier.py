@@ -215,11 +215,19 @@ def grade(
     config: ClassifierConfig,
     device: torch.device,
     autocast: torch.dtype | None = None,
+    pad_to: int = 0,
 ) -> np.ndarray:
     """Class probabilities ``(N, classes)`` float32 of ``(N, P, P, 3)`` uint8 patches: softmax of
     the logits divided by ``config.temperature``; the network runs in ``autocast`` (None:
-    float32)."""
+    float32). ``pad_to``: a batch of fewer patches is padded with white ones to that many (their
+    grades dropped), so that the network always sees the batch shape it was warmed up on: on a
+    CPU, the first call with a new batch size sets its kernels up again (tens of ms for a small
+    network, more than the patches themselves cost)."""
+    n = len(patches)
+    if n < pad_to:
+        white = np.full((pad_to - n, *patches.shape[1:]), 255, np.uint8)
+        patches = np.concatenate([patches, white])
     model.eval()
     with inference(device, autocast):
         logits = model(to_input(patches, device, config.mean, config.std)).float()
-        return (logits / config.temperature).softmax(dim=1).cpu().numpy()
+        return (logits / config.temperature).softmax(dim=1)[:n].cpu().numpy()

@@ -236,20 +236,24 @@ def run(
     timer.start()
     # the grading runs in this thread, the one that loaded and warmed the networks up: torch's
     # CPU kernels run at about half speed from a second thread once a first one has used them
-    _grade_all(
-        cascade,
-        data,
-        names,
-        mpps,
-        budget,
-        report,
-        prior=prior,
-        save_heatmaps=save_heatmaps,
-        checkpoint=checkpoint,
-        ahead=ahead,
-        contour_levels=contour_levels,
-    )
-    timer.cancel()
+    try:
+        _grade_all(
+            cascade,
+            data,
+            names,
+            mpps,
+            budget,
+            report,
+            prior=prior,
+            save_heatmaps=save_heatmaps,
+            checkpoint=checkpoint,
+            ahead=ahead,
+            contour_levels=contour_levels,
+        )
+    except Exception:  # a bug past the per-slide isolation: the rows graded so far are kept
+        log.exception("grading stopped; the slides not graded get the fallback class")
+    finally:
+        timer.cancel()
     if not ending.acquire(blocking=False):  # the watchdog is ending the run and the process
         threading.Event().wait()
     end(timed_out=False)

@@ -122,9 +122,9 @@ def test_patches_are_granted_at_their_peak_cost(
     budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.2
     grade = stages.cascade.grade
 
-    def slow(model: torch.nn.Module, patches: np.ndarray, *args: object) -> np.ndarray:
+    def slow(model: torch.nn.Module, patches: np.ndarray, *args: object, **kw: int) -> np.ndarray:
         clock.advance(0.2 * len(patches))  # each patch takes 0.2 s of the run's clock
-        return grade(model, patches, *args)
+        return grade(model, patches, *args, **kw)
 
     monkeypatch.setattr(stages.cascade, "grade", slow)
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)

@@ -108,9 +108,14 @@ def test_patches_and_grades(tmp_path: Path) -> None:
     assert patches.shape == (3, 64, 64, 3)
     assert patches[0].min() > 240 and patches[1].max() < 15
     assert (patches[2][:32] == 255).all()  # the part above the slide is white padding
-    probs = grade(PatchClassifier(TINY_CLASSIFIER), patches, TINY_CLASSIFIER, torch.device("cpu"))
+    model, cpu = PatchClassifier(TINY_CLASSIFIER), torch.device("cpu")
+    probs = grade(model, patches, TINY_CLASSIFIER, cpu)
     assert probs.shape == (3, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    # padded to a batch of 8 (white patches, dropped): the same grades for the three
+    padded = grade(model, patches, TINY_CLASSIFIER, cpu, pad_to=8)
+    assert padded.shape == (3, 4)
+    np.testing.assert_allclose(padded, probs, atol=1e-5)
     assert read_patches(slide, [], page, 64).shape == (0, 64, 64, 3)
 
 
