@@ -40,6 +40,7 @@ from stages.nets import (
     check_normalisation,
     inference,
     load_weights,
+    padded_forward,
     to_input,
 )
 from stages.slide import Slide
@@ -219,15 +220,10 @@ def grade(
 ) -> np.ndarray:
     """Class probabilities ``(N, classes)`` float32 of ``(N, P, P, 3)`` uint8 patches: softmax of
     the logits divided by ``config.temperature``; the network runs in ``autocast`` (None:
-    float32). ``pad_to``: a batch of fewer patches is padded with white ones to that many (their
-    grades dropped), so that the network always sees the batch shape it was warmed up on: on a
-    CPU, the first call with a new batch size sets its kernels up again (tens of ms for a small
-    network, more than the patches themselves cost)."""
-    n = len(patches)
-    if n < pad_to:
-        white = np.full((pad_to - n, *patches.shape[1:]), 255, np.uint8)
-        patches = np.concatenate([patches, white])
+    float32). ``pad_to``: the patches run in batches of exactly that many
+    (:func:`stages.nets.padded_forward`), the batch shape the network was warmed up on."""
     model.eval()
     with inference(device, autocast):
-        logits = model(to_input(patches, device, config.mean, config.std)).float()
-        return (logits / config.temperature).softmax(dim=1)[:n].cpu().numpy()
+        inputs = to_input(patches, device, config.mean, config.std)
+        logits = padded_forward(model, inputs, pad_to).float()
+        return (logits / config.temperature).softmax(dim=1).cpu().numpy()

@@ -10,7 +10,7 @@ import copy
 import logging
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,28 +141,39 @@ def standardise(
     return (tensor - mean_t).div_(std_t)
 
 
+def padded_forward(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch: int
+) -> torch.Tensor:
+    """``fn`` on ``(N, …)`` ``x`` in chunks of exactly ``batch`` items, the last one padded with
+    zeros (the padding's outputs dropped), so that a network only ever runs on one batch shape;
+    ``batch`` 0: ``fn(x)`` as it is. On a CPU a new batch shape sets the kernels up again, or,
+    for a :class:`Frozen` graph, profiles and optimises it again: tens of ms, more than a small
+    batch costs."""
+    if batch <= 0:
+        return fn(x)
+    outputs = []
+    for chunk in x.split(batch):
+        n = len(chunk)
+        if n < batch:
+            pad = chunk.new_zeros((batch - n, *chunk.shape[1:]))
+            chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
+        outputs.append(fn(chunk)[:n])
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
 class Frozen(torch.nn.Module):
     """A network traced by TorchScript for one input shape ``(batch, 3, size, size)`` and frozen,
     in ``dtype``: its BatchNorms folded into the convolutions, its weights cast once (autocast
     casts them at every call) and no Python between its layers. Calls take ``(N, 3, size,
-    size)`` tensors of any float dtype; a batch of fewer than ``batch`` is padded with zeros to
-    it (the graph only ever runs on the shape it was optimised for; a new shape would be
-    profiled and optimised again, slowly), a larger one is run in chunks. Outputs are float32,
-    the padding's dropped."""
+    size)`` tensors of any float dtype, run in batches of ``batch`` (:func:`padded_forward`);
+    outputs are float32."""
 
     def __init__(self, graph: torch.jit.ScriptModule, batch: int, dtype: torch.dtype) -> None:
         super().__init__()
         self.graph, self.batch, self.dtype = graph, batch, dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outputs = []
-        for chunk in x.split(self.batch):
-            n = len(chunk)
-            if n < self.batch:
-                pad = chunk.new_zeros((self.batch - n, *chunk.shape[1:]))
-                chunk = torch.cat([chunk, pad]).contiguous(memory_format=torch.channels_last)
-            outputs.append(self.graph(chunk.to(self.dtype))[:n].float())
-        return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+        return padded_forward(self.graph, x.to(self.dtype), self.batch).float()
 
 
 def freeze(model: torch.nn.Module, batch: int, size: int, dtype: torch.dtype) -> Frozen:

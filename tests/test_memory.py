@@ -75,4 +75,5 @@ def test_short_memory_makes_the_cascade_grade_in_smaller_batches(
         result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
         sizes = loaded.classifier.sizes
         assert len(result.grades) > most  # the test can fail: more patches than one batch
-        assert max(sizes) == most and sum(sizes) == len(result.grades)
+        # every batch runs at the warmed-up shape, the last one padded by less than a batch
+        assert set(sizes) == {most} and 0 <= sum(sizes) - len(result.grades) < most

@@ -112,7 +112,7 @@ def test_patches_and_grades(tmp_path: Path) -> None:
     probs = grade(model, patches, TINY_CLASSIFIER, cpu)
     assert probs.shape == (3, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    # padded to a batch of 8 (white patches, dropped): the same grades for the three
+    # padded to a batch of 8 (the padding dropped): the same grades for the three
     padded = grade(model, patches, TINY_CLASSIFIER, cpu, pad_to=8)
     assert padded.shape == (3, 4)
     np.testing.assert_allclose(padded, probs, atol=1e-5)
