@@ -1,20 +1,22 @@
 """One global time limit shared over the slides of a run, on an injectable clock.
 
 * :class:`RunBudget` starts when created. Time before its hard end minus ``reserve_s`` (kept for
-  writing the submission) is shared out as it goes: each slide gets
-  ``allotment = (remaining − reserve) / slides left`` when it starts, so time a slide leaves unused
-  rolls over to the later ones (and an overrun is taken from them). When less than
-  ``min_slide_s`` is left before the reserve, the run is :meth:`~RunBudget.exhausted` and the
-  remaining slides get fallback rows. When the time left per slide is below what a slide's
+  writing the submission) is shared out as it goes: each slide gets ``allotment = (remaining −
+  reserve) / slides left`` when it starts, so time a slide leaves unused rolls over to the later
+  ones (and an overrun is taken from them). When less than ``min_slide_s`` is left before the
+  reserve, and less than a slide's cheapest path costs, the run is :meth:`~RunBudget.exhausted` and
+  the remaining slides get fallback rows. When the time left per slide is below what a slide's
   cheapest path costs (:meth:`CostModel.slide_floor`), :meth:`~RunBudget.skip_next` gives some
   slides the prior row unread, spread evenly, so that the slides graded get at least that much.
 * :class:`SlideBudget` is one slide's share: a deadline, how many hotspots the next batch may
   grade (:meth:`~SlideBudget.expand_next`) and which detector page is affordable, if any
   (:meth:`~SlideBudget.choose_detector_page`; none: the slide's hotspots come from its tissue
   alone). No unit of work is started unless its estimated cost fits the slide's time left.
-* :class:`CostModel` holds measured costs (seconds per graded patch, per detector megapixel,
-  per million heatmap cells searched for hotspots, per slide prepared) as exponential moving
-  averages that start from the config's prior guesses.
+* :class:`CostModel` holds measured costs (seconds per patch read, per classifier batch run,
+  per detector megapixel, per million heatmap cells searched for hotspots, per slide prepared)
+  as exponential moving averages that start from the config's prior guesses. A classifier batch
+  runs at one shape whatever its number of patches (:func:`stages.nets.padded_forward`), so
+  grading ``n`` patches costs ``n`` reads plus whole batches (:meth:`CostModel.patch_seconds`).
 
 All times are seconds of ``clock`` (``time.monotonic`` by default; tests pass a fake clock).
 """
@@ -38,19 +40,18 @@ class BudgetConfig:
     """How the run's time is spent.
 
     ``reserve_s``: kept back for writing the submission; ``min_k`` / ``max_k``: hotspots graded per
-    slide (the detector leaves the slide time for ``min_k`` of them; a slide without a detector
-    pass takes ``min_k`` hotspots from its tissue); ``batch_size``: hotspots per
-    classifier batch at most (fewer where memory is short: :mod:`stages.memory`);
-    ``detector_fraction``: share of a slide's allotment the detector may use
-    before a coarser page is chosen; ``min_slide_s``: below this much usable time no slide is
-    started; ``prior_patch_s`` / ``prior_detector_mpx_s`` / ``prior_hotspots_mcell_s`` /
-    ``prior_prepare_s``: cost guesses (seconds per patch, per detector megapixel, per million
-    heatmap cells searched for hotspots, per slide opened and its tissue found) used until
-    measured;
-    ``ema_alpha``: weight of the newest measurement in the moving averages; ``slack``: share of a
-    slide's allotment its plans leave unspent, against the estimates' errors (what a slide leaves
-    rolls over to the later ones); ``stage2``: False turns the patch classifier off (the
-    hotspots' heatmap probabilities alone decide).
+    slide (the detector leaves the slide time for ``min_k`` of them; a slide without a detector pass
+    takes ``min_k`` hotspots from its tissue); ``batch_size``: hotspots per classifier batch at most
+    (fewer where memory is short: :mod:`stages.memory`); ``detector_fraction``: share of a slide's
+    allotment the detector may use before a coarser page is chosen; ``min_slide_s``: below this much
+    usable time (and below the cheapest path's estimated cost) no slide is started;
+    ``prior_patch_s`` / ``prior_batch_s`` / ``prior_detector_mpx_s`` / ``prior_hotspots_mcell_s`` /
+    ``prior_prepare_s``: cost guesses (seconds per patch read, per classifier batch run, per
+    detector megapixel, per million heatmap cells searched for hotspots, per slide opened and its
+    tissue found) used until measured; ``ema_alpha``: weight of the newest measurement in the moving
+    averages; ``slack``: share of a slide's allotment its plans leave unspent, against the
+    estimates' errors (what a slide leaves rolls over to the later ones); ``stage2``: False turns
+    the patch classifier off (the hotspots' heatmap probabilities alone decide).
     """
 
     reserve_s: float = 30.0
@@ -60,6 +61,7 @@ class BudgetConfig:
     detector_fraction: float = 0.5
     min_slide_s: float = 1.0
     prior_patch_s: float = 0.05
+    prior_batch_s: float = 0.05
     prior_detector_mpx_s: float = 1.0
     prior_prepare_s: float = 0.25
     prior_hotspots_mcell_s: float = 0.05
@@ -90,13 +92,14 @@ class BudgetConfig:
             raise ValueError(f"budget.min_slide_s must be finite and >= 0, got {self.min_slide_s}")
         priors = (
             self.prior_patch_s,
+            self.prior_batch_s,
             self.prior_detector_mpx_s,
             self.prior_prepare_s,
             self.prior_hotspots_mcell_s,
         )
         if not min(priors) > 0:
             raise ValueError(
-                "budget.prior_patch_s, prior_detector_mpx_s, prior_prepare_s and "
+                "budget.prior_patch_s, prior_batch_s, prior_detector_mpx_s, prior_prepare_s and "
                 "prior_hotspots_mcell_s must be positive"
             )
         if not 0 < self.ema_alpha <= 1:
@@ -126,13 +129,17 @@ class Ema:
 
 
 class CostModel:
-    """Measured costs: ``patch.value`` (seconds per graded patch), ``detector.value`` (seconds
-    per detector megapixel, the heatmap's assembly included), ``hotspots.value`` (seconds per
-    million heatmap cells to select its hotspots) and ``prepare.value`` (seconds to open a slide and
-    find its tissue), updated by the cascade after each batch / detector pass / slide."""
+    """Measured costs: ``patch.value`` (seconds to read one patch), ``batch.value`` (seconds
+    to run the classifier on one batch, whatever its number of patches), ``detector.value``
+    (seconds per detector megapixel, the heatmap's assembly included), ``hotspots.value``
+    (seconds per million heatmap cells to select its hotspots) and ``prepare.value`` (seconds
+    to open a slide and find its tissue), updated by the cascade after each batch / detector
+    pass / slide. ``batch_size``: the patches of a classifier batch."""
 
     def __init__(self, config: BudgetConfig) -> None:
+        self.batch_size = config.batch_size
         self.patch = Ema(config.prior_patch_s, config.ema_alpha)
+        self.batch = Ema(config.prior_batch_s, config.ema_alpha)
         self.detector = Ema(config.prior_detector_mpx_s, config.ema_alpha)
         self.hotspots = Ema(config.prior_hotspots_mcell_s, config.ema_alpha)
         self.prepare = Ema(config.prior_prepare_s, config.ema_alpha)
@@ -143,11 +150,21 @@ class CostModel:
             raise ValueError(f"need seconds >= 0, got {seconds}")
         self.prepare.update(seconds)
 
-    def observe_patches(self, n: int, seconds: float) -> None:
-        """Record that grading ``n`` patches took ``seconds``."""
-        if n < 1 or seconds < 0:
-            raise ValueError(f"need n >= 1 patches and seconds >= 0, got {n}, {seconds}")
-        self.patch.update(seconds / n)
+    def observe_patches(self, n: int, read_s: float, run_s: float) -> None:
+        """Record that reading ``n`` patches took ``read_s`` and the classifier's batch on them
+        ``run_s``."""
+        if n < 1 or read_s < 0 or run_s < 0:
+            raise ValueError(f"need n >= 1 patches and seconds >= 0, got {n}, {read_s}, {run_s}")
+        self.patch.update(read_s / n)
+        self.batch.update(run_s)
+
+    def patch_seconds(self, n: int, peak: bool = False) -> float:
+        """Estimated seconds to grade ``n`` patches: ``n`` reads and ⌈n / batch_size⌉ batches
+        (at their decaying peaks with ``peak``, for work that cannot be stopped part way)."""
+        patch, batch = (
+            (self.patch.peak, self.batch.peak) if peak else (self.patch.value, self.batch.value)
+        )
+        return n * patch + math.ceil(n / self.batch_size) * batch
 
     def observe_detector(self, pixels: int, seconds: float) -> None:
         """Record that the detector took ``seconds`` over a page of ``pixels`` pixels."""
@@ -174,7 +191,7 @@ class CostModel:
         """Estimated seconds of a slide's cheapest graded path: prepared (at the decaying
         maximum of the preparations measured: it cannot be stopped part way), then ``min_k``
         patches of its tissue graded."""
-        return self.prepare.peak + min_k * self.patch.value
+        return self.prepare.peak + self.patch_seconds(min_k)
 
 
 class SlideBudget:
@@ -207,35 +224,45 @@ class SlideBudget:
         ``slack`` of the allotment (≥ 0)."""
         return max(0.0, self.time_left() - self.config.slack * self.allotment)
 
-    def expand_next(self, k_done: int, patch_cost_s: float) -> int:
+    def expand_next(self, k_done: int, patch_s: float, batch_s: float = 0.0) -> int:
         """How many hotspots the next batch may grade, ``k_done`` being graded already.
 
-        At most ``batch_size`` and up to ``max_k`` in all; as many as fit :meth:`plan_left` at
-        ``patch_cost_s`` seconds each (0 when none fits).
+        At most ``batch_size`` and up to ``max_k`` in all; as many as fit :meth:`plan_left`
+        at ``patch_s`` seconds each (their reads) plus ``batch_s`` (the batch's run, the same
+        for any number of patches); 0 when not even one fits.
         """
-        if k_done < 0 or patch_cost_s < 0:
-            raise ValueError(f"k_done and patch_cost_s must be >= 0, got {k_done}, {patch_cost_s}")
+        if k_done < 0 or patch_s < 0 or batch_s < 0:
+            raise ValueError(
+                f"k_done, patch_s and batch_s must be >= 0, got {k_done}, {patch_s}, {batch_s}"
+            )
         n = min(self.config.batch_size, self.config.max_k - k_done)
-        if n <= 0:
+        usable = self.plan_left() - batch_s
+        if n <= 0 or usable < 0:
             return 0
-        fits = n if patch_cost_s == 0 else math.floor(self.plan_left() / patch_cost_s)
+        fits = n if patch_s == 0 else math.floor(usable / patch_s)
         return min(n, fits)
 
     def choose_detector_page(
-        self, base_page: int, n_pages: int, est_cost_at_base_s: float, keep_s: float = 0.0
+        self,
+        base_page: int,
+        n_pages: int,
+        est_cost_at_base_s: float,
+        keep_s: float = 0.0,
+        least_s: float = 0.0,
     ) -> int | None:
         """The first page from ``base_page`` on whose estimated detector cost (÷ 4 per coarser
-        page) fits both ``detector_fraction`` of the allotment and :meth:`plan_left` less
-        ``keep_s`` (kept for the hotspots and ``min_k`` patches); the last page if none does, or
-        None when even the last page's cost exceeds that time (the slide then takes the cheaper
-        path without the detector)."""
+        page, but never below ``least_s``, the cost of one batch) fits both
+        ``detector_fraction`` of the allotment and :meth:`plan_left` less ``keep_s`` (kept for
+        the hotspots and ``min_k`` patches); the last page if none does, or None when even the
+        last page's cost exceeds that time (the slide then takes the cheaper path without the
+        detector)."""
         if not 0 <= base_page < n_pages:
             raise ValueError(f"base_page {base_page} out of range 0..{n_pages - 1}")
         usable = self.plan_left() - keep_s
         limit = min(self.config.detector_fraction * self.allotment, usable)
-        page, cost = base_page, est_cost_at_base_s
+        page, cost = base_page, max(est_cost_at_base_s, least_s)
         while cost > limit and page < n_pages - 1:
-            page, cost = page + 1, cost / COARSER_PAGE_SPEEDUP
+            page, cost = page + 1, max(cost / COARSER_PAGE_SPEEDUP, least_s)
         if cost > usable:
             log.info(
                 "no detector pass: its cheapest, page %d, is estimated at %.2f s > %.2f s usable",
@@ -327,8 +354,11 @@ class RunBudget:
         return True
 
     def exhausted(self) -> bool:
-        """True when less than ``min_slide_s`` is left before the reserve: start no more slides."""
-        return self.remaining() - self.config.reserve_s < self.config.min_slide_s
+        """True when the time left before the reserve is under ``min_slide_s`` and under the
+        cheapest path's cost (:meth:`CostModel.slide_floor`): start no more slides. (With
+        fractions of a second a slide, the last second still pays for a few.)"""
+        floor = self.costs.slide_floor(self.config.kept_patches)
+        return self.remaining() - self.config.reserve_s < min(self.config.min_slide_s, floor)
 
     def start_slide(self) -> SlideBudget:
         """Begin the next slide with its allotment; :meth:`finish_slide` must follow."""

@@ -38,6 +38,7 @@ from stages.detector import Heatmap, heatmap_grid, predict_heatmap, read_windows
 from stages.geometry import Box
 from stages.hotspots import Hotspot, heat_evidence, select_hotspots, tissue_hotspots
 from stages.nets import inference, to_input
+from stages.prefetch import NotReadyError
 from stages.slide import Slide, SlideError
 from stages.tissue import mask_for_slide
 
@@ -197,11 +198,15 @@ def grade_or_fallback(
     """:meth:`Cascade.grade_slide`, or the ``prior``'s :func:`fallback_result` (with the error)
     when the slide cannot be graded at all: one bad slide costs only its own row. ``prepared``
     gives what :meth:`Cascade.prepare` made of the slide ahead of time (a failure to prepare it
-    counts as the slide's). Adds ``slide`` (the wall time spent here) and ``allotment`` (the
-    budget's seconds) to the result's ``seconds``."""
+    counts as the slide's; one not ready within the slide's time, :class:`NotReadyError`, gets
+    the ``prior``'s row, source "prior", as the budget's cut). Adds ``slide`` (the wall time
+    spent here) and ``allotment`` (the budget's seconds) to the result's ``seconds``."""
     start = time.monotonic()
     try:
         result = cascade.grade_slide(path, mpp, budget, costs, prepared())
+    except NotReadyError as exc:
+        log.warning("%s: the prior's class: %s", path.name, exc)
+        result = SlideResult(path.name, prior.cls, prior.probs, "prior", errors=[f"budget: {exc}"])
     except Exception as exc:
         result = fallback_result(path.name, prior, f"{type(exc).__name__}: {exc}")
     result.seconds |= {"slide": time.monotonic() - start, "allotment": budget.allotment}
@@ -279,18 +284,23 @@ def detect(
     (the page nearest ``detector.target_mpp``, or coarser), stopped before a batch whose
     estimated cost does not fit the slide's :meth:`~SlideBudget.plan_left` less the time kept for
     what follows (the hotspots of its heatmap, :func:`heatmap_cells`, and ``min_k`` patches at
-    their decaying peak cost: a batch cannot be stopped part way);
-    records its measured cost in ``costs``. None when not even the coarsest page's pass fits
-    that time (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
+    their decaying peak cost: a batch cannot be stopped part way); records its measured cost in
+    ``costs``. Costs count whole batches of windows: the frozen network runs every batch at one
+    shape (:func:`stages.nets.padded_forward`), so a part batch costs a full one (elsewhere a
+    part batch costs less: the estimates err on the safe side). None when not even the coarsest
+    page's pass fits that time (the cheaper path: :func:`stages.hotspots.tissue_hotspots`). The
     windows listed and read ahead in ``prepared`` are used when its detector page is chosen;
     ``autocast``: the network's dtype (None: float32)."""
     cfg = config.detector
     base = prepared.detector_page
-    window_px = cfg.window**2
-    pixels = len(prepared.corners) * window_px
-    keep = config.budget.kept_patches * costs.patch.peak
+    batch_px = cfg.batch_size * cfg.window**2
+    pixels = math.ceil(len(prepared.corners) / cfg.batch_size) * batch_px
+    keep = costs.patch_seconds(config.budget.kept_patches, peak=True)
     keep += costs.hotspot_seconds(heatmap_cells(slide, base, cfg.stride))
-    page = budget.choose_detector_page(base, len(slide.pages), costs.detector_seconds(pixels), keep)
+    batch_s = costs.detector_seconds(batch_px)
+    page = budget.choose_detector_page(
+        base, len(slide.pages), costs.detector_seconds(pixels), keep, least_s=batch_s
+    )
     if page is None:
         return None
     mask_scale = slide.pages[prepared.mask_page].scale
@@ -303,13 +313,14 @@ def detect(
         mask_scale,
         cfg,
         device,
-        should_stop=lambda n: budget.plan_left() < keep + costs.detector_seconds(n * window_px),
+        should_stop=lambda _: budget.plan_left() < keep + costs.detector_seconds(batch_px),
         prefetched=prepared.windows if page == base else None,
         autocast=autocast,
         corners=prepared.corners if page == base else None,
     )
-    if heatmap.windows:  # measured in the unit estimated above: pixels of the windows run
-        costs.observe_detector(heatmap.windows * window_px, time.perf_counter() - start)
+    if heatmap.windows:  # measured in the unit estimated above: pixels of the batches run
+        batches = math.ceil(heatmap.windows / cfg.batch_size)
+        costs.observe_detector(batches * batch_px, time.perf_counter() - start)
     return heatmap
 
 
@@ -535,19 +546,20 @@ class Cascade:
         costs: CostModel,
     ) -> np.ndarray:
         """Grade hotspots in order, batch by batch, while the budget grants them (planned at the
-        patches' decaying peak cost, :class:`stages.budget.Ema`: one slow read would otherwise
-        overrun a tight slide)."""
+        reads' and the batches' decaying peak costs, :class:`stages.budget.Ema`: one slow read
+        would otherwise overrun a tight slide; a batch of fewer patches runs padded, at the cost
+        of a full one)."""
         graded: list[np.ndarray] = []
         done = 0
         while done < len(hotspots):
-            n = min(
-                budget.expand_next(done, costs.patch.peak), len(hotspots) - done, self.patch_batch
-            )
+            granted = budget.expand_next(done, costs.patch.peak, costs.batch.peak)
+            n = min(granted, len(hotspots) - done, self.patch_batch)
             if n <= 0:
                 break
             start = time.perf_counter()
             centers = [h.box.center for h in hotspots[done : done + n]]
             patches = read_patches(slide, centers, page, self.config.classifier.patch)
+            read = time.perf_counter()
             graded.append(
                 grade(
                     self.assets.classifier,
@@ -558,7 +570,7 @@ class Cascade:
                     pad_to=self.patch_batch,
                 )
             )
-            costs.observe_patches(n, time.perf_counter() - start)
+            costs.observe_patches(n, read - start, time.perf_counter() - read)
             done += n
         if not graded:
             return np.zeros((0, self.config.classifier.classes), np.float32)

@@ -7,7 +7,10 @@ priority (:data:`NICENESS`). libvips, OpenCV and torch release the GIL while the
 decoding overlaps the networks' arithmetic.
 
 * :meth:`Prefetcher.take` hands over the slides in the same order; a slide whose preparation
-  raised re-raises that exception there, so it costs its own row and nothing else.
+  raised re-raises that exception there, so it costs its own row and nothing else. With a
+  timeout, a slide not ready in time raises :class:`NotReadyError` and is passed over (closed
+  unused when its preparation ends). ``prepare`` may return None: nothing prepared, the
+  consumer prepares the slide itself.
   :meth:`Prefetcher.skip` passes over the next slide instead: it is not prepared if its turn has
   not come, and closed unused if it has.
 * :meth:`Prefetcher.close` (or leaving the ``with`` block) stops the thread before it starts
@@ -21,6 +24,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -34,10 +38,16 @@ class Closable(Protocol):
 T = TypeVar("T", bound=Closable)
 
 
+class NotReadyError(TimeoutError):
+    """A slide's preparation did not end within the time :meth:`Prefetcher.take` could wait."""
+
+
 class Prefetcher(Generic[T]):
     """Prepares ``names`` in order with ``prepare(name)`` in a daemon thread, ``depth`` ahead."""
 
-    def __init__(self, prepare: Callable[[str], T], names: Sequence[str], depth: int = 1) -> None:
+    def __init__(
+        self, prepare: Callable[[str], T | None], names: Sequence[str], depth: int = 1
+    ) -> None:
         if depth < 1:
             raise ValueError(f"prefetch depth must be >= 1, got {depth}")
         self._prepare = prepare
@@ -72,6 +82,10 @@ class Prefetcher(Generic[T]):
             if self._stop.is_set():
                 _close_quietly(item[1])
                 return
+            if name in self._skipped:  # passed over while being prepared: on to the next one
+                _close_quietly(item[1])
+                self._slots.release()
+                continue
             self._ready.put(item)
 
     def _advance(self, name: str, verb: str) -> None:
@@ -86,12 +100,20 @@ class Prefetcher(Generic[T]):
         self._advance(name, "skip")
         self._skipped.add(name)
 
-    def take(self, name: str) -> T:
-        """The prepared slide ``name`` (the next in order), waiting for it if need be; raises
-        what its preparation raised."""
+    def take(self, name: str, timeout_s: float | None = None) -> T | None:
+        """The prepared slide ``name`` (the next in order), waiting for it at most ``timeout_s``
+        (None: as long as it takes); None when ``prepare`` prepared nothing. Raises what its
+        preparation raised, or :class:`NotReadyError` after ``timeout_s`` (the slide is then
+        passed over, as by :meth:`skip`)."""
         self._advance(name, "take")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            got, prepared, error = self._ready.get()
+            try:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                got, prepared, error = self._ready.get(timeout=wait)
+            except queue.Empty:
+                self._skipped.add(name)
+                raise NotReadyError(f"{name}: not prepared within {timeout_s:.2f} s") from None
             self._slots.release()
             if got not in self._skipped:
                 break
@@ -99,7 +121,6 @@ class Prefetcher(Generic[T]):
         assert got == name, (got, name)  # one producer, in order
         if error is not None:
             raise error
-        assert prepared is not None
         return prepared
 
     def close(self, timeout_s: float = 5.0) -> None:

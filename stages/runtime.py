@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 import pyvips
 
-from stages.budget import RunBudget
+from stages.budget import RunBudget, SlideBudget
 from stages.cascade import Cascade, Prepared, SlideResult, grade_or_fallback
 from stages.config import load_assets
 from stages.decision import Decision, decide_slide
@@ -56,6 +56,11 @@ DEFAULT_TIME_LIMIT_S = 16 * 3600.0
 TIME_LIMIT_ENV = "TISSUENET_TIME_LIMIT"
 #: Most of the run's time the provisional submission's rewrites may take.
 CHECKPOINT_SHARE = 0.02
+#: Seconds a slide's allotment must reach for the next slide to be prepared in the prefetch
+#: thread meanwhile. Below it, the prefetch gains little and costs the budget its
+#: predictability: on the 2-core CPU, with 0.2–0.3 s a slide, a classifier batch took
+#: 0.03–0.15 s while the other thread decoded, and slides overran their allotment by up to 56 %.
+PREFETCH_MIN_S = 0.4
 #: libvips' operation cache is bounded so that a huge slide cannot grow it.
 VIPS_CACHE_MB = 256
 
@@ -193,17 +198,17 @@ def run(
     _log_unlisted(data, set(names))
     write_submission(build_submission(fmt, {}, prior.cls), out)
 
+    cascade = Cascade(assets)
     reserve = min(config.budget.reserve_s, 0.1 * time_limit_s)
     budget = RunBudget(
         max(time_limit_s - (time.monotonic() - started), 1e-3),  # start-up may have used it all
-        len(names),
-        replace(config.budget, reserve_s=reserve),
+        len(names),  # the classifier's batches as the memory left makes them
+        replace(config.budget, reserve_s=reserve, batch_size=cascade.patch_batch),
     )
     report = RunReport()
     checkpoint = Checkpoint(
         lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out
     )
-    cascade = Cascade(assets)
     mpps = resolutions(data / METADATA_NAME, names)
     # the first slide is prepared while the networks warm up: it has no slide to overlap
     ahead = start_prefetch(cascade, data, names, mpps, budget) if prefetch else None
@@ -311,10 +316,14 @@ def start_prefetch(
 ) -> Prefetcher[Prepared]:
     """A :class:`stages.prefetch.Prefetcher` preparing ``names`` (in ``data``) in order, each
     with the detector windows read ahead that its slide's time lets the detector use
-    (:meth:`stages.cascade.Cascade.read_ahead_bytes` of the allotment when it starts)."""
+    (:meth:`stages.cascade.Cascade.read_ahead_bytes` of the allotment when it starts). While
+    the allotment is under :data:`PREFETCH_MIN_S` it prepares nothing: each slide is then
+    prepared in the grading thread, in turn."""
 
-    def prepare(name: str) -> Prepared:
+    def prepare(name: str) -> Prepared | None:
         allotment = budget.allotment() if budget.slides_left > 0 else 0.0
+        if allotment < PREFETCH_MIN_S:
+            return None
         read_ahead = cascade.read_ahead_bytes(allotment, budget.costs)
         return cascade.prepare(data / name, mpps.get(name), read_ahead)
 
@@ -364,7 +373,9 @@ def _grade_all(
                     slide_budget,
                     budget.costs,
                     prior,
-                    (lambda: None) if ahead is None else functools.partial(ahead.take, name),
+                    (lambda: None)
+                    if ahead is None
+                    else functools.partial(_take, ahead, name, slide_budget),
                 )
             finally:
                 budget.finish_slide()
@@ -381,6 +392,13 @@ def _grade_all(
     finally:
         if ahead is not None:
             ahead.close()
+
+
+def _take(ahead: Prefetcher[Prepared], name: str, budget: SlideBudget) -> Prepared | None:
+    """The slide ``name`` from the prefetch thread, waited for no longer than its time to plan
+    (:meth:`~stages.budget.SlideBudget.plan_left`): a preparation that overruns it costs the
+    slide its row (the prior's), not the slides after it their time."""
+    return ahead.take(name, budget.plan_left())
 
 
 def save_result(

@@ -63,6 +63,17 @@ def test_expand_next_batches_partial_batches_and_max_k() -> None:
     assert slide.expand_next(12, 0.0) == 0
 
 
+def test_expand_next_counts_the_batch_run_once() -> None:
+    run, _ = make_run(70.0, 4, reserve_s=30.0, max_k=10, batch_size=4)
+    slide = run.start_slide()  # 10 s
+    assert slide.expand_next(0, 1.0, 6.0) == 4  # 6 s for the run + 4 × 1 s reads fit exactly
+    assert slide.expand_next(0, 1.0, 7.5) == 2  # 2.5 s after the run: 2 reads
+    assert slide.expand_next(0, 0.0, 10.0) == 4  # free reads, the run fits exactly
+    assert slide.expand_next(0, 0.0, 10.5) == 0  # the run alone does not fit
+    with pytest.raises(ValueError, match="batch_s"):
+        slide.expand_next(0, 1.0, -1.0)
+
+
 def test_no_patch_is_granted_past_the_slides_deadline() -> None:
     run, clock = make_run(70.0, 4, reserve_s=30.0, min_k=3, max_k=10, batch_size=4)
     slide = run.start_slide()  # 10 s
@@ -96,8 +107,9 @@ def test_the_detector_keeps_time_for_min_k_patches() -> None:
 
 
 def test_slides_are_skipped_evenly_when_the_time_pays_for_fewer() -> None:
-    # the cheapest path: 0.5 s to prepare + 2 patches at 0.25 s = 1 s a slide
-    config = {"reserve_s": 0.0, "min_k": 2, "prior_prepare_s": 0.5, "prior_patch_s": 0.25}
+    # the cheapest path: 0.5 s to prepare + 2 patches read at 0.125 s + their batch at 0.25 s
+    config = {"reserve_s": 0.0, "min_k": 2, "prior_prepare_s": 0.5, "prior_patch_s": 0.125}
+    config["prior_batch_s"] = 0.25
     run, clock = make_run(10.0, 10, **config)
     assert (run.affordable(), run.allotment()) == (10, 1.0)
     run, clock = make_run(5.0, 10, **config)
@@ -137,9 +149,17 @@ def test_exhausted_run_gives_the_remaining_slides_fallback_rows() -> None:
 
 
 def test_exhausted_threshold() -> None:
-    run, clock = make_run(100.0, 3, reserve_s=30.0, min_slide_s=5.0)
+    # the cheapest path, 8 s, costs more than min_slide_s: 5 s are the threshold
+    run, clock = make_run(100.0, 3, reserve_s=30.0, min_slide_s=5.0, prior_prepare_s=8.0)
     clock.advance(65.0)
     assert not run.exhausted()  # exactly 5 s before the reserve
+    clock.advance(0.5)
+    assert run.exhausted()
+    # a path of 0.25 + 4 × 0.125 + 0.25 = 1 s, under min_slide_s: the last seconds still pay
+    config = {"prior_prepare_s": 0.25, "prior_patch_s": 0.125, "prior_batch_s": 0.25}
+    run, clock = make_run(100.0, 3, reserve_s=30.0, min_slide_s=5.0, **config)
+    clock.advance(69.0)
+    assert not run.exhausted()  # 1 s before the reserve: one more cheapest path
     clock.advance(0.5)
     assert run.exhausted()
 
@@ -156,18 +176,30 @@ def test_choose_detector_page_escalation() -> None:
     clock.advance(90.0)  # 10 s left: page 2 at 40 s does not fit, page 3 at 10 s does
     assert slide.choose_detector_page(2, 4, 40.0) == 3
     assert slide.choose_detector_page(2, 4, 40.1) is None
+    # a pass costs at least one batch (a part batch runs padded): 40 / 4 = 10 s, but 12 s
+    assert slide.choose_detector_page(2, 4, 40.0, least_s=12.0) is None
+    assert slide.choose_detector_page(2, 4, 8.0, least_s=10.0) == 2  # 10 s fits the 10 s left
     with pytest.raises(ValueError, match="out of range"):
         slide.choose_detector_page(4, 4, 1.0)
 
 
 def test_cost_model_ema_exact() -> None:
-    costs = CostModel(BudgetConfig(prior_patch_s=0.05, prior_detector_mpx_s=2.0, ema_alpha=0.5))
-    assert costs.slide_floor(4) == 0.25 + 4 * 0.05  # prior_prepare_s's default, then patches
+    config = BudgetConfig(
+        prior_patch_s=0.05, prior_batch_s=0.5, prior_detector_mpx_s=2.0, ema_alpha=0.5
+    )
+    costs = CostModel(config)
+    # prior_prepare_s's default, then 4 reads and one batch of the default 8
+    assert costs.slide_floor(4) == 0.25 + 4 * 0.05 + 0.5
     assert (costs.patch.value, costs.detector_seconds(3_000_000)) == (0.05, 6.0)  # the priors
-    costs.observe_patches(8, 4.0)
-    assert costs.patch.value == 0.5  # the first measurement replaces the prior
-    costs.observe_patches(4, 1.0)
-    assert costs.patch.value == 0.5 * 0.5 + 0.5 * 0.25
+    costs.observe_patches(8, 4.0, 2.0)
+    assert (costs.patch.value, costs.batch.value) == (0.5, 2.0)  # the first replaces the prior
+    costs.observe_patches(4, 1.0, 1.0)
+    assert (costs.patch.value, costs.batch.value) == (0.5 * 0.5 + 0.5 * 0.25, 1.5)
+    assert (costs.patch.peak, costs.batch.peak) == (0.5 * 0.5 + 0.5 * 0.25, 1.5)
+    # 17 reads and three batches (8 + 8 + 1), at the averages or at the peaks
+    assert costs.patch_seconds(17) == 17 * 0.375 + 3 * 1.5
+    costs.observe_patches(8, 8.0, 1.5)
+    assert costs.patch_seconds(9, peak=True) == 9 * 1.0 + 2 * 1.5
     costs.observe_detector(2_000_000, 3.0)
     assert costs.detector_seconds(4_000_000) == 6.0
     costs.observe_detector(1_000_000, 0.5)
@@ -176,7 +208,7 @@ def test_cost_model_ema_exact() -> None:
     costs.observe_hotspots(4_000_000, 1.0)
     assert costs.hotspot_seconds(2_000_000) == 0.5
     with pytest.raises(ValueError, match="n >= 1"):
-        costs.observe_patches(0, 1.0)
+        costs.observe_patches(0, 1.0, 1.0)
     ema = Ema(10.0, 0.25)
     for x in (4.0, 8.0, 8.0):
         ema.update(x)
@@ -190,17 +222,17 @@ def test_cost_model_ema_exact() -> None:
 
 
 def test_the_slide_floor_prepares_at_the_peak() -> None:
-    costs = CostModel(BudgetConfig(prior_patch_s=0.05, ema_alpha=0.5))
+    costs = CostModel(BudgetConfig(prior_patch_s=0.05, prior_batch_s=0.1, ema_alpha=0.5))
     for seconds in (0.1, 0.3, 0.1):
         costs.observe_prepare(seconds)
     assert (costs.prepare.value, costs.prepare.peak) == pytest.approx((0.15, 0.2))
-    assert costs.slide_floor(4) == pytest.approx(0.2 + 4 * 0.05)
+    assert costs.slide_floor(4) == pytest.approx(0.2 + 4 * 0.05 + 0.1)
 
 
 def test_run_budget_shares_one_cost_model() -> None:
     run, _ = make_run(100.0, 2, prior_patch_s=0.25)
-    run.costs.observe_patches(2, 1.0)
-    assert run.costs.patch.value == 0.5
+    run.costs.observe_patches(2, 1.0, 0.5)
+    assert (run.costs.patch.value, run.costs.batch.value) == (0.5, 0.5)
 
 
 @pytest.mark.parametrize(
@@ -213,6 +245,7 @@ def test_run_budget_shares_one_cost_model() -> None:
         {"detector_fraction": 0.0},
         {"min_slide_s": -1.0},
         {"prior_patch_s": 0.0},
+        {"prior_batch_s": -1.0},
         {"ema_alpha": 1.5},
     ],
 )

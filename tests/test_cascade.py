@@ -54,10 +54,12 @@ def _frozen_run(cascade: Cascade, limit_s: float, slides: int = 1) -> tuple[RunB
 
 
 def _base_mpx(cascade: Cascade, slide_path: Path) -> float:
-    """Megapixels of the detector's tissue windows on the slide's base page."""
+    """Megapixels of the detector's batches of tissue windows on the slide's base page (a part
+    batch counted whole: it runs padded)."""
     prepared = cascade.prepare(slide_path, None)
     prepared.close()
-    return len(prepared.corners) * cascade.config.detector.window**2 / 1e6
+    det = cascade.config.detector
+    return math.ceil(len(prepared.corners) / det.batch_size) * det.batch_size * det.window**2 / 1e6
 
 
 def test_small_allotment_keeps_the_last_page_while_it_fits_the_time_left(
@@ -100,38 +102,57 @@ def test_the_detector_keeps_time_for_the_hotspots_of_its_heatmap(
 def test_the_detector_keeps_time_for_min_k_patches_at_their_peak_cost(
     cascade: Cascade, slide_path: Path
 ) -> None:
-    budget, _ = _frozen_run(cascade, 4.0, slides=2)  # 2 s a slide
-    budget.costs.detector.update(1.0 / _base_mpx(cascade, slide_path))  # 1 s: fits the 2 s left
     assert cascade.config.budget.kept_patches == 4
-    # patches at 0.01 s on average leave room, but a batch at their recent peak, 0.3 s a patch,
-    # would not: 1 s + 4 × 0.3 s > 2 s (a batch cannot be stopped part way)
-    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.3
-    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
-    assert result.heatmap is None and result.source == "patches"  # the cheaper path
-    budget.finish_slide()
-    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.2  # 1 s + 4 × 0.2 s fits
-    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
-    assert result.heatmap is not None
+    mpx = _base_mpx(cascade, slide_path)
+
+    def detects(patch: tuple[float, float], batch: tuple[float, float]) -> bool:
+        """Whether the detector runs in a 2 s slide, estimated at 1 s, with the patches' reads
+        and the batch's run at these (average, peak) seconds."""
+        budget, _ = _frozen_run(cascade, 2.0)
+        costs = budget.costs
+        costs.detector.update(1.0 / mpx)  # 1 s: the detector's share of the 2 s
+        (costs.patch.value, costs.patch.peak), (costs.batch.value, costs.batch.peak) = patch, batch
+        result = cascade.grade_slide(slide_path, None, budget.start_slide(), costs)
+        assert result.source == "patches"  # with or without the detector, patches graded
+        return result.heatmap is not None
+
+    # patches at 0.01 s on average leave room, but a batch at their recent peak, 0.3 s a read,
+    # would not: 1 s + 4 × 0.3 s > 2 s (a batch cannot be stopped part way) …
+    assert not detects((0.01, 0.3), (0.0, 0.0))
+    # … nor would 4 reads at 0.2 s and the batch's run at 0.3 s: 1 s + 1.1 s > 2 s …
+    assert not detects((0.01, 0.2), (0.0, 0.3))
+    assert detects((0.01, 0.2), (0.0, 0.1))  # … but with the run at 0.1 s, 1 s + 0.9 s fits
 
 
 def test_patches_are_granted_at_their_peak_cost(
     cascade: Cascade, slide_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     budget, clock = _frozen_run(cascade, 2.0, slides=2)  # 1 s a slide
-    budget.costs.detector.update(1e-6)  # the detector's pass is estimated free
-    budget.costs.patch.value, budget.costs.patch.peak = 0.01, 0.2
-    grade = stages.cascade.grade
+    costs = budget.costs
+    costs.detector.update(1e-6)  # the detector's pass is estimated free
+    costs.patch.value, costs.patch.peak, costs.batch.value, costs.batch.peak = (
+        0.01,
+        0.125,
+        0.01,
+        0.25,
+    )
+    read, grade = stages.cascade.read_patches, stages.cascade.grade
 
-    def slow(model: torch.nn.Module, patches: np.ndarray, *args: object, **kw: int) -> np.ndarray:
-        clock.advance(0.2 * len(patches))  # each patch takes 0.2 s of the run's clock
-        return grade(model, patches, *args, **kw)
+    def slow_read(slide: object, centers: list, *args: object) -> np.ndarray:
+        clock.advance(0.125 * len(centers))  # each patch takes 0.125 s of the run's clock to read …
+        return read(slide, centers, *args)
 
-    monkeypatch.setattr(stages.cascade, "grade", slow)
+    def slow_grade(model: torch.nn.Module, *args: object, **kw: int) -> np.ndarray:
+        clock.advance(0.25)  # … and each batch 0.25 s to grade, whatever its number of patches
+        return grade(model, *args, **kw)
+
+    monkeypatch.setattr(stages.cascade, "read_patches", slow_read)
+    monkeypatch.setattr(stages.cascade, "grade", slow_grade)
     result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
     assert result.heatmap is not None and len(result.hotspots) > 5
-    # 1 s ÷ 0.2 s: 5 patches, within the slide's second (at the average cost, a first batch of
-    # 8 would have been granted: 1.6 s)
-    assert len(result.grades) == 5 and clock.now == pytest.approx(1.0)
+    # (1 s − 0.25 s) ÷ 0.125 s: 6 patches in one batch, the slide's second spent (at the average
+    # costs, a first batch of 8 would have been granted: 1.25 s); then no batch fits
+    assert len(result.grades) == 6 and clock.now == pytest.approx(1.0)
 
 
 def test_no_time_for_any_detector_pass_takes_the_cheaper_path(
@@ -159,7 +180,7 @@ def test_expired_budget_stops_the_detector_before_its_first_batch(
     slide_budget = budget.start_slide()
     clock.now = slide_budget.deadline  # the slide's share is already spent
     # the page chosen as if the estimate fitted: the pass itself then stops at the deadline
-    monkeypatch.setattr(SlideBudget, "choose_detector_page", lambda self, base, *_: base)
+    monkeypatch.setattr(SlideBudget, "choose_detector_page", lambda self, base, *_, **__: base)
     result = cascade.grade_slide(slide_path, None, slide_budget, budget.costs)
     assert result.heatmap is not None and not result.heatmap.complete
     assert "detector stopped by the time budget" in result.problems()

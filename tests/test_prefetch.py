@@ -19,7 +19,7 @@ from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.config import load_assets
 from stages.decision import Decision
-from stages.prefetch import NICENESS, Prefetcher
+from stages.prefetch import NICENESS, NotReadyError, Prefetcher
 from stages.submission import read_table
 from training.data.synthetic import generate_dataset
 
@@ -76,6 +76,23 @@ def test_a_skipped_slide_is_not_prepared_or_is_closed_unused() -> None:
         assert ahead.take("d").name == "d"
     assert started == ["a", "c", "d"]
     assert made["a"].closed and not made["c"].closed
+
+
+def test_a_slide_not_ready_in_time_is_passed_over_and_closed_unused() -> None:
+    gate, made = threading.Event(), {}
+
+    def prepare(name: str) -> Item:
+        if name == "slow":
+            gate.wait(10)
+        made[name] = Item(name)
+        return made[name]
+
+    with Prefetcher(prepare, ["slow", "b"]) as ahead:
+        with pytest.raises(NotReadyError, match=r"slow: not prepared within 0\.05 s"):
+            ahead.take("slow", timeout_s=0.05)  # raised while its preparation is held
+        gate.set()
+        assert ahead.take("b", timeout_s=10).name == "b"
+    assert made["slow"].closed and not made["b"].closed
 
 
 class WatchedSemaphore(threading.Semaphore):
@@ -137,9 +154,13 @@ def test_at_most_depth_slides_are_prepared_ahead_and_close_releases_the_rest(
 class FakeCascade:
     """Stands in for :class:`Cascade`: each graded slide advances a fake clock by ``cost_s``."""
 
-    def __init__(self, clock: list[float], cost_s: float, bad: set[str]) -> None:
-        self.clock, self.cost_s, self.bad = clock, cost_s, bad
+    def __init__(
+        self, clock: list[float], cost_s: float, bad: set[str], slow: set[str] = frozenset()
+    ) -> None:
+        self.clock, self.cost_s, self.bad, self.slow = clock, cost_s, bad, slow
+        self.gate = threading.Event()  # what the slow slides' preparations wait for
         self.prepared: list[Item] = []
+        self.inline: list[str] = []  # slides the grading thread prepared itself
 
     def read_ahead_bytes(self, allotment_s: float, costs: object) -> int:
         return 0
@@ -147,21 +168,28 @@ class FakeCascade:
     def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Item:
         if path.name in self.bad:
             raise OSError(f"{path.name}: unreadable")
+        if path.name in self.slow:
+            self.gate.wait(10)
         self.prepared.append(Item(path.name))
         return self.prepared[-1]
 
     def grade_slide(self, path, mpp, budget, costs, prepared=None) -> SlideResult:
-        assert prepared is not None and prepared.name == path.name
+        if prepared is None:
+            self.inline.append(path.name)
+            prepared = self.prepare(path, mpp)
+        assert prepared.name == path.name
         self.clock[0] += self.cost_s
         prepared.close()
         return SlideResult(path.name, 3, (0.0, 0.0, 0.0, 1.0), "patches")
 
 
-def grade_all(cascade: FakeCascade, names: list[str], time_limit_s: float) -> runtime.RunReport:
+def grade_all(
+    cascade: FakeCascade, names: list[str], time_limit_s: float, **config: float
+) -> runtime.RunReport:
     clock = [0.0]
     cascade.clock = clock
     budget = RunBudget(
-        time_limit_s, len(names), BudgetConfig(reserve_s=0.0), clock=lambda: clock[0]
+        time_limit_s, len(names), BudgetConfig(reserve_s=0.0, **config), clock=lambda: clock[0]
     )
     report = runtime.RunReport()
     checkpoint = runtime.Checkpoint(lambda quiet: None, Path("unused"))
@@ -205,6 +233,53 @@ def test_a_slide_that_fails_in_the_prefetch_costs_only_its_row() -> None:
     }
     assert "unreadable" in report.results["bad.tif"].errors[0]
     assert not prefetch_threads()
+
+
+#: Cost priors of a cheapest path of 0.01 + 4 × 0.01 + 0.01 s, so that fractions of a second
+#: a slide pay for it.
+CHEAP = {"prior_prepare_s": 0.01, "prior_patch_s": 0.01, "prior_batch_s": 0.01}
+
+
+def test_a_slide_whose_preparation_overruns_its_plan_gets_the_prior_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the fake clock, 0.6 s for three slides, prefetched (the threshold lowered to 0): the
+    slow slide's preparation waits until the grading has given up on it, which it does after the
+    slide's plan (a's time unspent rolls over: 0.3 s less the slack, 0.27 s, of real time), with
+    the prior's row; the slides around it are graded."""
+    monkeypatch.setattr(runtime, "PREFETCH_MIN_S", 0.0)
+    names = ["a.tif", "slow.tif", "c.tif"]
+    cascade = FakeCascade([0.0], 0.0, bad=set(), slow={"slow.tif"})
+    take = Prefetcher.take
+
+    def take_then_release(self: Prefetcher, name: str, timeout_s: float | None = None) -> Item:
+        try:
+            return take(self, name, timeout_s)
+        except NotReadyError:
+            cascade.gate.set()  # given up on: the slow preparation may end now
+            raise
+
+    monkeypatch.setattr(Prefetcher, "take", take_then_release)
+    report = grade_all(cascade, names, time_limit_s=0.6, **CHEAP)
+    assert {n: r.source for n, r in report.results.items()} == {
+        "a.tif": "patches",
+        "slow.tif": "prior",
+        "c.tif": "patches",
+    }
+    assert "slow.tif: not prepared within 0.27 s" in report.results["slow.tif"].errors[0]
+    assert cascade.inline == [] and all(item.closed for item in cascade.prepared)
+
+
+def test_slides_are_prepared_in_turn_below_the_prefetch_threshold() -> None:
+    """Allotments under runtime.PREFETCH_MIN_S: the prefetch thread prepares nothing, the
+    grading thread prepares each slide itself; above it, the prefetch thread prepares all."""
+    names = ["a.tif", "b.tif", "c.tif"]
+    assert 0.1 < runtime.PREFETCH_MIN_S < 10.0
+    tight = FakeCascade([0.0], 0.0, bad=set())
+    grade_all(tight, names, time_limit_s=0.3, **CHEAP)  # 0.1 s a slide
+    roomy = FakeCascade([0.0], 0.0, bad=set())
+    grade_all(roomy, names, time_limit_s=30.0, **CHEAP)  # 10 s a slide
+    assert (tight.inline, roomy.inline) == (names, [])
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, SHIPPED_ASSETS, FakeClock, held_main, wait_for
 
 from stages import runtime
-from stages.budget import RunBudget
+from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
@@ -76,6 +76,7 @@ class TimedCascade:
     def __init__(self, clock: FakeClock, cost_s: float, prepare_s: float) -> None:
         self.clock, self.cost_s, self.prepare_s = clock, cost_s, prepare_s
         self.graded: list[str] = []
+        self.patch_batch = BudgetConfig().batch_size
 
     def warm_up(self) -> float:
         return 0.0
@@ -115,11 +116,12 @@ def _fake_clock_run(
 def test_the_budget_cuts_the_run_at_the_time_limit(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """On a fake clock: 10 slides of 10 s each (their cheapest path 0.1 s, so none is skipped)
-    in a 45 s run (reserve 4.5 s, a slide is started while at least 1 s is left before the
-    reserve) grade the first four; the other six are not started and keep the fallback row."""
+    """On a fake clock: 10 slides of 10 s each (their cheapest path just over 1 s, so none is
+    skipped) in a 45 s run (reserve 4.5 s, a slide is started while at least 1 s, min_slide_s,
+    is left before the reserve) grade the first four; the other six are not started and keep
+    the fallback row."""
     with caplog.at_level("INFO", "stages.runtime"):
-        names, cascade, out = _fake_clock_run(tmp_path, assets, monkeypatch, 45.0, 10.0, 0.1)
+        names, cascade, out = _fake_clock_run(tmp_path, assets, monkeypatch, 45.0, 10.0, 1.0)
     fallback = decide_slide([], [], load_config(assets).decision).cls
     assert fallback != GRADED
     assert cascade.graded == names[:4]
@@ -139,7 +141,8 @@ def test_slides_the_time_cannot_pay_for_are_skipped_evenly(
     comments), instead of running past the time; every row is written."""
     with caplog.at_level("INFO", "stages.runtime"):
         names, cascade, out = _fake_clock_run(tmp_path, assets, monkeypatch, 60.0, 10.0, 10.0)
-    # after s0, 44 s for 9 slides at 10.2 s (+ 4 patches at the 0.05 s prior): 4 affordable;
+    # after s0, 44 s for 9 slides at 10 s (+ 4 patches and their batch at the priors): 4
+    # affordable;
     # s1 skipped, s2 graded (34 s, 7 left, 3), s3 skipped, s4 graded (24 s, 5 left, 2), and so
     # on; s9: 4 s left pay for none
     assert cascade.graded == names[0::2]

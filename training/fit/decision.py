@@ -85,7 +85,8 @@ def run_cascade(
 ) -> tuple[list[SlideResult], dict[str, float]]:
     """Grade ``paths`` with the cascade of ``assets`` and an unlimited budget (every slide gets
     ``budget.max_k`` hotspots graded); save each result under ``out``. Returns the results and
-    the measured costs (``patch_s``, ``detector_mpx_s``, ``hotspots_mcell_s``, ``prepare_s``)."""
+    the measured costs (``patch_s``, ``batch_s``, ``detector_mpx_s``, ``hotspots_mcell_s``,
+    ``prepare_s``)."""
     loaded = load_assets(assets, device)
     cascade = Cascade(loaded)
     budget = RunBudget(1e9, len(paths), loaded.config.budget)
@@ -101,6 +102,7 @@ def run_cascade(
         results.append(result)
     costs = {
         "patch_s": budget.costs.patch.value,
+        "batch_s": budget.costs.batch.value,
         "detector_mpx_s": budget.costs.detector.value,
         "hotspots_mcell_s": budget.costs.hotspots.value,
         "prepare_s": budget.costs.prepare.value,
@@ -295,6 +297,7 @@ def fit_stage(
     budget = replace(
         cascade.budget,
         prior_patch_s=float(costs["patch_s"]),
+        prior_batch_s=float(costs["batch_s"]),
         prior_detector_mpx_s=float(costs["detector_mpx_s"]),
         prior_prepare_s=float(costs["prepare_s"]),
         prior_hotspots_mcell_s=float(costs["hotspots_mcell_s"]),
