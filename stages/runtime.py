@@ -189,11 +189,12 @@ def run(
     names = [str(n) for n in fmt["filename"]]
     prior = decide_slide([], [], config.decision)
     log.info(
-        "%d slides, time limit %s, device %s, fallback class %d",
+        "%d slides, time limit %s, device %s, fallback class %d; start-up %.2f s",
         len(names),
         hms(time_limit_s),
         assets.device,
         prior.cls,
+        time.monotonic() - started,
     )
     _log_unlisted(data, set(names))
     write_submission(build_submission(fmt, {}, prior.cls), out)

@@ -22,6 +22,7 @@ from stages.decision import decide_slide
 from stages.metric import score
 from stages.submission import classes_by_filename, read_table, validate
 from training.data.synthetic import SynthConfig, generate_dataset
+from training.evaluate.benchmark import STARTUP_S, startup_s
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +131,11 @@ def test_the_budget_cuts_the_run_at_the_time_limit(
     }
     assert f"time limit: 6 slides not started get the fallback class {fallback}" in caplog.text
     assert "not started 6" in caplog.text and "abandoning" not in caplog.text
+    # the start-up the run logs (none on the fake clock) is what the benchmark reads back
+    runs = tmp_path / "runs"
+    (runs / "cascade_k=32").mkdir(parents=True)
+    (runs / "cascade_k=32" / "log.txt").write_text(caplog.text)
+    assert startup_s(runs) == 0.0 and startup_s(tmp_path / "absent") == STARTUP_S
 
 
 def test_slides_the_time_cannot_pay_for_are_skipped_evenly(

@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -124,7 +125,7 @@ ASSET_SETS = {
 FOUNDATION_MODELS = {"vit-l16": "ViT-L/16 (UNI size)", "vit-g14": "ViT-g/14 (H-optimus size)"}
 #: Tiles a slide the foundation-size exhaustive modes grade (the rest extrapolated).
 FOUNDATION_TILES = 8
-#: Seconds of process start-up (imports, loading the networks) a time limit must cover.
+#: Seconds of process start-up (imports, loading the networks) assumed when none is measured.
 STARTUP_S = 5.0
 STAGES = ("decode", "tissue", "detector", "hotspots", "classifier", "decision")
 #: Columns of ``slides.csv``: one row per slide and mode (NaN where a slide has no result).
@@ -329,6 +330,20 @@ def mode_assets(assets: Path, mode: Mode, out: Path) -> Path:
     return target
 
 
+def startup_s(runs: Path) -> float:
+    """Seconds ``main.py`` took to start (imports, networks loaded and frozen) in the set's
+    untimed ``cascade k=32`` run under ``runs``, as its log says; :data:`STARTUP_S` when there
+    is none (that mode not chosen)."""
+    log_file = runs / "cascade_k=32" / "log.txt"
+    found = (
+        re.search(r"start-up (\d+\.\d+) s", log_file.read_text()) if log_file.is_file() else None
+    )
+    if found is None:
+        log.warning("no start-up measured in %s: assuming %.0f s", log_file, STARTUP_S)
+        return STARTUP_S
+    return float(found[1])
+
+
 def run_mode(
     data: Path, out: Path, assets: Path, mode: Mode, device: str, reuse: bool = False
 ) -> dict:
@@ -350,8 +365,8 @@ def run_mode(
         if not mode.prefetch:
             extra.append("--no-prefetch")
         extra += ["--precision", mode.precision]
-        if mode.per_slide_s is not None:
-            limit = STARTUP_S + n * mode.per_slide_s / 0.9  # the runtime keeps 10 % in reserve
+        if mode.per_slide_s is not None:  # start-up and the runtime's 10 % reserve on top
+            limit = (startup_s(out.parent) + n * mode.per_slide_s) / 0.9
             extra += ["--time-limit", f"{limit:.1f}"]
         code, wall, peak = run_main(data, out, mode_assets(assets, mode, out), device, *extra)
     if code != 0:
