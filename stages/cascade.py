@@ -558,7 +558,15 @@ class Cascade:
                 break
             start = time.perf_counter()
             centers = [h.box.center for h in hotspots[done : done + n]]
-            patches = read_patches(slide, centers, page, self.config.classifier.patch)
+            # a slow read (a cold disk) stops the reading once the batch's run no longer fits
+            patches = read_patches(
+                slide,
+                centers,
+                page,
+                self.config.classifier.patch,
+                should_stop=lambda _: budget.plan_left() < costs.batch.peak,
+            )
+            n = len(patches)
             read = time.perf_counter()
             graded.append(
                 grade(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -176,13 +176,24 @@ def patch_box(center: tuple[float, float], patch: int, scale: tuple[float, float
 
 
 def read_patches(
-    slide: Slide, centers: Sequence[tuple[float, float]], page: int, patch: int
+    slide: Slide,
+    centers: Sequence[tuple[float, float]],
+    page: int,
+    patch: int,
+    should_stop: Callable[[int], bool] = lambda done: False,
 ) -> np.ndarray:
-    """``(N, patch, patch, 3)`` uint8 patches of ``page`` centred on page-0 ``centers``."""
+    """``(N, patch, patch, 3)`` uint8 patches of ``page`` centred on page-0 ``centers``, read in
+    order; ``should_stop(done)``, asked before each patch after the first, ends the reading early
+    (then N < ``len(centers)``: the patches of the first N centres)."""
     scale = slide.pages[page].scale
     if not centers:
         return np.zeros((0, patch, patch, 3), np.uint8)
-    return np.stack([slide.read_region(patch_box(c, patch, scale), page) for c in centers])
+    patches = []
+    for center in centers:
+        if patches and should_stop(len(patches)):
+            break
+        patches.append(slide.read_region(patch_box(center, patch, scale), page))
+    return np.stack(patches)
 
 
 def memory_batch(

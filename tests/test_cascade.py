@@ -15,7 +15,7 @@ import stages.cascade
 from stages.budget import RunBudget, SlideBudget
 from stages.cascade import READ_AHEAD_BYTES, Cascade, SlideResult, heatmap_cells
 from stages.config import load_assets
-from stages.slide import SlideError
+from stages.slide import Slide, SlideError
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,9 @@ def test_patches_are_granted_at_their_peak_cost(
     )
     read, grade = stages.cascade.read_patches, stages.cascade.grade
 
-    def slow_read(slide: object, centers: list, *args: object) -> np.ndarray:
+    def slow_read(slide: object, centers: list, *args: object, **kw: object) -> np.ndarray:
         clock.advance(0.125 * len(centers))  # each patch takes 0.125 s of the run's clock to read …
-        return read(slide, centers, *args)
+        return read(slide, centers, *args, **kw)
 
     def slow_grade(model: torch.nn.Module, *args: object, **kw: int) -> np.ndarray:
         clock.advance(0.25)  # … and each batch 0.25 s to grade, whatever its number of patches
@@ -153,6 +153,33 @@ def test_patches_are_granted_at_their_peak_cost(
     # (1 s − 0.25 s) ÷ 0.125 s: 6 patches in one batch, the slide's second spent (at the average
     # costs, a first batch of 8 would have been granted: 1.25 s); then no batch fits
     assert len(result.grades) == 6 and clock.now == pytest.approx(1.0)
+
+
+def test_slow_reads_stop_the_batch_once_its_run_no_longer_fits(
+    cascade: Cascade, slide_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold disk: each patch read takes 0.25 s of the slide's 1 s, where 0.01 s was expected.
+    The batch of 8 granted stops reading after 3 patches (0.25 s left, under the batch's 0.3 s
+    run) and grades those; without the stop, its reads alone would take 2 s."""
+    budget, clock = _frozen_run(cascade, 2.0, slides=2)  # 1 s a slide
+    costs = budget.costs
+    costs.detector.update(1e-6)
+    costs.patch.value, costs.patch.peak, costs.batch.value, costs.batch.peak = 0.01, 0.01, 0.3, 0.3
+    classifier_page = Slide(slide_path).page_for_mpp(cascade.config.classifier.target_mpp)
+    read_region = Slide.read_region
+
+    def cold(self: Slide, box: object, page: int) -> np.ndarray:
+        if page == classifier_page:
+            clock.advance(0.25)
+        return read_region(self, box, page)
+
+    monkeypatch.setattr(Slide, "read_region", cold)
+    # the costs stay as set: the reads' measurements (in real time, fast) would not see the fake
+    # clock's 0.25 s
+    monkeypatch.setattr(costs, "observe_patches", lambda *args: None)
+    result = cascade.grade_slide(slide_path, None, budget.start_slide(), budget.costs)
+    assert len(result.hotspots) > 8 and cascade.patch_batch == 8
+    assert len(result.grades) == 3 and clock.now == pytest.approx(0.75)
 
 
 def test_no_time_for_any_detector_pass_takes_the_cheaper_path(

@@ -117,6 +117,13 @@ def test_patches_and_grades(tmp_path: Path) -> None:
     assert padded.shape == (3, 4)
     np.testing.assert_allclose(padded, probs, atol=1e-5)
     assert read_patches(slide, [], page, 64).shape == (0, 64, 64, 3)
+    asked: list[int] = []
+    first_two = read_patches(
+        slide, [(256.0, 256.0), (768.0, 768.0), (1020.0, 0.0)], page, 64,
+        should_stop=lambda done: asked.append(done) or done == 2,
+    )  # fmt: skip
+    assert asked == [1, 2]  # asked before each patch after the first
+    np.testing.assert_array_equal(first_two, patches[:2])
 
 
 def test_weights_round_trip_and_mismatch(tmp_path: Path) -> None:
