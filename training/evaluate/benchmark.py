@@ -574,6 +574,7 @@ def run_limits(out: Path, real: Path, assets: Path, device: str) -> pd.DataFrame
     rows = []
     for name, limit in RUN_LIMITS_S.items():
         run = out / "limits" / name.replace(" ", "")
+        shutil.rmtree(run, ignore_errors=True)  # an earlier run's maps are not this run's
         code, wall, peak = run_main(data, run, assets, device, "--time-limit", str(limit))
         if code != 0:
             raise RuntimeError(f"limit {name}: main.py exited with {code}")
