@@ -223,7 +223,7 @@ def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
 
 

@@ -200,8 +200,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     ``(N, C)`` logits and ``(N,)`` integer labels (1.0 without data)."""
     if not len(labels):
         return 1.0
-    z = torch.from_numpy(np.asarray(logits, np.float64))
-    y = torch.from_numpy(np.asarray(labels, np.int64))
+    z = torch.tensor(np.asarray(logits, np.float64))  # a copy: the inputs may be read-only
+    y = torch.tensor(np.asarray(labels, np.int64))
 
     def loss(log_t: float) -> float:
         return float(nn.functional.cross_entropy(z / math.exp(log_t), y))
