@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint format demo report benchmark cluster-benchmark train train-scale evaluate clean
+.PHONY: setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
+	evaluate clean
 
 setup: $(STAMP)
 
@@ -65,6 +66,14 @@ train: setup
 SCALE := build/train-scale
 train-scale: setup
 	$(PY) -m training.evaluate.train_scale $(SCALE) --publish training/evaluate/results
+
+# Training throughput of the standard preset on the training device (the GPU when there is one;
+# minutes there, hours on a CPU): per stage, the loader alone, the network on batches held in
+# memory and the real trainer, in samples/s, with the GPU's utilisation. Slides, cache and runs
+# go to $(SPEED); the table to training/evaluate/results/train_speed.md.
+SPEED := build/train-speed
+train-speed: setup
+	$(PY) -m training.evaluate.train_speed $(SPEED) --publish training/evaluate/results
 
 # The shipped assets on held-out generated slides (seeds never used in training): the cascade's
 # score beside the detector-only and always-1 scores, and hotspot recall@k of annotated squares.

@@ -288,7 +288,8 @@ def test_the_classifier_checkpoint_follows_the_patch_score() -> None:
 
 def test_loader_workers_follow_the_cpus_and_the_gpus() -> None:
     gpu = replace(FAST, workers=-1, accelerator="gpu")
-    assert gpu.loader_workers(cpus=16, gpus=1) == 8  # capped
+    assert gpu.loader_workers(cpus=16, gpus=1) == 15  # all but the training process's own
+    assert gpu.loader_workers(cpus=64, gpus=1) == 16  # capped
     assert gpu.loader_workers(cpus=16, gpus=4) == 3  # 4 CPUs a GPU, one kept for training
     assert gpu.loader_workers(cpus=4, gpus=4) == 2  # never below 2 on a GPU
     assert replace(gpu, workers=5).loader_workers(cpus=16, gpus=1) == 5  # as asked

@@ -168,6 +168,19 @@ def test_test_split_files(tmp_path: Path) -> None:
     assert list(labels[["0", "1", "2", "3"]].to_numpy().argmax(1)) == [s.label for s in specs]
 
 
+def test_slides_written_in_parallel_are_the_serial_ones(tmp_path: Path) -> None:
+    specs = sample_specs(3, 5, SynthConfig(size_range=(1024, 1300)))
+    serial = write_dataset(tmp_path / "serial", specs, "train")
+    parallel = write_dataset(tmp_path / "parallel", specs, "train", workers=3)
+    assert serial.drop(columns="seconds").equals(parallel.drop(columns="seconds"))
+    names = sorted(p.name for p in (tmp_path / "serial").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "parallel").iterdir())
+    for name in names:  # the TIFs (checksums in the metadata) and every CSV, byte for byte
+        assert (tmp_path / "serial" / name).read_bytes() == (
+            tmp_path / "parallel" / name
+        ).read_bytes()
+
+
 def test_same_seed_same_slide_other_seed_other_slide(tmp_path: Path) -> None:
     config = SynthConfig(size_range=(1500, 2000))
     first, again, other = (

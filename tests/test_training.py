@@ -378,3 +378,21 @@ def test_export_then_load_assets_round_trips(trained: Path, tmp_path: Path) -> N
     results = sorted((trained / "decision" / "results").glob("*.npz"))
     val = set(Cache.open(trained / "cache").slides.query("fold == 0")["filename"])
     assert {SlideResult.load(p).filename for p in results} == val
+
+
+def test_train_speed_times_each_stage_three_ways(cache: Cache, tmp_path: Path) -> None:
+    from training.evaluate import train_speed
+    from training.pipeline import Recipe
+
+    recipe = Recipe(2, replace(FAST, batch_size=4), replace(FAST, batch_size=8))
+    table = train_speed.measure(cache.root, tmp_path, RECIPE, recipe, steps=5, warmup=2,
+                                accelerator="cpu", workers=0)  # fmt: skip
+    assert list(table["stage"]) == ["detector", "classifier"]
+    assert list(table["batch"]) == [4, 8]
+    assert list(table["timed steps"]) == [3, 3]  # steps 3, 4 and 5 of 5
+    rates = table[["loader samples/s", "device alone samples/s", "training samples/s"]]
+    assert (rates > 0).all().all() and np.isfinite(rates.to_numpy()).all()
+    assert table[["training GPU %", "training peak GPU MB"]].isna().all().all()  # no GPU here
+    # the trainer's own run, with its outputs, is what the training rate timed
+    assert (tmp_path / "runs" / "detector" / "detector.safetensors").is_file()
+    assert (tmp_path / "runs" / "classifier" / "classifier.safetensors").is_file()

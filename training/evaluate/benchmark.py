@@ -1,9 +1,11 @@
 """Speed against exhaustive tiling, side by side on the same slides: ``make benchmark``.
 
 ``python -m training.evaluate.benchmark OUT [--sets heldout,real,canvas,real2] [--limits]
-[--assets assets] [--device cpu] [--publish DIR] [--readme README.md]``
+[--modes "NAME;NAME…"] [--assets assets] [--device cpu] [--workers N] [--publish DIR]
+[--readme README.md]``
 
-Slide sets (generated once into ``OUT/<set>/data``, kept between runs):
+Slide sets (generated once into ``OUT/<set>/data``, ``--workers`` slides at a time, kept
+between runs):
 
 * ``heldout``: 48 generated test-layout slides (seed 3001, as ``make evaluate``; no step of
   training or fitting saw them);
@@ -34,7 +36,10 @@ slide's tiles and extrapolated to all of them (``--sample-tiles``):
   files of random weights), at k = 8, 16 and 32 (``hotspots.min_score`` 0, so that k patches
   are graded), on ``real2``, the ``real`` set's first two slides.
 
-The table's last column projects the 1,527-slide test set from each mode's median.
+The table's last column projects the 1,527-slide test set from each mode's median. A mode
+that fails is named under the table (its log in ``OUT/<set>/runs``); the others are still run.
+On a GPU (``--device cuda``) the networks run in float16 and the compute floor uses the GPU's
+float16 matrix-multiply rate.
 
 Per mode and set it prints and writes (``OUT/benchmark.csv``, ``OUT/slides.csv``,
 ``OUT/benchmark.md``): the weighted class score; seconds per slide (median, 95th percentile) as
@@ -222,27 +227,29 @@ def build_asset_set(name: str, out: Path, shipped: Path) -> Path:
 # -- slide sets ---------------------------------------------------------------------------
 
 
-def make_sets(out: Path, names: list[str]) -> dict[str, Path]:
-    """Generate (or reuse) the named slide sets; ``name → data folder``."""
+def make_sets(out: Path, names: list[str], workers: int = 1) -> dict[str, Path]:
+    """Generate (or reuse) the named slide sets (``fit``: the exhaustive mode's decision-fit
+    slides), ``workers`` slides at a time; ``name → data folder``."""
     sets = {}
     rows = pd.read_csv(LAYOUT / "train_metadata.csv").set_index("filename")
     layout = rows.loc[[*REAL_ROWS, CANVAS_ROW]].reset_index()
     specs = layout_specs(layout, LAYOUT / "train_annotations.csv", seed=LAYOUT_SEED)
+    chosen = {
+        "heldout": lambda: sample_specs(*HELDOUT),
+        "fit": lambda: sample_specs(*FIT_SET),
+        "real": lambda: specs[: len(REAL_ROWS)],
+        "canvas": lambda: specs[len(REAL_ROWS) :],
+    }
     for name in names:
         data = out / name / "data"
         sets[name] = data
         if (data / "submission_format.csv").is_file():
             continue
         start = time.monotonic()
-        if name == "heldout":
-            write_dataset(data, sample_specs(HELDOUT[0], HELDOUT[1]), "test", resume=True)
-        elif name == "real":
-            write_dataset(data, specs[: len(REAL_ROWS)], "test", resume=True)
-        elif name == "canvas":
-            write_dataset(data, specs[len(REAL_ROWS) :], "test", resume=True)
-        elif name == "real2":
-            real = make_sets(out, ["real"])["real"]
-            repeat_set(real, data, 2)
+        if name == "real2":
+            repeat_set(make_sets(out, ["real"], workers)["real"], data, 2)
+        elif name in chosen:
+            write_dataset(data, chosen[name](), "test", resume=True, workers=workers)
         else:
             raise ValueError(f"unknown slide set {name!r}")
         log.info("generated set %s in %.0f s", name, time.monotonic() - start)
@@ -377,12 +384,12 @@ def run_mode(
     return measured
 
 
-def fit_exhaustive_decision(out: Path, assets: Path, device: str) -> CascadeConfig:
+def fit_exhaustive_decision(
+    out: Path, assets: Path, device: str, workers: int = 1
+) -> CascadeConfig:
     """The shipped config with its decision refitted for the exhaustive mode: the exhaustive
     run's top tiles on ``FIT_SET`` slides (never in any benchmark set) as the evidence."""
-    data = out / "fit" / "data"
-    if not (data / "submission_format.csv").is_file():
-        write_dataset(data, sample_specs(*FIT_SET), "test", resume=True)
+    data = make_sets(out, ["fit"], workers)["fit"]
     run = out / "fit" / "exhaustive"
     if not (run / "submission.csv").is_file():
         run_mode(data, run, assets, Mode("exhaustive", exhaustive=True), device)
@@ -474,8 +481,8 @@ def summarise(slides: pd.DataFrame, run: dict) -> dict:
 # -- the report ---------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """One line describing this machine."""
+def machine(device: str = "cpu") -> str:
+    """One line describing this machine and the ``device`` the runs used."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -485,8 +492,11 @@ def machine() -> str:
     except OSError:
         pass
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    used = "no GPU used"
+    if device.startswith("cuda"):
+        used = f"runs on {torch.cuda.get_device_name(torch.device(device))} (float16)"
     return (
-        f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GB memory, no GPU used; "
+        f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GB memory, {used}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads"
     )
 
@@ -613,29 +623,31 @@ def replace_block(readme: Path, text: str, tag: str = "benchmark") -> None:
     readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
-def asset_floors(assets_dir: Path) -> dict:
+def asset_floors(assets_dir: Path, device: str = "cpu") -> dict:
     """What the floors need of one asset set: its config (the networks dropped once their
-    FLOPs per window and per patch are counted) and the matrix-multiply rate."""
+    FLOPs per window and per patch are counted) and ``device``'s matrix-multiply rate."""
     assets = load_assets(assets_dir, torch.device("cpu"))
     flops = network_flops(assets)
     light = replace(assets, detector=torch.nn.Identity(), classifier=torch.nn.Identity())
-    return {"assets": light, "flops": flops, "gflops": _matmul_rate()}
+    return {"assets": light, "flops": flops, "gflops": _matmul_rate(device)}
 
 
 @functools.cache
-def _matmul_rate() -> float:
-    """:func:`matmul_gflops`, measured once per process."""
-    return matmul_gflops()
+def _matmul_rate(device: str) -> float:
+    """:func:`matmul_gflops` on ``device`` (a GPU: 8192², its float16 rate), measured once per
+    process."""
+    return matmul_gflops(8192, device=device) if device.startswith("cuda") else matmul_gflops()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.evaluate.benchmark", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--sets", default="heldout,real,canvas,real2")
-    parser.add_argument("--modes", default=None, help="comma-separated mode names (default all)")
+    parser.add_argument("--modes", default=None, help="mode names separated by ';' (default all)")
     parser.add_argument("--limits", action="store_true", help="also the time-limit sweep")
     parser.add_argument("--assets", type=Path, default=REPO / "assets")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="slides generated at once")
     parser.add_argument(
         "--reuse", action="store_true", help="keep the runs already measured in OUT; run the rest"
     )
@@ -648,32 +660,42 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = modes()
     if args.modes:
-        wanted = set(args.modes.split(","))
+        wanted = {name.strip() for name in args.modes.split(";")}
+        unknown = wanted - {m.name for m in chosen}
+        if unknown:
+            parser.error(f"unknown modes {sorted(unknown)}")
         chosen = [m for m in chosen if m.name in wanted]
     wanted_sets = args.sets.split(",")
-    sets = make_sets(args.out, [n for n in wanted_sets if any(n in m.sets for m in chosen)])
+    sets = make_sets(
+        args.out, [n for n in wanted_sets if any(n in m.sets for m in chosen)], args.workers
+    )
     exhaustive = None
     if any(m.exhaustive and m.assets == "shipped" for m in chosen):
-        exhaustive = fit_exhaustive_decision(args.out, args.assets, args.device)
+        exhaustive = fit_exhaustive_decision(args.out, args.assets, args.device, args.workers)
     asset_dirs = {"shipped": args.assets}
     floors_by: dict[str, dict] = {}
     for key in dict.fromkeys(m.assets for m in chosen):
         if key != "shipped":
             asset_dirs[key] = build_asset_set(key, args.out, args.assets)
-        floors_by[key] = asset_floors(asset_dirs[key])
-    floors = floors_by.get("shipped") or asset_floors(args.assets)
+        floors_by[key] = asset_floors(asset_dirs[key], args.device)
+    floors = floors_by.get("shipped") or asset_floors(args.assets, args.device)
     log.info(
         "matmul %.1f GFLOP/s; %.2f GFLOP per detector window, %.3f GFLOP per patch",
         floors["gflops"],
         floors["flops"][0] / 1e9,
         floors["flops"][1] / 1e9,
     )
-    table, per_slide = [], []
+    table, per_slide, failed = [], [], []
     for set_name, data in sets.items():
         for mode in (m for m in chosen if set_name in m.sets):
             run = args.out / set_name / "runs" / mode.name.replace(" ", "_").replace("/", "")
             assets_dir = asset_dirs[mode.assets]
-            measured = run_mode(data, run, assets_dir, mode, args.device, args.reuse)
+            try:
+                measured = run_mode(data, run, assets_dir, mode, args.device, args.reuse)
+            except RuntimeError as exc:  # the other modes are still measured
+                log.error("%s", exc)
+                failed.append(f"{mode.name} on {set_name}")
+                continue
             fitted = exhaustive if mode.assets == "shipped" else None
             slides = slide_rows(data, run, mode, fitted, floors_by[mode.assets])
             per_slide.append(slides.assign(set=set_name, mode=mode.name))
@@ -696,12 +718,15 @@ def main(argv: list[str] | None = None) -> int:
     table_frame.to_csv(args.out / "benchmark.csv", index=False)
     slides_frame.to_csv(args.out / "slides.csv", index=False)
     header = (
-        f"Machine: {machine()}. Matrix-multiply throughput {floors['gflops']:.0f} GFLOP/s; "
+        f"Machine: {machine(args.device)}. Matrix-multiply throughput "
+        f"{floors['gflops']:.0f} GFLOP/s; "
         f"{floors['flops'][0] / 1e9:.2f} GFLOP per detector window, "
         f"{floors['flops'][1] / 1e9:.3f} GFLOP per classifier patch. Stage columns are mean "
         "seconds per slide; decode runs partly in the prefetch thread, overlapped."
     )
     text = markdown(table_frame, header)
+    if failed:
+        text += "\n\nModes that failed (their logs in OUT/<set>/runs): " + "; ".join(failed) + "."
     if args.limits:
         saved = args.out / "limits.csv"
         if args.reuse and saved.is_file():

@@ -252,6 +252,13 @@ def freeze_encoder(encoder: nn.Module, blocks: int) -> list[nn.Module]:
     return frozen
 
 
+def training_patches(cache: Cache, config: ClassifierConfig, options: TrainOptions) -> PatchSet:
+    """The classifier's training patches: ``options.samples`` class-balanced draws an epoch from
+    the cache's patches outside fold ``options.val_fold``."""
+    rows = cache.patches[cache.patches["fold"] != options.val_fold]
+    return PatchSet(cache, rows, config, options.samples, True, options.seed)
+
+
 def train_classifier(
     cache_root: Path,
     out: Path,
@@ -271,16 +278,14 @@ def train_classifier(
     pl.seed_everything(options.seed, workers=True, verbose=False)
     cache = Cache.open(cache_root)
     config = replace(cascade.classifier)
-    patches = cache.patches
-    train_rows = patches[patches["fold"] != options.val_fold]
-    val_rows = patches[patches["fold"] == options.val_fold]
+    train = training_patches(cache, config, options)
+    val_rows = cache.patches[cache.patches["fold"] == options.val_fold]
+    val = PatchSet(cache, val_rows, config, 0, False, options.seed)
     counts = {
-        name: rows.groupby(["kind", "cls"]).size().to_dict()
-        for name, rows in (("train", train_rows), ("val", val_rows))
+        name: data.rows.groupby(["kind", "cls"]).size().to_dict()
+        for name, data in (("train", train), ("val", val))
     }
     log.info("classifier patches (kind, class): %s", counts)
-    train = PatchSet(cache, train_rows, config, options.samples, True, options.seed)
-    val = PatchSet(cache, val_rows, config, 0, False, options.seed)
     module = ClassifierModule(
         config, options.lr, options.weight_decay, options.epochs, options.seed
     )

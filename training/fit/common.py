@@ -45,6 +45,10 @@ from training.data.augment import BatchAugment
 log = logging.getLogger(__name__)
 
 ENCODER_WEIGHTS = ("none", "imagenet")
+#: Most loader workers a training process gets by itself: one core read and augmented ~250
+#: standard-preset patches/s here (``training.evaluate.train_speed``), and a ResNet-18 on a
+#: current GPU consumes 3,000 or more, so a 16-core one-GPU node needs its 15.
+MAX_WORKERS = 16
 
 
 @dataclass(frozen=True)
@@ -90,8 +94,8 @@ class TrainOptions:
         """The data-loading processes per training process: ``workers`` when set; else, on a
         GPU, the CPUs this process may use (``cpus``, default its affinity) shared among the
         node's training processes (``gpus`` of them, default the devices asked for), one each
-        kept for the training process itself, 2 to 8; on a CPU none (augmenting in the
-        training process was faster on 2 cores)."""
+        kept for the training process itself, 2 to :data:`MAX_WORKERS`; on a CPU none
+        (augmenting in the training process was faster on 2 cores)."""
         if self.workers >= 0:
             return self.workers
         if not self.gpu():
@@ -99,7 +103,7 @@ class TrainOptions:
         cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
         if gpus is None:
             gpus = int(self.devices) if self.devices.isdigit() else torch.cuda.device_count()
-        return min(8, max(2, cpus // max(gpus, 1) - 1))
+        return min(MAX_WORKERS, max(2, cpus // max(gpus, 1) - 1))
 
     def gpu(self) -> bool:
         """True when Lightning will train on a GPU (asked for, or ``auto`` and one is there)."""
@@ -259,6 +263,13 @@ def stage_parser(prog: str, doc: str | None, defaults: TrainOptions) -> argparse
     return parser
 
 
+def trainer_precision(options: TrainOptions) -> str:
+    """Lightning's precision for ``options``: ``auto`` is 16-bit mixed on a GPU, else 32-bit."""
+    if options.precision != "auto":
+        return options.precision
+    return "16-mixed" if options.gpu() else "32-true"
+
+
 def make_trainer(
     options: TrainOptions,
     out: Path,
@@ -269,9 +280,6 @@ def make_trainer(
     """A Lightning trainer writing checkpoints and logs under ``out``; it keeps ``best.ckpt`` by
     ``monitor`` (``mode`` ``min`` or ``max``), stops after ``patience`` epochs without gain and
     logs each epoch (:class:`EpochLog`) besides ``callbacks``."""
-    precision = options.precision
-    if precision == "auto":
-        precision = "16-mixed" if options.gpu() else "32-true"
     best = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="best",
@@ -292,7 +300,7 @@ def make_trainer(
         accelerator=options.accelerator,
         devices=_devices(options.devices),
         num_nodes=options.num_nodes,
-        precision=precision,
+        precision=trainer_precision(options),
         callbacks=[
             best,
             last,

@@ -332,6 +332,15 @@ class HotspotRecall(pl.Callback):
         module.log_dict(metrics, sync_dist=False)  # the same values on every rank
 
 
+def training_windows(
+    cache: Cache, config: DetectorConfig, options: TrainOptions, on_spot: float = 0.7
+) -> WindowSet:
+    """The detector's training windows: ``options.samples`` fresh draws an epoch from the slides
+    outside fold ``options.val_fold``, ``on_spot`` of them near an annotation square."""
+    files = cache.slides.query("fold != @options.val_fold")["filename"].tolist()
+    return WindowSet(cache, files, config, options.samples, on_spot, True, options.seed)
+
+
 def train_detector(
     cache_root: Path,
     out: Path,
@@ -347,17 +356,16 @@ def train_detector(
     pl.seed_everything(options.seed, workers=True, verbose=False)
     cache = Cache.open(cache_root)
     config = replace(cascade.detector)
-    train_files = cache.slides.query("fold != @options.val_fold")["filename"].tolist()
+    train = training_windows(cache, config, options, on_spot)
     val_files = cache.slides.query("fold == @options.val_fold")["filename"].tolist()
     recall_files = recall_subset(cache, val_files, recall_slides, options.seed)
     log.info(
         "detector: %d training slides, %d validation slides (fold %d), hotspot recall on %d",
-        len(train_files),
+        len(train.slides),
         len(val_files),
         options.val_fold,
         len(recall_files),
     )
-    train = WindowSet(cache, train_files, config, options.samples, on_spot, True, options.seed)
     val = WindowSet(cache, val_files, config, 0, on_spot, False, options.seed + 1)
     module = DetectorModule(config, options.lr, options.weight_decay, options.epochs, options.seed)
     start_weights(module.model, options, config.encoder)

@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write each slide as a huge mostly-glass canvas of this size",
     )
     parser.add_argument(
+        "--workers", type=int, default=1, help="slides written at once, a process each"
+    )
+    parser.add_argument(
         "--benchmark", action="store_true", help="print generation seconds and Mpx/s per slide"
     )
     args = parser.parse_args(argv)
@@ -70,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         specs = sample_specs(args.slides, args.seed, config)
     canvas = tuple(args.sparse_canvas) if args.sparse_canvas else None
-    metadata = write_dataset(args.out_dir, specs, args.split, canvas)
+    metadata = write_dataset(args.out_dir, specs, args.split, canvas, workers=args.workers)
     megapixels = metadata["width"] * metadata["height"] / 1e6
     if args.benchmark:
         for row, mpx in zip(metadata.itertuples(index=False), megapixels, strict=True):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import subprocess
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +38,45 @@ def _one_hot(specs: Sequence[SlideSpec], zeros: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["filename", "0", "1", "2", "3"])
 
 
+def _write_one(
+    out: Path, spec: SlideSpec, split: str, canvas: tuple[int, int] | None, resume: bool
+) -> tuple[dict, SlideSpec]:
+    """Write one slide of :func:`write_dataset`; its metadata row (with ``seconds``) and the
+    spec as written (placed on its canvas, if any)."""
+    start = time.perf_counter()
+    if canvas is None:
+        slide = spec
+        path = out / spec.filename
+        if not (resume and path.is_file()):
+            write_slide(path, spec)
+    else:
+        rng = np.random.default_rng([spec.seed, 6])
+        x, y = (
+            int(rng.integers(0, max(c - s, 0) + 1))
+            for c, s in zip(canvas, (spec.width, spec.height), strict=True)
+        )
+        slide = place(spec, *canvas, x, y)
+        path = write_sparse_canvas(out / spec.filename, *canvas, spec.mpp, spec, (x, y))
+    seconds = time.perf_counter() - start
+    row = {
+        "filename": slide.filename,
+        "width": slide.width,
+        "height": slide.height,
+        "resolution": slide.mpp,
+        "magnification": slide.magnification,
+    }
+    if split == "train":
+        row |= {"tif_cksum": posix_cksum(path), "tif_size": path.stat().st_size}
+    return row | {"seconds": seconds}, slide
+
+
 def write_dataset(
     out_dir: str | Path,
     specs: Sequence[SlideSpec],
     split: str,
     canvas: tuple[int, int] | None = None,
     resume: bool = False,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``;
     ``resume`` keeps the TIFs already there (slides are written whole or not at all).
@@ -49,8 +85,11 @@ def write_dataset(
     ``submission_format.csv`` (all zeros) and ``test_labels.csv`` (one-hot, for scoring).
     ``train``: ``train_metadata.csv`` (plus tif_cksum, tif_size), ``train_labels.csv`` and
     ``train_annotations.csv``. With ``canvas = (width, height)`` every slide is a huge sparse
-    canvas (:func:`write_sparse_canvas`) holding its spec at a random place. Returns the metadata
-    table with a ``seconds`` column (time to render and write each TIF) the CSV does not have.
+    canvas (:func:`write_sparse_canvas`) holding its spec at a random place. ``workers`` > 1
+    writes that many slides at once, each in a process of its own (a slide's pixels depend on
+    its spec alone, so the files are the same; a real-size slide's render holds ~1.6 GB).
+    Returns the metadata table with a ``seconds`` column (time to render and write each TIF)
+    the CSV does not have.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -58,34 +97,15 @@ def write_dataset(
         raise ValueError("slide filenames must be unique")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows, written = [], []
-    for spec in specs:
-        start = time.perf_counter()
-        if canvas is None:
-            slide = spec
-            path = out / spec.filename
-            if not (resume and path.is_file()):
-                write_slide(path, spec)
-        else:
-            rng = np.random.default_rng([spec.seed, 6])
-            x, y = (
-                int(rng.integers(0, max(c - s, 0) + 1))
-                for c, s in zip(canvas, (spec.width, spec.height), strict=True)
-            )
-            slide = place(spec, *canvas, x, y)
-            path = write_sparse_canvas(out / spec.filename, *canvas, spec.mpp, spec, (x, y))
-        seconds = time.perf_counter() - start
-        row = {
-            "filename": slide.filename,
-            "width": slide.width,
-            "height": slide.height,
-            "resolution": slide.mpp,
-            "magnification": slide.magnification,
-        }
-        if split == "train":
-            row |= {"tif_cksum": posix_cksum(path), "tif_size": path.stat().st_size}
-        rows.append(row | {"seconds": seconds})
-        written.append(slide)
+    one = functools.partial(_write_one, out, split=split, canvas=canvas, resume=resume)
+    if workers > 1 and len(specs) > 1:
+        context = multiprocessing.get_context("spawn")  # a fork would inherit libvips' threads
+        with ProcessPoolExecutor(min(workers, len(specs)), mp_context=context) as pool:
+            results = list(pool.map(one, specs))
+    else:
+        results = [one(spec) for spec in specs]
+    rows = [row for row, _ in results]
+    written = [slide for _, slide in results]
     metadata = pd.DataFrame(rows)
     metadata.drop(columns="seconds").to_csv(out / f"{split}_metadata.csv", index=False)
     _one_hot(written).to_csv(out / f"{split}_labels.csv", index=False)
