@@ -494,7 +494,7 @@ def machine(device: str = "cpu") -> str:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     used = "no GPU used"
     if device.startswith("cuda"):
-        used = f"runs on {torch.cuda.get_device_name(torch.device(device))} (float16)"
+        used = f"{torch.cuda.get_device_name(torch.device(device))} used"
     return (
         f"{os.cpu_count()} CPU cores ({cpu}), {memory:.0f} GB memory, {used}; "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads"

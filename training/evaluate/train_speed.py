@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import platform
 import shutil
 import threading
 import time
@@ -46,7 +45,7 @@ from stages.config import CascadeConfig
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache, CacheConfig, build_cache
 from training.data.synthetic import sample_specs, write_dataset
-from training.evaluate.benchmark import plain_markdown
+from training.evaluate.benchmark import machine, plain_markdown
 from training.fit import classifier, detector
 from training.fit.common import (
     EpochDraws,
@@ -65,27 +64,18 @@ SEED = 1000
 
 @dataclass(frozen=True)
 class Stage:
-    """How to build one stage's training data and Lightning module, and run its trainer."""
+    """One stage: its training set from ``(cache, its config, options)``, its Lightning module
+    class and its trainer."""
 
-    dataset: Callable[[Cache, CascadeConfig, TrainOptions], Dataset]
-    module: Callable[[CascadeConfig, TrainOptions], StageModule]
+    training_set: Callable[[Cache, object, TrainOptions], Dataset]
+    module: type[StageModule]
     train: Callable[..., dict]
 
 
 STAGES = {
-    "detector": Stage(
-        lambda cache, cascade, o: detector.training_windows(cache, cascade.detector, o),
-        lambda cascade, o: detector.DetectorModule(
-            cascade.detector, o.lr, o.weight_decay, o.epochs, o.seed
-        ),
-        detector.train_detector,
-    ),
+    "detector": Stage(detector.training_windows, detector.DetectorModule, detector.train_detector),
     "classifier": Stage(
-        lambda cache, cascade, o: classifier.training_patches(cache, cascade.classifier, o),
-        lambda cascade, o: classifier.ClassifierModule(
-            cascade.classifier, o.lr, o.weight_decay, o.epochs, o.seed
-        ),
-        classifier.train_classifier,
+        classifier.training_patches, classifier.ClassifierModule, classifier.train_classifier
     ),
 }
 
@@ -196,7 +186,7 @@ def loader_rate(dataset: Dataset, options: TrainOptions, warmup: int) -> float:
 
 
 def device_rate(
-    stage: Stage, cascade: CascadeConfig, dataset: Dataset, options: TrainOptions, warmup: int
+    stage: Stage, config: object, dataset: Dataset, options: TrainOptions, warmup: int
 ) -> StepClock:
     """The stage's module trained for ``options.samples / batch_size`` steps on four batches of
     ``dataset`` read once and held in memory (no loader workers): the device's own rate."""
@@ -215,7 +205,7 @@ def device_rate(
         enable_model_summary=False,
     )
     loader = make_loader(HeldBatches(items, options.samples), held, train=True)
-    trainer.fit(stage.module(cascade, options), loader)
+    trainer.fit(stage.module.from_options(config, options), loader)
     return clock
 
 
@@ -253,12 +243,11 @@ def measure(
         )
         device = torch.device("cuda" if options.gpu() else "cpu")
         batch = options.batch_size
-        dataset = stage.dataset(cache, cascade, options)
+        config = getattr(cascade, name)
+        dataset = stage.training_set(cache, config, options)
         loader = loader_rate(dataset, options, warmup)
         log.info("%s: loader %.0f samples/s", name, loader)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        alone = device_rate(stage, cascade, dataset, options, warmup)
+        alone = device_rate(stage, config, dataset, options, warmup)
         log.info("%s: device alone %.0f samples/s", name, alone.rate(batch))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -271,10 +260,8 @@ def measure(
         rows.append(
             {
                 "stage": name,
-                "network": getattr(cascade, name).encoder,
-                "input px": cascade.detector.window
-                if name == "detector"
-                else cascade.classifier.patch,
+                "network": config.encoder,
+                "input px": config.window if name == "detector" else config.patch,
                 "batch": batch,
                 "precision": trainer_precision(options),
                 "loader workers": workers_used,
@@ -301,15 +288,6 @@ def prepare_cache(out: Path, data: Path | None, recipe: str, slides: int, worker
     cache = out / "cache"
     build_cache(data, cache, load_recipe(recipe), CacheConfig(seed=SEED), folds=4)
     return cache
-
-
-def describe(device: str) -> str:
-    """One line describing this machine and the training device."""
-    gpu = torch.cuda.get_device_name(0) if device == "cuda" else "no GPU"
-    return (
-        f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}; torch {torch.__version__}, "
-        f"Lightning {pl.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if TrainOptions(accelerator=args.accelerator).gpu() else "cpu"
     text = (
         f"Training throughput, `{args.config}` preset, {args.steps} steps a run "
-        f"({args.warmup} not timed). Machine: {describe(device)}.\n\n" + plain_markdown(table)
+        f"({args.warmup} not timed). Machine: {machine(device)}; Lightning {pl.__version__}.\n\n"
+        + plain_markdown(table)
     )
     table.to_csv(args.out / "train_speed.csv", index=False)
     (args.out / "train_speed.md").write_text(text + "\n")

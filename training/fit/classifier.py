@@ -286,9 +286,7 @@ def train_classifier(
         for name, data in (("train", train), ("val", val))
     }
     log.info("classifier patches (kind, class): %s", counts)
-    module = ClassifierModule(
-        config, options.lr, options.weight_decay, options.epochs, options.seed
-    )
+    module = ClassifierModule.from_options(config, options)
     start_weights(module.model, options, config.encoder)
     module.frozen = freeze_encoder(module.model.encoder, options.train_blocks)
     out.mkdir(parents=True, exist_ok=True)

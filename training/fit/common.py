@@ -231,6 +231,12 @@ class StageModule(pl.LightningModule):
         self._augment = (BatchAugment(mean, std, train=True), BatchAugment(mean, std, train=False))
         self._generator: torch.Generator | None = None
 
+    @classmethod
+    def from_options(cls, config: object, options: TrainOptions) -> StageModule:
+        """A stage's module (its ``__init__`` takes ``(config, lr, weight_decay, epochs, seed)``)
+        for its ``config`` and the training ``options``."""
+        return cls(config, options.lr, options.weight_decay, options.epochs, options.seed)
+
     def on_train_epoch_start(self) -> None:
         self.trainer.train_dataloader.dataset.epoch = self.current_epoch
         self._generator = torch.Generator(device=self.device)

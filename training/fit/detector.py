@@ -367,7 +367,7 @@ def train_detector(
         len(recall_files),
     )
     val = WindowSet(cache, val_files, config, 0, on_spot, False, options.seed + 1)
-    module = DetectorModule(config, options.lr, options.weight_decay, options.epochs, options.seed)
+    module = DetectorModule.from_options(config, options)
     start_weights(module.model, options, config.encoder)
     recall = HotspotRecall(cache, recall_files, cascade)
     trainer = make_trainer(options, out, "val_select", "max", [recall, *callbacks])
