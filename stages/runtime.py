@@ -42,8 +42,8 @@ from stages.prefetch import Prefetcher
 from stages.submission import (
     SubmissionError,
     build_submission,
+    read_format,
     read_metadata,
-    read_table,
     write_submission,
 )
 
@@ -176,7 +176,7 @@ def run(
     started = time.monotonic() if started is None else started
     pyvips.cache_set_max_mem(VIPS_CACHE_MB * 1024 * 1024)
     try:
-        fmt = read_table(data / FORMAT_NAME)
+        fmt = read_format(data / FORMAT_NAME)
     except SubmissionError as exc:
         log.error("cannot run: %s", exc)
         return 2
@@ -186,7 +186,7 @@ def run(
         log.error("cannot run: bad assets: %s", exc)
         return 3
     config = assets.config
-    names = [str(n) for n in fmt["filename"]]
+    names = list(dict.fromkeys(fmt["filename"]))  # each slide once, in the format's order
     prior = decide_slide([], [], config.decision)
     log.info(
         "%d slides, time limit %s, device %s, fallback class %d; start-up %.2f s",
@@ -197,7 +197,7 @@ def run(
         time.monotonic() - started,
     )
     _log_unlisted(data, set(names))
-    write_submission(build_submission(fmt, {}, prior.cls), out)
+    write_submission(build_submission(fmt, {}, prior.cls), out, fmt=fmt)
 
     cascade = Cascade(assets)
     reserve = min(config.budget.reserve_s, 0.1 * time_limit_s)
@@ -208,7 +208,7 @@ def run(
     )
     report = RunReport()
     checkpoint = Checkpoint(
-        lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out
+        lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out, fmt
     )
     mpps = resolutions(data / METADATA_NAME, names)
     # the first slide is prepared while the networks warm up: it has no slide to overlap
@@ -280,12 +280,16 @@ def _log_unlisted(data: Path, listed: set[str]) -> None:
 
 
 class Checkpoint:
-    """Atomic rewrites of the submission ``out`` from ``table(quiet)``, thread-safe;
-    :meth:`maybe_write` keeps their cost under :data:`CHECKPOINT_SHARE` of the time passing."""
+    """Atomic rewrites of the submission ``out`` from ``table(quiet)``, checked against the
+    format ``fmt``, thread-safe; :meth:`maybe_write` keeps their cost under
+    :data:`CHECKPOINT_SHARE` of the time passing."""
 
-    def __init__(self, table: Callable[[bool], pd.DataFrame], out: Path) -> None:
+    def __init__(
+        self, table: Callable[[bool], pd.DataFrame], out: Path, fmt: pd.DataFrame | None = None
+    ) -> None:
         self._table = table
         self._out = out
+        self._fmt = fmt
         self._lock = threading.Lock()
         self._last_end = -math.inf
         self._last_cost = 0.0
@@ -296,7 +300,7 @@ class Checkpoint:
         """Rewrite the file now (``quiet``: a provisional rewrite, logged at debug level)."""
         with self._lock:
             start = time.monotonic()
-            write_submission(self._table(quiet), self._out, quiet=quiet)
+            write_submission(self._table(quiet), self._out, quiet=quiet, fmt=self._fmt)
             self._last_end = time.monotonic()
             self._last_cost = self._last_end - start
             self.writes += 1

@@ -7,6 +7,9 @@ class. A submission must list the format's filenames in the format's order.
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -48,11 +51,13 @@ def _read_csv(path: str | Path) -> pd.DataFrame:
         raise SubmissionError(f"{path}: not a readable CSV ({str(exc).strip()})") from exc
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, unique: bool = True) -> pd.DataFrame:
     """Read a one-hot ``filename,0,1,2,3`` table as written (no coercion of values).
 
-    Checks that the file exists and has rows, the five columns and unique, non-empty filenames;
-    the values are checked by :func:`validate` / :func:`classes_from_onehot`.
+    Checks that the file exists and has rows, the five columns and non-empty filenames, unique
+    unless not ``unique`` (a submission answering a format that repeats a row, checked by
+    :func:`validate`); the values are checked by :func:`validate` / :func:`classes_from_onehot`.
+    For ``submission_format.csv`` at run time, see the lenient :func:`read_format`.
     """
     table = _read_csv(path)
     missing = [c for c in COLUMNS if c not in table.columns]
@@ -70,11 +75,114 @@ def read_table(path: str | Path) -> pd.DataFrame:
             f"{path}: {len(lines)} row(s) without a filename, at line(s) {_examples(lines)}"
         )
     duplicated = table["filename"][table["filename"].duplicated()].unique()
-    if len(duplicated):
+    if unique and len(duplicated):
         raise SubmissionError(
             f"{path}: {len(duplicated)} duplicate filename(s): {_examples(duplicated)}"
         )
     return table
+
+
+#: Endings of a slide file's name: a format without a header row starts with one of these.
+SLIDE_SUFFIXES = (".tif", ".tiff")
+
+
+def _decode(path: Path) -> tuple[str, list[str]]:
+    """The text of ``path`` (UTF-8, or Latin-1 when it is not: Latin-1 decodes any bytes), and
+    what was odd about its bytes (a byte-order mark, the encoding, blank lines)."""
+    raw = path.read_bytes()
+    odd = []
+    try:
+        text = raw.decode("utf-8-sig")
+        if raw.startswith(codecs.BOM_UTF8):
+            odd.append("a byte-order mark")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+        odd.append("not UTF-8, read as Latin-1")
+    blank = sum(1 for line in text.splitlines() if not line.strip())
+    if blank:
+        odd.append(f"{blank} blank line(s), skipped")
+    return text, odd
+
+
+def _parse(path: Path, text: str, header: int | None) -> tuple[pd.DataFrame, int]:
+    """``text`` as a table of strings, every row kept: rows with more fields than the first
+    line are cut to it. Returns the table and how many rows were cut."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise SubmissionError(f"{path}: empty file")
+    width = len(next(csv.reader(lines[:1])))
+    cut = 0
+
+    def cut_row(fields: list[str]) -> list[str]:
+        nonlocal cut
+        cut += 1
+        return fields[:width]
+
+    try:
+        table = pd.read_csv(
+            io.StringIO(text),
+            dtype=str,
+            header=header,
+            engine="python",
+            on_bad_lines=cut_row,
+            keep_default_na=False,
+        )
+    except (pd.errors.ParserError, csv.Error) as exc:
+        raise SubmissionError(f"{path}: not a readable CSV ({str(exc).strip()})") from exc
+    return table, cut
+
+
+def read_format(path: str | Path) -> pd.DataFrame:
+    """The rows a submission must answer, from ``submission_format.csv``, read leniently.
+
+    Returns one column, ``filename`` (str, spaces around it stripped), one row per row of the
+    file in its order, duplicated filenames kept (each gets its slide's one prediction). What is
+    odd is logged and read anyway: a byte-order mark, CRLF line ends, spaces, a header in another
+    case, missing or extra columns, rows with more fields than the header (cut to it), a file in
+    Latin-1, no header row (the first column taken), blank lines and rows without a filename
+    (dropped). SubmissionError only when no filename can be read: no file, an empty file, no
+    rows. The submission's own columns are always ``filename,0,1,2,3``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: no such file")
+    text, odd = _decode(path)
+    table, cut = _parse(path, text, header=0)
+    columns = [str(c).strip() for c in table.columns]
+    lowered = [c.lower() for c in columns]
+    if "filename" in lowered:
+        names = table.iloc[:, lowered.index("filename")]
+        if columns != list(COLUMNS):
+            odd.append(
+                f"columns {','.join(columns)} (read: filename; written: {','.join(COLUMNS)})"
+            )
+    else:  # no header row, or a header without 'filename': the first column names the slides
+        table, cut = _parse(path, text, header=None)
+        names = table.iloc[:, 0]
+        if not names.iloc[0].strip().lower().endswith(SLIDE_SUFFIXES):
+            names = names.iloc[1:]  # a header row after all
+        odd.append("no 'filename' column: the first column taken as the filenames")
+    if cut:
+        odd.append(f"{cut} row(s) with more fields than the header, cut to it")
+    names = names.fillna("")
+    stripped = names.str.strip()
+    if (stripped != names).any():
+        odd.append(f"spaces around {int((stripped != names).sum())} filename(s), stripped")
+    blank = stripped == ""
+    if blank.any():
+        odd.append(f"{int(blank.sum())} row(s) without a filename, dropped")
+    names = stripped[~blank].reset_index(drop=True)
+    if names.empty:
+        raise SubmissionError(f"{path}: no rows with a filename")
+    duplicated = names[names.duplicated()].unique()
+    if len(duplicated):
+        odd.append(
+            f"{len(duplicated)} duplicated filename(s), each slide graded once and its class "
+            f"written in every one of its rows: {_examples(duplicated)}"
+        )
+    for problem in odd:
+        log.warning("%s: %s", path, problem)
+    return pd.DataFrame({"filename": names})
 
 
 def read_metadata(path: str | Path) -> pd.DataFrame:
@@ -157,12 +265,17 @@ def _onehot_problems(table: pd.DataFrame) -> list[str]:
     return problems
 
 
-def _structure_problems(table: pd.DataFrame) -> list[str]:
-    """Faults a submission has on its own: columns, duplicate filenames, one-hot values."""
+def _structure_problems(table: pd.DataFrame, fmt: pd.DataFrame | None = None) -> list[str]:
+    """Faults a submission has on its own: columns, duplicate filenames (those the format
+    ``fmt`` lists more than once excepted: they are answered in each of their rows), one-hot
+    values."""
     if tuple(table.columns) != COLUMNS:
         return [f"columns must be exactly {list(COLUMNS)}, got {list(table.columns)}"]
     problems = []
-    duplicated = table["filename"][table["filename"].duplicated()].unique()
+    repeated = table["filename"].duplicated()
+    if fmt is not None:
+        repeated &= ~table["filename"].isin(set(fmt["filename"][fmt["filename"].duplicated()]))
+    duplicated = table["filename"][repeated].unique()
     if len(duplicated):
         problems.append(f"{len(duplicated)} duplicate filename(s): {_examples(duplicated)}")
     return problems + _onehot_problems(table)
@@ -199,10 +312,10 @@ def _raise_if(problems: list[str], what: str) -> None:
 def validate(submission: pd.DataFrame, fmt: pd.DataFrame) -> None:
     """Raise SubmissionError naming every fault of ``submission`` against the format ``fmt``.
 
-    Required: columns exactly ``filename,0,1,2,3``; the format's filenames, each once, in the
-    format's order; integer values; each row one-hot.
+    Required: columns exactly ``filename,0,1,2,3``; the format's rows, in the format's order
+    (a filename the format repeats, repeated as often); integer values; each row one-hot.
     """
-    problems = _structure_problems(submission)
+    problems = _structure_problems(submission, fmt)
     if "filename" in submission.columns:
         problems += _order_problems(submission, fmt)
     _raise_if(problems, "invalid submission")
@@ -250,11 +363,17 @@ def build_submission(
     return table
 
 
-def write_submission(table: pd.DataFrame, path: str | Path, quiet: bool = False) -> None:
-    """Check ``table`` on its own (columns, unique filenames, integer one-hot), then write it to
-    ``path`` atomically: a temporary file in the same folder, renamed over ``path`` (logged at
-    debug level when ``quiet``)."""
-    _raise_if(_structure_problems(table), f"refusing to write {path}")
+def write_submission(
+    table: pd.DataFrame, path: str | Path, quiet: bool = False, fmt: pd.DataFrame | None = None
+) -> None:
+    """Check ``table`` (against the format ``fmt`` when given, :func:`validate`; else on its own:
+    columns, unique filenames, integer one-hot), then write it to ``path`` atomically: a
+    temporary file in the same folder, renamed over ``path`` (logged at debug level when
+    ``quiet``)."""
+    problems = _structure_problems(table, fmt)
+    if fmt is not None:
+        problems += _order_problems(table, fmt)
+    _raise_if(problems, f"refusing to write {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -180,6 +180,29 @@ def test_every_bad_slide_costs_only_its_row(submission: Path, tmp_path: Path) ->
     assert "missing.tif" in line(outcome, "listed slides are missing")
 
 
+def test_a_damaged_format_still_answers_every_row(submission: Path, tmp_path: Path) -> None:
+    """A duplicated row, a byte-order mark, CRLF, spaces, an extra column and a blank line in
+    ``submission_format.csv``: every row answered in the format's order, the duplicated slide
+    graded once and its class in each of its rows, a warning naming each oddity."""
+    files = {n: write_tiff(tmp_path / n, tissue(i)) for i, n in enumerate(["a.tif", "b.tif"], 61)}
+    data = make_data(tmp_path, list(files), files)
+    (data / "submission_format.csv").write_bytes(
+        b"\xef\xbb\xbffilename,0,1,2,3,url\r\na.tif,0,0,0,0,s3://a\r\n b.tif ,0,0,0,0,s3://b\r\n"
+        b"\r\na.tif,0,0,0,0,s3://a\r\n"
+    )
+    outcome = run(submission, data)
+    assert_valid_run(outcome, data)
+    written = read_table(outcome.submission, unique=False)
+    assert written["filename"].tolist() == ["a.tif", "b.tif", "a.tif"]
+    assert written.iloc[0].tolist() == written.iloc[2].tolist()
+    assert line(outcome, "WARNING", "1 duplicated filename(s)", "a.tif")
+    for odd in ("a byte-order mark", "spaces around 1 filename(s)", "1 blank line(s)", ",url"):
+        line(outcome, "WARNING", "submission_format.csv", odd)
+    text = outcome.log_text()
+    assert text.count("] a.tif: ") == 1 and "2 slides, time limit" in text  # graded once
+    assert "FAILED" not in text
+
+
 #: Metadata variants over slides a, b (no resolution tags in the file) and c.
 METADATA = {
     "filename only": pd.DataFrame({"filename": ["a.tif", "b.tif", "c.tif"]}),

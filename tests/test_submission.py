@@ -15,6 +15,7 @@ from stages.submission import (
     SubmissionError,
     build_submission,
     classes_from_onehot,
+    read_format,
     read_metadata,
     read_table,
     validate,
@@ -112,6 +113,113 @@ def test_real_labels_read_as_classes() -> None:
     labels = read_table(REAL_TISSUENET / "train_labels.csv")
     assert np.bincount(classes_from_onehot(labels)).tolist() == [16, 15, 16, 15]
     assert classes_from_onehot(labels).dtype == np.int64
+
+
+# -- read_format: the runtime's lenient reading of submission_format.csv --------------------
+
+#: name -> (bytes of a damaged format, the filenames it must give, fragments of its warnings)
+DAMAGED_FORMATS = {
+    "duplicated row": (
+        b"filename,0,1,2,3\na.tif,0,0,0,0\nb.tif,0,0,0,0\na.tif,0,0,0,0\n",
+        ["a.tif", "b.tif", "a.tif"],
+        [
+            "1 duplicated filename(s), each slide graded once and its class written in every one "
+            "of its rows: a.tif"
+        ],
+    ),
+    "BOM and CRLF": (
+        b"\xef\xbb\xbffilename,0,1,2,3\r\na.tif,0,0,0,0\r\nb.tif,0,0,0,0\r\n",
+        ["a.tif", "b.tif"],
+        ["a byte-order mark"],
+    ),
+    "extra columns and a ragged row": (
+        b"filename,0,1,2,3,url\na.tif,0,0,0,0,s3://a\nb.tif,0,0,0,0,s3://b,x,y\n",
+        ["a.tif", "b.tif"],
+        [
+            "columns filename,0,1,2,3,url (read: filename; written: filename,0,1,2,3)",
+            "1 row(s) with more fields than the header, cut to it",
+        ],
+    ),
+    "spaces, a blank line and a row without a filename": (
+        b"filename, 0, 1, 2, 3\n a.tif ,0,0,0,0\n\nb.tif,0,0,0,0\n,0,0,0,0\n",
+        ["a.tif", "b.tif"],
+        [
+            "1 blank line(s), skipped",
+            "spaces around 1 filename(s), stripped",
+            "1 row(s) without a filename, dropped",
+        ],
+    ),
+    "Latin-1, header in capitals": (
+        "FileName,0,1,2,3\né.tif,0,0,0,0\n".encode("latin-1"),
+        ["é.tif"],
+        ["not UTF-8, read as Latin-1", "columns FileName,0,1,2,3"],
+    ),
+    "no header row": (
+        b"a.tif,0,0,0,0\nb.tif,0,0,0,0\n",
+        ["a.tif", "b.tif"],
+        ["no 'filename' column: the first column taken as the filenames"],
+    ),
+    "filenames only": (b"filename\na.tif\nb.tif\n", ["a.tif", "b.tif"], ["columns filename"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_FORMATS))
+def test_read_format_reads_what_can_be_read_and_says_what_was_odd(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    raw, names, warnings = DAMAGED_FORMATS[case]
+    path = tmp_path / "submission_format.csv"
+    path.write_bytes(raw)
+    with caplog.at_level(logging.WARNING):
+        fmt = read_format(path)
+    assert list(fmt.columns) == ["filename"] and fmt["filename"].tolist() == names
+    for warning in warnings:
+        assert f"{path}: {warning}" in caplog.text
+    # the submission answers every row of it, in its order, and is valid against it
+    submission = build_submission(fmt, {"a.tif": 3, "b.tif": 2}, fallback=1)
+    validate(submission, fmt)
+    write_submission(submission, tmp_path / "submission.csv", fmt=fmt)
+    written = read_table(tmp_path / "submission.csv", unique=False)
+    assert written["filename"].tolist() == names
+
+
+def test_read_format_of_the_real_format_is_silent(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        fmt = read_format(REAL_TISSUENET / "submission_format.csv")
+    assert (
+        fmt["filename"].tolist()
+        == read_table(REAL_TISSUENET / "submission_format.csv")["filename"].tolist()
+    )
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "empty file"),
+        (b"\n\n", "empty file"),
+        (b"filename,0,1,2,3\n", "no rows with a filename"),
+    ],
+    ids=["empty", "blank lines", "header only"],
+)
+def test_read_format_fails_only_without_a_filename(
+    tmp_path: Path, raw: bytes, message: str
+) -> None:
+    path = tmp_path / "submission_format.csv"
+    path.write_bytes(raw)
+    with pytest.raises(SubmissionError, match=re.escape(f"{path}: {message}")):
+        read_format(path)
+
+
+def test_a_repeated_row_is_valid_only_where_the_format_repeats_it(tmp_path: Path) -> None:
+    fmt = pd.DataFrame({"filename": ["a.tif", "b.tif", "a.tif"]})
+    submission = build_submission(fmt, {"a.tif": 2}, fallback=1)
+    assert classes_from_onehot(submission).tolist() == [2, 1, 2]
+    validate(submission, fmt)
+    with pytest.raises(SubmissionError, match=re.escape("1 duplicate filename(s): a.tif")):
+        validate(submission, FMT[FMT["filename"] != "c.tif"])
+    with pytest.raises(SubmissionError, match="1 duplicate filename"):
+        write_submission(submission, tmp_path / "submission.csv")  # no format: unique rows only
 
 
 # -- read_metadata -----------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from stages.decision import Decision, decide_slide
 from stages.geojson import DEFAULT_LEVELS
 from stages.nets import pick_device
 from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions, save_result
-from stages.submission import build_submission, read_table, write_submission
+from stages.submission import build_submission, read_format, write_submission
 from training.cluster.pool import (
     RETRIES_ON_CRASH,
     PoolConfig,
@@ -209,8 +209,8 @@ def list_slides(data: Path) -> tuple[list[str], pd.DataFrame | None]:
     """The slides of ``data``: the filenames of ``submission_format.csv`` in its order (and the
     table) when it exists, else every ``*.tif``/``*.tiff`` in the folder, sorted (and None)."""
     if (data / FORMAT_NAME).is_file():
-        fmt = read_table(data / FORMAT_NAME)
-        return [str(n) for n in fmt["filename"]], fmt
+        fmt = read_format(data / FORMAT_NAME)
+        return list(dict.fromkeys(fmt["filename"])), fmt
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: no such folder")
     names = sorted(p.name for p in data.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
@@ -285,7 +285,7 @@ def grade_archive(
     if fmt is not None:
         classes = {name: int(rows.at[name, "class"]) for name in names}
         report.output = out / SUBMISSION
-        write_submission(build_submission(fmt, classes, prior.cls), report.output)
+        write_submission(build_submission(fmt, classes, prior.cls), report.output, fmt=fmt)
     else:
         report.output = out / PREDICTIONS
         columns = ["class", "p0", "p1", "p2", "p3", "source"]

@@ -43,7 +43,7 @@ from stages.decision import decide_slide
 from stages.detector import read_windows, tissue_windows
 from stages.nets import PRECISIONS
 from stages.runtime import FORMAT_NAME, METADATA_NAME
-from stages.submission import build_submission, read_metadata, read_table, write_submission
+from stages.submission import build_submission, read_format, read_metadata, write_submission
 from training.cli import command_parser, setup_logging
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,12 @@ def run(
     """Grade every slide of ``data/submission_format.csv`` exhaustively into ``out``."""
     assets = load_assets(assets_dir, torch.device(device), precision)
     cascade = Cascade(assets)
-    fmt = read_table(data / FORMAT_NAME)
+    fmt = read_format(data / FORMAT_NAME)
     table = read_metadata(data / METADATA_NAME)
     mpps = {str(n): float(r) for n, r in zip(table["filename"], table["resolution"], strict=True)}
     prior = decide_slide([], [], assets.config.decision)
     classes: dict[str, int] = {}
-    names = [str(n) for n in fmt["filename"]]
+    names = list(dict.fromkeys(fmt["filename"]))
     begin = time.monotonic()
     for i, name in enumerate(names):
         try:
@@ -163,7 +163,7 @@ def run(
             result.seconds.get("total", 0.0),
             elapsed / (i + 1) * (len(names) - i - 1),
         )
-    write_submission(build_submission(fmt, classes, prior.cls), out / "submission.csv")
+    write_submission(build_submission(fmt, classes, prior.cls), out / "submission.csv", fmt=fmt)
 
 
 def main(argv: list[str] | None = None) -> int:

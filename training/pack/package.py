@@ -54,6 +54,7 @@ from stages.runtime import DEFAULT_TIME_LIMIT_S, FORMAT_NAME, TIME_LIMIT_ENV
 from stages.submission import (
     SubmissionError,
     classes_from_onehot,
+    read_format,
     read_table,
     validate,
 )
@@ -552,7 +553,7 @@ def check_outcome(outcome: RunOutcome, fmt_path: Path) -> list[str]:
         problems.append(f"main.py wrote no {CSV_NAME}")
         return problems
     try:
-        validate(read_table(outcome.submission), read_table(fmt_path))
+        validate(read_table(outcome.submission, unique=False), read_format(fmt_path))
     except SubmissionError as exc:
         problems.append(str(exc))
     return problems
@@ -578,7 +579,7 @@ def _test_report(outcome: RunOutcome, problems: list[str], fmt_path: Path) -> st
         f"{levels['WARNING']} warnings",
     ]
     if not problems and outcome.submission is not None:
-        table = read_table(outcome.submission)
+        table = read_table(outcome.submission, unique=False)
         classes = Counter(int(c) for c in classes_from_onehot(table))
         lines.append(
             f"{outcome.submission}: {len(table)} rows, valid against {fmt_path}; classes "
