@@ -34,6 +34,7 @@ def levels(text: str) -> tuple[float, ...]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from stages.device import EXIT_DEVICE
     from stages.nets import PRECISIONS
     from stages.runtime import DEFAULT_TIME_LIMIT_S, TIME_LIMIT_ENV
 
@@ -47,7 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get(TIME_LIMIT_ENV) or str(DEFAULT_TIME_LIMIT_S),  # argparse converts
         help=f"seconds for the whole run (default 16 h, or ${TIME_LIMIT_ENV})",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU that passes a test kernel, else the CPU; the log says why), cpu, cuda, "
+        f"cuda:1; a device asked for that cannot run the networks exits with status {EXIT_DEVICE}",
+    )
     parser.add_argument(
         "--save-heatmaps", type=Path, default=None, help="write per-slide heatmaps/hotspots here"
     )

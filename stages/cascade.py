@@ -353,10 +353,16 @@ class Cascade:
     """The loaded networks and config, grading one slide at a time."""
 
     def __init__(self, assets: Assets) -> None:
-        self.assets = assets
         self.config = assets.config
+        self.use(assets)
+
+    def use(self, assets: Assets) -> None:
+        """Grade with ``assets`` (same config) from now on: the CPU's after a GPU fault. Sets
+        :attr:`patch_batch`, the patches per classifier batch: the budget's batch size, or fewer
+        where the device's memory is short (:func:`stages.memory.memory_batch`). On a GPU, a
+        failing memory probe raises (the GPU is at fault); on the CPU it is logged."""
+        self.assets = assets
         budget = self.config.budget
-        #: patches per classifier batch: the budget's batch size, or fewer where memory is short
         self.patch_batch = budget.batch_size
         if budget.stage2:
             try:
@@ -367,27 +373,29 @@ class Cascade:
                     assets.autocast,
                     budget.batch_size,
                 )
-            except Exception as exc:  # a classifier that fails fails per slide, rows kept
+            except Exception as exc:  # on the CPU, a classifier that fails fails per slide
+                if assets.device.type == "cuda":
+                    raise
                 log.warning(
                     "classifier memory probe failed (%s); batches of %d", exc, budget.batch_size
                 )
 
     def warm_up(self) -> float:
         """Run each network once on a blank full batch, so that the first slide does not pay for
-        the kernels' first-call set-up; returns the seconds it took. A failure is logged (the
-        slides then show it)."""
+        the kernels' first-call set-up; returns the seconds it took. Raises what the networks
+        raise: networks that cannot run a blank batch cannot grade a slide (the runtime falls
+        back to the CPU or stops, :func:`stages.runtime.run`)."""
         start = time.perf_counter()
         det, cls = self.config.detector, self.config.classifier
         device, autocast = self.assets.device, self.assets.autocast
-        try:
-            blank = np.full((det.batch_size, det.window, det.window, 3), 255, np.uint8)
-            with inference(device, autocast):
-                self.assets.detector(to_input(blank, device, det.mean, det.std))
-            if self.config.budget.stage2:
-                patches = np.full((self.patch_batch, cls.patch, cls.patch, 3), 255, np.uint8)
-                grade(self.assets.classifier, patches, cls, device, autocast)
-        except Exception as exc:
-            log.warning("warming the networks up failed: %s", exc)
+        blank = np.full((det.batch_size, det.window, det.window, 3), 255, np.uint8)
+        with inference(device, autocast):
+            self.assets.detector(to_input(blank, device, det.mean, det.std))
+        if self.config.budget.stage2:
+            patches = np.full((self.patch_batch, cls.patch, cls.patch, 3), 255, np.uint8)
+            grade(self.assets.classifier, patches, cls, device, autocast)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # a kernel's fault shows here, not in the first slide
         seconds = time.perf_counter() - start
         log.info("networks warmed up in %.2f s", seconds)
         return seconds

@@ -179,15 +179,20 @@ class Assets:
 
 
 def load_assets(
-    assets: Path, device: torch.device, precision: str = "float32", frozen: bool = False
+    assets: Path,
+    device: torch.device,
+    precision: str = "float32",
+    frozen: bool = False,
+    config: CascadeConfig | None = None,
 ) -> Assets:
     """Config plus both networks with their weights; fails early, naming the bad file.
     ``precision``: one of :data:`stages.nets.PRECISIONS` (the runtime's default is ``auto``).
     ``frozen``: on a CPU, the detector (stage 1, most of a slide's compute) is traced and frozen
     for its batches in that precision (:func:`stages.nets.freeze`; the runtime's choice); a
     failure to do so is logged and the network kept as it is. The classifier stays as built: it
-    may be any encoder, and its batches follow the memory left (:mod:`stages.memory`)."""
-    config = load_config(assets)
+    may be any encoder, and its batches follow the memory left (:mod:`stages.memory`).
+    ``config``: :func:`load_config` of ``assets`` when the caller has read it already."""
+    config = load_config(assets) if config is None else config
     detector = load_weights(build_detector(config.detector), assets / config.detector.weights)
     classifier = load_classifier(config.classifier, assets)
     # the inputs are channels-last (stages.nets.to_input); so are the weights: oneDNN's fast path

@@ -38,16 +38,6 @@ class AssetsError(RuntimeError):
     """The assets (config or weights) are missing, malformed or do not match each other."""
 
 
-def pick_device(requested: str | None = None) -> torch.device:
-    """The ``requested`` device (``"cpu"``, ``"cuda:1"``…), else CUDA if present, else CPU."""
-    if requested:
-        device = torch.device(requested)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise AssetsError(f"device {requested!r} asked for, but CUDA is not available")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 #: ``--precision`` choices: ``auto`` is float16 on a GPU, bfloat16 on a CPU that computes it
 #: natively (AVX512-BF16 or AMX), float32 elsewhere.
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")

@@ -31,13 +31,15 @@ from pathlib import Path
 
 import pandas as pd
 import pyvips
+import torch
 
 from stages.budget import RunBudget, SlideBudget
 from stages.cascade import Cascade, Prepared, SlideResult, grade_or_fallback
-from stages.config import load_assets
+from stages.config import Assets, CascadeConfig, load_assets, load_config
 from stages.decision import Decision, decide_slide
+from stages.device import AUTO_DEVICE, EXIT_DEVICE, DeviceError, choose_device, probe
 from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
-from stages.nets import AssetsError, pick_device
+from stages.nets import AssetsError
 from stages.prefetch import Prefetcher
 from stages.submission import (
     SubmissionError,
@@ -152,6 +154,77 @@ def resolutions(metadata_csv: Path, names: list[str]) -> dict[str, float | None]
     return {name: known.get(name) for name in names}
 
 
+@dataclass
+class Engine:
+    """What grades the slides: the networks on their device, the run's budget and the prefetch
+    of the next slide (None without one)."""
+
+    cascade: Cascade
+    budget: RunBudget
+    ahead: Prefetcher[Prepared] | None
+    device: torch.device
+
+
+def start_engine(
+    assets_dir: Path,
+    config: CascadeConfig,
+    device: torch.device,
+    precision: str,
+    time_limit_s: float,
+    started: float,
+    slides: tuple[Path, list[str], dict[str, float | None]],
+    prefetch: bool,
+) -> Engine:
+    """Load the networks on ``device``, share the time left over the ``slides`` (data folder,
+    names, µm/px), start preparing the first one and warm the networks up meanwhile. Raises
+    what loading or warming up raised (the prefetch then closed)."""
+    data, names, mpps = slides
+    cascade = Cascade(load_assets(assets_dir, device, precision, frozen=True, config=config))
+    reserve = min(config.budget.reserve_s, 0.1 * time_limit_s)
+    budget = RunBudget(
+        max(time_limit_s - (time.monotonic() - started), 1e-3),  # start-up may have used it all
+        len(names),  # the classifier's batches as the memory left makes them
+        replace(config.budget, reserve_s=reserve, batch_size=cascade.patch_batch),
+    )
+    # the first slide is prepared while the networks warm up: it has no slide to overlap
+    ahead = start_prefetch(cascade, data, names, mpps, budget) if prefetch else None
+    try:
+        cascade.warm_up()
+    except BaseException:
+        if ahead is not None:
+            ahead.close()
+        raise
+    return Engine(cascade, budget, ahead, device)
+
+
+def start_on_a_working_device(
+    requested: str | None, start: Callable[[torch.device], Engine]
+) -> Engine:
+    """``start`` (:func:`start_engine`) on the device :func:`stages.device.choose_device` picks
+    for ``requested``. When loading or warming the networks up fails on a GPU: a GPU chosen
+    automatically gives way to the CPU (an error in the log says why), one asked for raises
+    :class:`DeviceError`. On the CPU the failure is the assets': :class:`AssetsError`."""
+    device = choose_device(requested)
+    try:
+        return start(device)
+    except AssetsError:
+        raise
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if device.type != "cuda":
+            raise AssetsError(
+                f"the networks fail on a blank batch on the {device}: {reason}"
+            ) from exc
+        if requested not in AUTO_DEVICE:
+            raise DeviceError(
+                f"{device} failed loading or warming up the networks: {reason}"
+            ) from exc
+        log.error(
+            "the GPU failed loading or warming up the networks (%s); running on the CPU", reason
+        )
+        return start(torch.device("cpu"))
+
+
 def run(
     data: Path,
     out: Path,
@@ -167,11 +240,14 @@ def run(
     """Grade every slide listed in ``data/submission_format.csv`` and write ``out``.
 
     ``started`` is the ``time.monotonic()`` the time limit counts from (default: now);
+    ``device``: None or ``auto`` (a GPU that works, else the CPU), ``cpu``, ``cuda[:N]``;
     ``prefetch``: prepare the next slide in a background thread (:mod:`stages.prefetch`);
     ``precision``: the networks' dtype (:data:`stages.nets.PRECISIONS`); ``contour_levels``:
     the heatmap levels outlined in the ``<stem>.geojson`` files ``save_heatmaps`` gets.
     Returns the exit status: 0 when a valid submission was written, 2 for a run-wide input
-    problem, 3 for bad assets.
+    problem (nothing written), 3 for bad assets (nothing written), :data:`EXIT_DEVICE` when the
+    device asked for cannot run the networks (the provisional file, every row at the fallback
+    class, is left).
     """
     started = time.monotonic() if started is None else started
     pyvips.cache_set_max_mem(VIPS_CACHE_MB * 1024 * 1024)
@@ -181,39 +257,49 @@ def run(
         log.error("cannot run: %s", exc)
         return 2
     try:
-        assets = load_assets(assets_dir, pick_device(device), precision, frozen=True)
+        config = load_config(assets_dir)
     except AssetsError as exc:
         log.error("cannot run: bad assets: %s", exc)
         return 3
-    config = assets.config
     names = list(dict.fromkeys(fmt["filename"]))  # each slide once, in the format's order
     prior = decide_slide([], [], config.decision)
+    # before any network is loaded: whatever happens on the device, every row is written
+    write_submission(build_submission(fmt, {}, prior.cls), out, fmt=fmt)
+    _log_unlisted(data, set(names))
+    mpps = resolutions(data / METADATA_NAME, names)
+    start = functools.partial(
+        start_engine, assets_dir, config, precision=precision, time_limit_s=time_limit_s,
+        started=started, slides=(data, names, mpps), prefetch=prefetch,
+    )  # fmt: skip
+    try:
+        engine = start_on_a_working_device(device, start)
+    except AssetsError as exc:
+        out.unlink(missing_ok=True)  # bad assets: no file that looks like a graded run
+        log.error("cannot run: bad assets: %s", exc)
+        return 3
+    except DeviceError as exc:
+        log.error(
+            "cannot run on the device asked for: %s; %s keeps every row at the fallback class "
+            "%d (run with --device cpu, or see docs/runtime.md)",
+            exc,
+            out,
+            prior.cls,
+        )
+        return EXIT_DEVICE
+    budget = engine.budget
     log.info(
         "%d slides, time limit %s, device %s, fallback class %d; start-up %.2f s",
         len(names),
         hms(time_limit_s),
-        assets.device,
+        engine.device,
         prior.cls,
         time.monotonic() - started,
     )
-    _log_unlisted(data, set(names))
-    write_submission(build_submission(fmt, {}, prior.cls), out, fmt=fmt)
-
-    cascade = Cascade(assets)
-    reserve = min(config.budget.reserve_s, 0.1 * time_limit_s)
-    budget = RunBudget(
-        max(time_limit_s - (time.monotonic() - started), 1e-3),  # start-up may have used it all
-        len(names),  # the classifier's batches as the memory left makes them
-        replace(config.budget, reserve_s=reserve, batch_size=cascade.patch_batch),
-    )
+    reserve = budget.config.reserve_s
     report = RunReport()
     checkpoint = Checkpoint(
         lambda quiet: build_submission(fmt, report.classes(), prior.cls, quiet=quiet), out, fmt
     )
-    mpps = resolutions(data / METADATA_NAME, names)
-    # the first slide is prepared while the networks warm up: it has no slide to overlap
-    ahead = start_prefetch(cascade, data, names, mpps, budget) if prefetch else None
-    cascade.warm_up()
     ending = threading.Lock()  # taken by whichever ends the run: the grading or the watchdog
 
     def end(timed_out: bool) -> None:
@@ -244,17 +330,18 @@ def run(
     # CPU kernels run at about half speed from a second thread once a first one has used them
     try:
         _grade_all(
-            cascade,
+            engine,
             data,
             names,
             mpps,
-            budget,
             report,
             prior=prior,
             save_heatmaps=save_heatmaps,
             checkpoint=checkpoint,
-            ahead=ahead,
             contour_levels=contour_levels,
+            cpu_assets=functools.partial(
+                load_assets, assets_dir, torch.device("cpu"), precision, True, config
+            ),
         )
     except Exception:  # a bug past the per-slide isolation: the rows graded so far are kept
         log.exception("grading stopped; the slides not graded get the fallback class")
@@ -336,22 +423,24 @@ def start_prefetch(
 
 
 def _grade_all(
-    cascade: Cascade,
+    engine: Engine,
     data: Path,
     names: list[str],
     mpps: dict[str, float | None],
-    budget: RunBudget,
     report: RunReport,
     prior: Decision,
     save_heatmaps: Path | None,
     checkpoint: Checkpoint,
-    ahead: Prefetcher[Prepared] | None,
     contour_levels: tuple[float, ...] = DEFAULT_LEVELS,
+    cpu_assets: Callable[[], Assets] | None = None,
 ) -> None:
     """The worker: slides in format order, each within its share of the budget (or passed over
     with the prior row when the time left does not pay for every slide's cheapest path); with
-    ``ahead`` (:func:`start_prefetch`), the next slide is prepared in the background meanwhile,
-    and closed here at the end."""
+    a prefetch (:func:`start_prefetch`), the next slide is prepared in the background meanwhile,
+    and closed here at the end. After a slide whose grading failed on a GPU, the GPU is probed
+    (:func:`stages.device.probe`); if it no longer works, the networks move to the CPU
+    (``cpu_assets``), which grades that slide again and the rest."""
+    cascade, budget, ahead = engine.cascade, engine.budget, engine.ahead
     run_start = time.monotonic()
     try:
         for i, name in enumerate(names):
@@ -370,18 +459,20 @@ def _grade_all(
                 continue
             slide_budget = budget.start_slide()
             report.current = name
+            grade = functools.partial(
+                grade_or_fallback, cascade, data / name, mpps.get(name), slide_budget,
+                budget.costs, prior,
+            )  # fmt: skip
             try:  # the slide's wall time as the budget saw it (waiting for the prefetch included)
-                result = grade_or_fallback(
-                    cascade,
-                    data / name,
-                    mpps.get(name),
-                    slide_budget,
-                    budget.costs,
-                    prior,
+                result = grade(
                     (lambda: None)
                     if ahead is None
-                    else functools.partial(_take, ahead, name, slide_budget),
+                    else functools.partial(_take, ahead, name, slide_budget)
                 )
+                if result.errors and cpu_assets is not None and gpu_failed(cascade):
+                    cascade.use(cpu_assets())
+                    cascade.warm_up()
+                    result = grade()  # read again: its preparation was taken
             finally:
                 budget.finish_slide()
                 report.current = None
@@ -397,6 +488,20 @@ def _grade_all(
     finally:
         if ahead is not None:
             ahead.close()
+
+
+def gpu_failed(cascade: Cascade) -> bool:
+    """True when ``cascade`` grades on a GPU that no longer passes :func:`stages.device.probe`
+    (logged as an error: the slides from here on run on the CPU)."""
+    device = cascade.assets.device
+    if device.type != "cuda":
+        return False
+    try:
+        probe(device)
+    except DeviceError as exc:
+        log.error("the GPU stopped working (%s); the slides from here on run on the CPU", exc)
+        return True
+    return False
 
 
 def _take(ahead: Prefetcher[Prepared], name: str, budget: SlideBudget) -> Prepared | None:

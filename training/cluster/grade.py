@@ -42,8 +42,8 @@ from stages.budget import CostModel, SlideBudget
 from stages.cascade import Cascade, SlideResult, fallback_result, grade_or_fallback
 from stages.config import load_assets, load_config
 from stages.decision import Decision, decide_slide
+from stages.device import choose_device
 from stages.geojson import DEFAULT_LEVELS
-from stages.nets import pick_device
 from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions, save_result
 from stages.submission import build_submission, read_format, write_submission
 from training.cluster.pool import (
@@ -138,7 +138,7 @@ class GradeWorker(PoolWorker):
         with tempfile.TemporaryDirectory(prefix="tissuenet-assets-") as tmp:
             for name, blob in assets.items():
                 (Path(tmp) / name).write_bytes(blob)
-            device = pick_device(options.device)
+            device = choose_device(options.device)
             self.assets = load_assets(Path(tmp), device, options.precision, frozen=True)
         self.cascade = Cascade(self.assets)
         self.costs = CostModel(self.assets.config.budget)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from stages.classifier import read_patches
 from stages.detector import build_detector
-from stages.nets import pick_device
+from stages.device import choose_device
 from stages.slide import Slide
 from training.cli import command_parser, setup_logging
 from training.data.cache import HARD, Cache, CachedSlide, crop_size, write_index
@@ -46,10 +46,11 @@ def mine_hard_negatives(
     device: str | None = None,
 ) -> int:
     """Add hard negatives to every label-0 slide of the cache, the detector on ``device`` (the
-    GPU when there is one, by default); returns how many patches."""
+    GPU when one works, by default: :func:`stages.device.choose_device`); returns how many
+    patches."""
     cache = Cache.open(cache_root)
     cascade = stage_cascade(detector_dir, "detector")
-    torch_device = pick_device(device)
+    torch_device = choose_device(device)
     autocast = torch.float16 if torch_device.type == "cuda" else None
     model = load_stage_model(detector_dir, "detector", build_detector(cascade.detector))
     model.to(torch_device)
