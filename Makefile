@@ -10,7 +10,7 @@ DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
-	evaluate clean
+	evaluate gpu-smoke clean
 
 setup: $(STAMP)
 
@@ -100,6 +100,14 @@ benchmark: setup
 # held-out and real-size sets (generated under $(BENCH) if absent, then kept).
 cluster-benchmark: setup
 	$(PY) -m training.evaluate.scaling $(BENCH) --publish training/evaluate/results
+
+# Does this machine's GPU run the whole product? main.py on the GPU in float16 and float32 against
+# the CPU, a short GPU training run, the GPU-trained assets graded, the benchmark's GPU mode: one
+# line per step, the first degraded step fails. Without a usable GPU: "no usable GPU: <reason>",
+# exit status 4. Work files go to $(GPU_SMOKE).
+GPU_SMOKE := build/gpu-smoke
+gpu-smoke: setup
+	$(PY) -m training.evaluate.gpu_smoke $(GPU_SMOKE)
 
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache

@@ -27,6 +27,7 @@ from stages.device import (
     probe,
 )
 from stages.submission import classes_by_filename, read_table
+from training.evaluate import gpu_smoke
 
 #: torch 2.14.1's CUDA 13.0 build.
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
@@ -286,3 +287,14 @@ def test_a_gpu_that_breaks_during_the_run_hands_the_slides_to_the_cpu(
     ]
     assert classes_by_filename(read_table(out)) == dict.fromkeys(names, 3)
     assert "the GPU stopped working (a test kernel failed" in caplog.text
+
+
+def test_gpu_smoke_without_a_gpu_says_so_and_does_not_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert gpu_smoke.main([str(tmp_path / "smoke")]) == EXIT_DEVICE
+    printed = capsys.readouterr().out
+    assert printed.startswith("gpu-smoke: no usable GPU: cuda asked for, but CUDA is not available")
+    assert "passed" not in printed and not (tmp_path / "smoke").exists()  # no step ran
