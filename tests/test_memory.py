@@ -13,7 +13,12 @@ import stages.classifier
 from stages.budget import RunBudget
 from stages.cascade import Cascade
 from stages.config import load_assets
-from stages.memory import activation_bytes, batch_for_memory, free_memory_bytes
+from stages.memory import (
+    activation_bytes,
+    batch_for_memory,
+    free_memory_bytes,
+    marginal_bytes,
+)
 
 
 def test_batch_for_memory_takes_its_fraction_of_the_free_bytes() -> None:
@@ -32,6 +37,34 @@ def test_free_memory_is_memavailable_else_the_physical_memory(tmp_path: Path) ->
     assert free_memory_bytes(torch.device("cpu"), meminfo) == 2048 * 1024
     physical = free_memory_bytes(torch.device("cpu"), tmp_path / "absent")
     assert physical > 2**28  # this machine's RAM
+
+
+def test_a_patch_is_charged_only_what_grows_with_the_batch() -> None:
+    """CUDA peaks of a ViT-g-like pass: 2.25 GB of autocast's weight copies whatever the batch,
+    plus 0.3 GB a patch. Charged to one patch (the old probe), the copies made it 2.55 GB."""
+    copies, patch = 2_250_000_000, 300_000_000
+    assert marginal_bytes((1, copies + patch), (2, copies + 2 * patch)) == patch
+    assert marginal_bytes((4, copies + 4 * patch), (8, copies + 8 * patch)) == patch
+    assert marginal_bytes((2, 1000), (1, 990)) == 10  # in either order
+    assert marginal_bytes((1, 1000), (4, 1001)) == 1  # rounded up
+    assert marginal_bytes((1, 1000), (2, 900)) == 0  # never negative (allocator noise)
+    with pytest.raises(ValueError, match="different"):
+        marginal_bytes((2, 1000), (2, 2000))
+    # a 16 GB GPU with the ViT-g's 4.5 GB of float32 weights loaded: 11.5 GB free
+    free = 11_500_000_000
+    assert batch_for_memory(free, copies + patch, most=32) == 1
+    per_patch = marginal_bytes((1, copies + patch), (2, copies + 2 * patch))
+    assert batch_for_memory(free, per_patch, most=32) == 9  # 2.875 GB hold nine 0.3 GB patches
+
+
+def test_cuda_free_memory_counts_the_allocators_unused_blocks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (5_000, 16_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3_000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1_000)
+    assert free_memory_bytes(cuda) == 5_000 + 2_000
 
 
 def test_activation_bytes_is_the_largest_call_of_the_pass() -> None:

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REAL_TISSUENET, TEST_RECIPE
+from torch.utils.data import default_collate
 
 from stages.cascade import SlideResult
 from stages.classifier import PatchClassifier
@@ -26,22 +27,24 @@ from stages.config import load_assets
 from stages.detector import build_detector
 from stages.geometry import Box
 from stages.metric import score
-from stages.nets import save_weights
+from stages.nets import inference, save_weights
 from stages.slide import Slide
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.fit import classifier, decision, detector
+from training.fit import classifier, decision, detector, head
 from training.fit.classifier import ClassifierModule, fit_temperature, freeze_encoder
 from training.fit.common import (
     TrainOptions,
     command_line,
     learning_curves,
     load_stage_model,
+    make_loader,
     save_stage,
     start_weights,
+    val_workers,
 )
 from training.pack.export import assemble, export
 
@@ -227,9 +230,22 @@ def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
     assert losses[-1] < 0.3 * losses[0]
 
 
-def test_a_head_trains_on_features_cached_once(cache: Cache, tmp_path: Path) -> None:
-    options = replace(FAST, train_blocks=0, epochs=2, samples=64)
+def test_a_head_trains_on_features_cached_once(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The features are computed once, in the device's inference precision (bfloat16 here,
+    whatever this CPU computes natively), through all the training loader's workers."""
+    options = replace(FAST, train_blocks=0, epochs=2, samples=64, workers=3)
+    monkeypatch.setattr(head, "pick_precision", lambda device: torch.bfloat16)
+    asked = []
+
+    def loader(dataset, options: TrainOptions, train: bool, workers: int | None = None):
+        asked.append(workers)
+        return make_loader(dataset, options, train, 0)  # no processes spawned in the test
+
+    monkeypatch.setattr(head, "make_loader", loader)
     metrics = classifier.train_classifier(cache.root, tmp_path / "head", RECIPE, options)
+    assert asked == [3]  # the training loader's 3, not a validation loader's 1
     assert {"val_score", "temperature"} <= set(metrics)
     (path,) = (cache.root / "features").glob("*.npy")
     features = np.load(path)
@@ -241,9 +257,10 @@ def test_a_head_trains_on_features_cached_once(cache: Cache, tmp_path: Path) -> 
     x = BatchAugment(RECIPE.classifier.mean, RECIPE.classifier.std, train=False)(
         torch.stack([data[i][0] for i in range(6)])
     )
-    with torch.inference_mode():
-        expected = model.eval().features(x).numpy()
+    with inference(torch.device("cpu"), torch.bfloat16):
+        expected = model.eval().features(x).float().numpy()
     np.testing.assert_allclose(features[:6], expected, rtol=2e-3, atol=2e-3)  # float16
+    assert json.loads(path.with_suffix(".json").read_text())["dtype"] == "bfloat16"
     stamp = path.stat().st_mtime_ns
     classifier.train_classifier(cache.root, tmp_path / "again", RECIPE, options)
     assert path.stat().st_mtime_ns == stamp  # reused, not computed again
@@ -301,6 +318,59 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(cache: Cache, tmp_pat
     curves = [learning_curves(tmp_path / run) for run in ("straight", "resumed")]
     assert curves[1]["epoch"].tolist() == [0, 1]  # the resumed run's logs hold both epochs
     pd.testing.assert_frame_equal(curves[1], curves[0])
+
+
+class EndOnSimulatedGpu(pl.Callback):
+    """Ends the fit as a one-GPU run would: its strategy's device is CUDA (Lightning hands the
+    module back on the CPU all the same)."""
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        trainer.strategy._root_device = torch.device("cuda", 0)
+
+
+def test_the_temperatures_logits_are_computed_on_the_fits_device(
+    cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def logits_on(model, loader, device: torch.device, autocast: torch.dtype | None = None):
+        calls.append((device, autocast, len(loader.dataset)))
+        return np.zeros((len(loader.dataset), 4), np.float32)
+
+    monkeypatch.setattr(classifier, "predict_logits", logits_on)
+    out = tmp_path / "classifier"
+    classifier.train_classifier(cache.root, out, RECIPE, FAST, [EndOnSimulatedGpu()])
+    val = len(cache.patches.query("fold == 0"))
+    # on the GPU, in the runtime's float16 there; the network saved from the CPU all the same
+    assert calls == [(torch.device("cuda", 0), torch.float16, val)]
+    assert (out / "classifier.safetensors").is_file()
+
+
+def test_validation_loaders_get_a_quarter_of_the_workers() -> None:
+    shares = {workers: val_workers(workers) for workers in (0, 1, 2, 7, 8, 15, 16)}
+    assert shares == {0: 0, 1: 1, 2: 1, 7: 1, 8: 2, 15: 3, 16: 4}
+    for workers, val in ((0, 0), (2, 1)):  # no more workers than this machine's 2 CPUs
+        options = replace(FAST, workers=workers)
+        train = make_loader(range(10), options, train=True)
+        assert train.num_workers == workers and train.drop_last
+        loader = make_loader(range(10), options, train=False)
+        assert loader.num_workers == val and not loader.drop_last
+        assert loader.persistent_workers == (val > 0)
+
+
+def test_detector_targets_travel_as_bytes_and_reach_the_losses_as_int64(cache: Cache) -> None:
+    files = list(cache.slides["filename"])
+    windows = detector.WindowSet(cache, files, RECIPE.detector, 4, 0.5, True, 0)
+    window = RECIPE.detector.window
+    batch = default_collate([windows[i] for i in range(4)])
+    assert batch[1].dtype == torch.uint8 and batch[1].nbytes == 4 * window * window
+    module = detector.DetectorModule(RECIPE.detector, 1e-3, 0.0, 1)
+    module.trainer = pl.Trainer(accelerator="cpu", logger=False)
+    x, y = module.on_after_batch_transfer(batch, 0)
+    assert x.dtype == torch.float32 and x.shape == (4, 3, window, window)
+    assert y.dtype == torch.int64 and torch.equal(y, batch[1].long())
+    _, ce, dice = module._loss((x, y))
+    assert torch.isfinite(ce) and torch.isfinite(dice)
 
 
 def test_init_starts_from_a_local_state_dict(tmp_path: Path) -> None:
@@ -378,6 +448,34 @@ def test_export_then_load_assets_round_trips(trained: Path, tmp_path: Path) -> N
     results = sorted((trained / "decision" / "results").glob("*.npz"))
     val = set(Cache.open(trained / "cache").slides.query("fold == 0")["filename"])
     assert {SlideResult.load(p).filename for p in results} == val
+
+
+def test_a_fit_on_a_gpu_ships_cost_priors_measured_on_the_cpu(
+    data: Path, cache: Cache, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The validation slides are graded on a (simulated) GPU, whose costs are a hundredth of a
+    millisecond each; the budget's priors are the CPU's, in the runtime's precision."""
+    real, devices = decision.run_cascade, []
+
+    def on_simulated_gpu(assets, paths, mpps, out, device, *args, **kwargs):
+        devices.append((torch.device(device).type, len(paths), *args, *kwargs.values()))
+        results, costs = real(assets, paths, mpps, out, torch.device("cpu"), *args, **kwargs)
+        if torch.device(device).type == "cuda":
+            costs = dict.fromkeys(costs, 1e-5)
+        return results, costs
+
+    monkeypatch.setattr(decision, "run_cascade", on_simulated_gpu)
+    out = tmp_path / "decision"
+    decision.fit_stage(
+        data, cache.root, trained / "detector", trained / "classifier", out, 2, "cuda"
+    )
+    val = len(cache.slides.query("fold == 0"))
+    assert devices == [("cuda", val), ("cpu", min(val, decision.COST_SLIDES), "auto", True)]
+    info = json.loads((out / "decision.json").read_text())
+    budget = info["cascade"]["budget"]
+    for name in ("patch_s", "batch_s", "detector_mpx_s", "prepare_s", "hotspots_mcell_s"):
+        assert budget[f"prior_{name}"] == info["metrics"][f"cost_{name}"] != 1e-5
+    assert info["costs_measured_on"]["device"] == "cpu"
 
 
 def test_train_speed_times_each_stage_three_ways(cache: Cache, tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from stages.config import load_assets
 from stages.metric import confusion_matrix
@@ -52,7 +53,7 @@ def compare(out: Path, assets_dir: Path, slides: int, seed: int, epochs: int) ->
     cache = Cache.open(out / "cache")
     val_rows = cache.patches[cache.patches["fold"] == 0]
     val = PatchSet(cache, val_rows, assets.config.classifier, 0, False, seed)
-    logits = predict_logits(assets.classifier, val, 64, torch.device("cpu"))
+    logits = predict_logits(assets.classifier, DataLoader(val, batch_size=64), assets.device)
     labels = val_rows["cls"].to_numpy(np.int64)
     tuned = patch_metrics(confusion_matrix(labels, logits.argmax(1)))["val_score"]
     options = replace(

@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader
 from stages.classifier import ClassifierConfig, PatchClassifier
 from stages.config import CascadeConfig
 from stages.metric import ERROR_MATRIX, N_CLASSES, confusion_matrix
+from stages.nets import inference, pick_precision
 from training.cli import setup_logging
 from training.data.augment import BatchAugment, SampleAugment
 from training.data.cache import Cache
@@ -217,15 +218,21 @@ def selection_score(score: float, loss: float) -> float:
 
 
 def predict_logits(
-    model: nn.Module, data: PatchSet, batch_size: int, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    autocast: torch.dtype | None = None,
 ) -> np.ndarray:
-    """``(N, C)`` float32 logits of every item of an evaluation :class:`PatchSet`."""
+    """``(N, C)`` float32 logits of every item of ``loader`` (over an evaluation
+    :class:`PatchSet`), the network on ``device`` in ``autocast`` (None: float32); only the
+    logits come back to the CPU."""
+    config = loader.dataset.config
     model.eval().to(device)
-    normalise = BatchAugment(data.config.mean, data.config.std, train=False).to(device)
+    normalise = BatchAugment(config.mean, config.std, train=False).to(device)
     out = []
-    with torch.inference_mode():
-        for x, _ in DataLoader(data, batch_size=batch_size):
-            out.append(model(normalise(x.to(device))).float().cpu().numpy())
+    with inference(device, autocast):
+        for x, _ in loader:
+            out.append(model(normalise(x.to(device, non_blocking=True))).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, N_CLASSES), np.float32)
 
 
@@ -292,17 +299,22 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     module.confusion_file = out / "confusion.json"
     trainer = make_trainer(options, out, "val_select", "max", callbacks)
+    val_loader = make_loader(val, options, train=False)
     trainer.fit(
         module,
         make_loader(train, options, train=True),
-        make_loader(val, options, train=False),
+        val_loader,
         ckpt_path=resume_path(options, out),
     )
     metrics: dict = {}
     if trainer.is_global_zero:
         model = PatchClassifier(config)
         model.load_state_dict(best_state(out))
-        logits = predict_logits(model, val, options.batch_size, torch.device("cpu"))
+        # on the fit's device (Lightning hands the module back on the CPU), in the inference
+        # precision the runtime would use there
+        device = trainer.strategy.root_device
+        logits = predict_logits(model, val_loader, device, pick_precision(device))
+        model.cpu()
         labels = val.rows["cls"].to_numpy(np.int64)
         temperature = fit_temperature(logits, labels)
         config = replace(config, temperature=temperature)

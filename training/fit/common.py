@@ -49,6 +49,9 @@ ENCODER_WEIGHTS = ("none", "imagenet")
 #: standard-preset patches/s here (``training.evaluate.train_speed``), and a ResNet-18 on a
 #: current GPU consumes 3,000 or more, so a 16-core one-GPU node needs its 15.
 MAX_WORKERS = 16
+#: A validation loader's share of the training loader's workers: it reads a small fixed set
+#: once an epoch, and each worker is a whole process holding prefetched batches in shared memory.
+VAL_WORKER_SHARE = 4
 
 
 @dataclass(frozen=True)
@@ -176,14 +179,25 @@ def _one_thread(worker: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, options: TrainOptions, train: bool) -> DataLoader:
+def val_workers(workers: int) -> int:
+    """A validation loader's workers beside a training loader's ``workers``: a
+    :data:`VAL_WORKER_SHARE`-th of them, at least one when there are any."""
+    return max(1, workers // VAL_WORKER_SHARE) if workers > 0 else 0
+
+
+def make_loader(
+    dataset: Dataset, options: TrainOptions, train: bool, workers: int | None = None
+) -> DataLoader:
     """A loader of ``dataset`` in order (its items are random draws already), in batches of
-    ``options.batch_size`` (the last partial batch dropped for training), with
-    :meth:`TrainOptions.loader_workers` persistent workers that prefetch ``options.prefetch``
-    batches each, into pinned memory when training on a GPU. Workers are spawned, not forked
-    (a fork inherits the training process's OpenCV and OpenMP thread pools in an unusable
-    state); the dataset travels to them pickled, without its open memory maps."""
-    workers = options.loader_workers()
+    ``options.batch_size`` (the last partial batch dropped for training), with ``workers``
+    persistent workers (default: :meth:`TrainOptions.loader_workers` for training,
+    :func:`val_workers` of them otherwise) that prefetch ``options.prefetch`` batches each, into
+    pinned memory when training on a GPU. Workers are spawned, not forked (a fork inherits the
+    training process's OpenCV and OpenMP thread pools in an unusable state); the dataset travels
+    to them pickled, without its open memory maps. They persist because a spawned worker
+    imports torch and the training modules afresh: seconds that each epoch would pay again."""
+    if workers is None:
+        workers = options.loader_workers() if train else val_workers(options.loader_workers())
     extra = {"persistent_workers": True, "prefetch_factor": options.prefetch} if workers else {}
     return DataLoader(
         dataset,

@@ -12,8 +12,11 @@
    the least-expected-cost class the right answer), lightly pulled toward the defaults.
 3. The score of that recipe is measured by cross-validation over the validation slides: fitted on
    all folds but one, scored on the one left out; the final fit uses them all.
-4. The measured costs (seconds per graded patch, per detector megapixel) become the budget's
-   starting guesses.
+4. The costs (seconds per graded patch, per detector megapixel…) become the budget's starting
+   guesses. They must be the runtime's, a CPU's, whatever device graded the validation slides
+   in step 1: they are measured by the cascade as ``main.py`` runs it on a CPU (its ``auto``
+   precision, the detector frozen, the networks warmed up) on the first :data:`COST_SLIDES`
+   validation slides (:func:`runtime_costs`).
 
 Writes ``OUT/decision.json`` (the decision and budget configs, the cascade they belong to, the
 metrics) for :mod:`training.pack.export`.
@@ -43,6 +46,7 @@ from stages.decision import DecisionConfig, decide, decide_slide, slide_probabil
 from stages.detector import build_detector
 from stages.hotspots import heat_evidence
 from stages.metric import N_CLASSES, score
+from stages.nets import pick_precision
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache
 from training.fit.common import (
@@ -58,6 +62,8 @@ log = logging.getLogger(__name__)
 
 #: Strength of the pull toward the default parameters (per parameter, in log units).
 RIDGE = 0.01
+#: Validation slides the budget's cost guesses are measured on, on the CPU.
+COST_SLIDES = 4
 
 
 @dataclass(frozen=True)
@@ -80,15 +86,19 @@ def run_cascade(
     assets: Path,
     paths: Sequence[Path],
     mpps: Sequence[float | None],
-    out: Path,
+    out: Path | None,
     device: torch.device,
+    precision: str = "float32",
+    frozen: bool = False,
 ) -> tuple[list[SlideResult], dict[str, float]]:
-    """Grade ``paths`` with the cascade of ``assets`` and an unlimited budget (every slide gets
-    ``budget.max_k`` hotspots graded); save each result under ``out``. Returns the results and
-    the measured costs (``patch_s``, ``batch_s``, ``detector_mpx_s``, ``hotspots_mcell_s``,
-    ``prepare_s``)."""
-    loaded = load_assets(assets, device)
+    """Grade ``paths`` with the cascade of ``assets`` (loaded on ``device`` in ``precision``,
+    ``frozen`` as :func:`stages.config.load_assets` says; its networks warmed up) and an
+    unlimited budget (every slide gets ``budget.max_k`` hotspots graded); save each result under
+    ``out`` unless it is None. Returns the results and the measured costs (``patch_s``,
+    ``batch_s``, ``detector_mpx_s``, ``hotspots_mcell_s``, ``prepare_s``)."""
+    loaded = load_assets(assets, device, precision, frozen)
     cascade = Cascade(loaded)
+    cascade.warm_up()  # as the runtime does: the first slide's costs without the first calls'
     budget = RunBudget(1e9, len(paths), loaded.config.budget)
     prior = decide_slide([], [], loaded.config.decision)
     results = []
@@ -98,7 +108,8 @@ def run_cascade(
         budget.finish_slide()
         if result.source == "fallback":
             log.error("%s: %s", path.name, "; ".join(result.errors))
-        result.save(out)
+        if out is not None:
+            result.save(out)
         results.append(result)
     costs = {
         "patch_s": budget.costs.patch.value,
@@ -108,6 +119,17 @@ def run_cascade(
         "prepare_s": budget.costs.prepare.value,
     }
     return results, costs
+
+
+def runtime_costs(
+    assets: Path, paths: Sequence[Path], mpps: Sequence[float | None], slides: int = COST_SLIDES
+) -> dict[str, float]:
+    """The costs of :func:`run_cascade` as the runtime meets them: the cascade of ``assets`` on
+    the CPU in ``main.py``'s default precision (``auto``), its detector frozen, on the first
+    ``slides`` of ``paths``."""
+    cpu = torch.device("cpu")
+    _, costs = run_cascade(assets, paths[:slides], mpps[:slides], None, cpu, "auto", frozen=True)
+    return costs
 
 
 # -- the fit -----------------------------------------------------------------------------------
@@ -284,13 +306,9 @@ def fit_stage(
             load_stage_model(detector_dir, "detector", build_detector(cascade.detector)),
             load_stage_model(classifier_dir, "classifier", PatchClassifier(cascade.classifier)),
         )
-        results, costs = run_cascade(
-            staging,
-            [data / f for f in rows["filename"]],
-            [float(m) for m in rows["mpp"]],
-            out / "results",
-            torch.device(device),
-        )
+        paths, mpps = [data / f for f in rows["filename"]], [float(m) for m in rows["mpp"]]
+        results, _ = run_cascade(staging, paths, mpps, out / "results", torch.device(device))
+        costs = runtime_costs(staging, paths, mpps)
     labels = dict(zip(rows["filename"], rows["label"].astype(int), strict=True))
     evidence = [Evidence.of(r, labels[r.filename]) for r in results]
     fitted, metrics = fit_all(evidence, cascade.decision, folds)
@@ -303,8 +321,14 @@ def fit_stage(
         prior_hotspots_mcell_s=float(costs["hotspots_mcell_s"]),
     )
     final = replace(cascade, decision=fitted, budget=budget)
+    cost_dtype = str(pick_precision(torch.device("cpu")) or torch.float32).removeprefix("torch.")
     info = {
         "metrics": metrics | {f"cost_{k}": float(v) for k, v in costs.items()},
+        "costs_measured_on": {
+            "device": "cpu",
+            "precision": cost_dtype,
+            "slides": min(len(rows), COST_SLIDES),
+        },
         "data": str(data),
         "command": command_line(),
         "val_fold": fold,

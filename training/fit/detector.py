@@ -90,9 +90,11 @@ class _IndexedSlide(NamedTuple):
 
 
 class WindowSet(EpochDraws):
-    """Detector windows of ``filenames`` as ``(image (w, w, 3) uint8, target (w, w) int64)``
+    """Detector windows of ``filenames`` as ``(image (w, w, 3) uint8, target (w, w) uint8)``
     tensors (the photometric part of augmentation and the normalisation run on the batch, on the
-    training device: :class:`training.data.augment.BatchAugment`).
+    training device: :class:`training.data.augment.BatchAugment`; so does the targets' cast to
+    the loss's int64, :meth:`DetectorModule.on_after_batch_transfer`: through the loader's
+    shared memory and to the device they travel as one byte a pixel, not eight).
 
     With ``train``, item ``i`` of epoch ``epoch`` is a fresh random window (seeded by
     ``(seed, epoch, i)``), geometrically augmented; otherwise windows are fixed: every annotation
@@ -202,7 +204,7 @@ class WindowSet(EpochDraws):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.sample(i)
-        return torch.from_numpy(image), torch.from_numpy(target.astype(np.int64))
+        return torch.from_numpy(image), torch.from_numpy(target)
 
 
 class DetectorModule(StageModule):
@@ -220,6 +222,10 @@ class DetectorModule(StageModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch: tuple, dataloader_idx: int) -> tuple:
+        x, y = super().on_after_batch_transfer(batch, dataloader_idx)
+        return x, y.long()  # uint8 in the loader (classes and IGNORE), int64 for the losses
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Logits at the targets' full resolution (a network with ``output_stride`` > 1 is

@@ -4,14 +4,19 @@
 (:func:`training.fit.classifier.train_classifier` comes here when no encoder block is trained).
 
 The way pathology foundation models are used: the encoder never trains, so each cached patch
-(centre crop, :mod:`training.data.cache`) goes through it once. Its ``(D,)`` features are stored
-in the cache as float16, ``CACHE/features/<key>.npy`` (rows in ``patches.csv`` order) with
-``<key>.json``; the key hashes the classifier's config and its start weights, so another encoder
-or checkpoint gets its own file and a rerun reuses it. The head (dropout and linear, or the MLP
-of ``head_hidden``) then trains on those features in plain torch: class-balanced draws as
-:class:`training.fit.classifier.PatchSet`'s, AdamW with a cosine schedule, the epoch of best
-``val_select`` kept, the temperature fitted on the validation patches. Augmentation is not
-applied: a feature is computed from one view of its patch.
+(centre crop, :mod:`training.data.cache`) goes through it once, on the training device in the
+precision the runtime's inference uses there (:func:`stages.nets.pick_precision`: float16 on a
+GPU, bfloat16 on a CPU that computes it natively, else float32), read by all the training
+loader's workers (:meth:`training.fit.common.TrainOptions.loader_workers`). Its ``(D,)``
+features are stored in the cache as float16, ``CACHE/features/<key>.npy`` (rows in
+``patches.csv`` order) with ``<key>.json``: half the disk and memory of float32, and as fine as
+what a GPU's encoder computes them in; the head trains on them cast to float32. The key hashes
+the classifier's config and its start weights, so another encoder or checkpoint gets its own
+file and a rerun reuses it (whichever device computed it: the JSON names device and dtype). The
+head (dropout and linear, or the MLP of ``head_hidden``) then trains on those features in plain
+torch: class-balanced draws as :class:`training.fit.classifier.PatchSet`'s, AdamW with a cosine
+schedule, the epoch of best ``val_select`` kept, the temperature fitted on the validation
+patches. Augmentation is not applied: a feature is computed from one view of its patch.
 """
 
 from __future__ import annotations
@@ -29,15 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from stages.classifier import PatchClassifier
 from stages.config import CascadeConfig
 from stages.metric import N_CLASSES, confusion_matrix
+from stages.nets import inference, pick_precision
 from training.data.augment import BatchAugment
 from training.data.cache import Cache
-from training.fit.common import TrainOptions, command_line, save_stage, start_weights
+from training.fit.common import (
+    TrainOptions,
+    command_line,
+    make_loader,
+    save_stage,
+    start_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +78,9 @@ def cached_features(
     device: torch.device,
 ) -> np.ndarray:
     """``(rows, D)`` float16 features of every cached patch (``cache.patches`` order), computed
-    once in eval mode (centre crops) and kept in ``CACHE/features``."""
+    once in eval mode (centre crops) on ``device`` in its inference precision
+    (:func:`stages.nets.pick_precision`), the patches read by every loader worker of
+    ``options``, and kept in ``CACHE/features``."""
     from training.fit.classifier import PatchSet
 
     key = feature_key(cascade, options)
@@ -84,19 +97,27 @@ def cached_features(
     data = PatchSet(cache, rows, stage2, 0, False, options.seed)
     normalise = BatchAugment(stage2.mean, stage2.std, train=False).to(device)
     model.eval().to(device)
+    autocast = pick_precision(device)
     out = np.zeros((len(rows), model.features_dim), np.float16)
     start, first = time.perf_counter(), 0
-    loader = DataLoader(data, batch_size=options.batch_size)
-    with torch.inference_mode():
+    # a single pass, but the whole of the work: all the training loader's workers
+    loader = make_loader(data, options, train=False, workers=options.loader_workers())
+    with inference(device, autocast):
         for x, _ in tqdm(loader, desc="features", unit="batch", mininterval=10):
-            f = model.features(normalise(x.to(device))).float().cpu().numpy()
+            f = model.features(normalise(x.to(device, non_blocking=True))).half().cpu().numpy()
             out[first : first + len(f)] = f
             first += len(f)
     seconds = time.perf_counter() - start
     tmp = folder / f".{key}.tmp.npy"
     np.save(tmp, out)
     os.replace(tmp, path)
-    info = {"encoder": stage2.encoder, "rows": len(rows), "dim": int(out.shape[1])}
+    info = {
+        "encoder": stage2.encoder,
+        "rows": len(rows),
+        "dim": int(out.shape[1]),
+        "device": str(device),
+        "dtype": str(autocast or torch.float32).removeprefix("torch."),
+    }
     meta.write_text(json.dumps(info | {"seconds": seconds, "init": options.init}) + "\n")
     log.info("features of %d patches in %.0f s (%.1f ms each) -> %s", len(rows), seconds,
              1000 * seconds / max(len(rows), 1), path)  # fmt: skip
