@@ -284,8 +284,9 @@ def reasons(shapes: list[shapely.Geometry]) -> list[str]:
 def test_a_one_cell_diagonal_spur_is_left_out_and_the_outline_is_valid_as_written(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The spur (2, 0)–(1, 1)–(0, 2) runs along the outline's diagonal edge: the vertex at
-    (1, 1) was a hair off that edge in floats, a sliver that the 6-decimal rounding crossed."""
+    """Cells as (x, y). The spur (2, 0)–(1, 1)–(0, 2) runs along the outline's diagonal edge:
+    the vertex at (1, 1) was a hair off that edge in floats, a sliver that the 6-decimal rounding
+    crossed."""
     mask = np.array([[0, 0, 1], [0, 1, 0], [1, 1, 0]], np.float32)
     with caplog.at_level("WARNING", "stages.geojson"):
         (written,) = contours_read_back(mask, (CELL, CELL), tmp_path)
@@ -300,8 +301,8 @@ def test_a_hole_touching_its_shell_is_valid_as_written(tmp_path: Path) -> None:
         [
             [0, 0, 0, 0, 1, 0, 0],
             [0, 0, 0, 1, 1, 0, 0],
-            [0, 0, 1, 0, 1, 1, 0],  # the hole (3, 2) touches the shell at (4, 1)
-            [0, 0, 1, 1, 0, 1, 1],
+            [0, 0, 1, 0, 1, 1, 0],  # the hole at (3, 2) runs along the shell's
+            [0, 0, 1, 1, 0, 1, 1],  # edge (4, 0)–(2, 2) and touches the hole at (4, 3)
             [0, 0, 0, 1, 1, 1, 0],
             [0, 0, 0, 0, 1, 0, 0],
         ],
@@ -318,8 +319,8 @@ def test_holes_touching_each_other_are_valid_as_written(tmp_path: Path) -> None:
             [0, 0, 0, 0, 1, 0, 0, 0],
             [0, 0, 0, 1, 1, 1, 0, 0],
             [0, 0, 1, 1, 0, 1, 1, 0],
-            [0, 1, 1, 0, 1, 1, 0, 0],  # two holes meet at the cell (3, 2)'s corner
-            [0, 1, 1, 0, 0, 1, 1, 0],
+            [0, 1, 1, 0, 1, 1, 0, 0],  # the big hole's edge (3, 2)–(5, 4) runs through
+            [0, 1, 1, 0, 0, 1, 1, 0],  # the corner (4, 3) of the hole at (4, 2)
             [0, 1, 1, 0, 1, 1, 0, 0],
             [0, 1, 1, 0, 1, 1, 0, 0],
             [0, 0, 1, 1, 1, 0, 0, 0],
