@@ -15,7 +15,14 @@ expects of a GeoJSON file dropped on the slide. Every feature follows QuPath's c
 * **Annotations** (given by the caller: the runtime knows none): ``Annotation: <grade>``.
 
 Geometry is built with shapely and serialised with ``geojson``; polygons are clipped to the
-slide, so every ring is closed and inside ``[0, width] × [0, height]``.
+slide, so every ring is closed and inside ``[0, width] × [0, height]``. Every polygon is valid
+as written (shapely / JTS ``isValid``, so that QuPath's areas and boolean operations hold): an
+outline is made valid in the coordinates that are written, snapped to :data:`GRID`, which
+``geojson``'s rounding (6 decimals) leaves exactly as it is, and :func:`write_geojson` reads the
+text back, repairs a polygon still invalid and logs it. Rounding the page-0 floats instead broke
+outlines: a one-cell diagonal spur traced by ``CHAIN_APPROX_SIMPLE`` leaves a vertex on an edge
+that is a hair off it in floats, which ``buffer(0)`` kept as a valid sliver and the 6-decimal
+rounding then turned into a self-intersection.
 
 For QuPath's importer (``qupath-core``, ``io/QuPathTypeAdapters.java``) every feature also has
 an ``id``, a UUID stable for the same slide and object (uuid5 of the filename, the kind and the
@@ -28,6 +35,7 @@ file and logged with the slide and the value. Files are written as UTF-8.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -38,7 +46,8 @@ from typing import TYPE_CHECKING
 import cv2
 import geojson
 import numpy as np
-from shapely.geometry import Polygon, box, mapping
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 
 from stages.geometry import Box
 
@@ -56,6 +65,9 @@ TISSUE_COLOUR = (90, 90, 200)
 DEFAULT_LEVELS = (0.5,)
 #: The namespace of the features' uuid5 ids.
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "tissuenet-cascade/geojson")
+#: The grid (page-0 px) outlines are snapped to: a power of two of 6 decimals, so exact in
+#: binary and left as it is by ``geojson``'s rounding to 6 decimals (1/128 would be cut).
+GRID = 2.0**-6
 
 
 def feature_id(filename: str, kind: str, key: str) -> str:
@@ -103,10 +115,23 @@ def _feature(
     )
 
 
+def as_written(shape: shapely.Geometry, frame: Polygon | None = None) -> list[Polygon]:
+    """The polygons (page-0 px) of ``shape`` made valid as they are written: repaired (rings
+    unioned, holes taken out: ``make_valid``'s ``structure`` method, which keeps no lines),
+    clipped to ``frame`` if given, then snapped to :data:`GRID` (snap-rounding, whose output is
+    valid), the empty ones dropped."""
+    shape = shapely.make_valid(shape, method="structure", keep_collapsed=False)
+    if frame is not None:
+        shape = shape.intersection(frame)  # before snapping: clipping makes new vertices
+    snapped = shapely.set_precision(shape, GRID)
+    return [p for p in shapely.get_parts(snapped) if isinstance(p, Polygon) and p.area > 0]
+
+
 def _outlines(mask: np.ndarray, scale: tuple[float, float], frame: Polygon) -> list[Polygon]:
     """Polygons (page-0 px) of the regions of ``(H, W)`` bool ``mask`` whose pixels are
     ``scale`` page-0 px: rings through the centres of their boundary pixels (a region one pixel
-    wide is drawn as its pixels' square), holes kept, clipped to ``frame``."""
+    wide is drawn as its pixels' square), holes kept, clipped to ``frame``, valid as written
+    (:func:`as_written`)."""
     if not mask.any():
         return []
     contours, hierarchy = cv2.findContours(
@@ -124,12 +149,9 @@ def _outlines(mask: np.ndarray, scale: tuple[float, float], frame: Polygon) -> l
         parent = hierarchy[0][i][3]
         (holes.setdefault(parent, []) if parent >= 0 else shells.setdefault(i, [])).append(ring)
     polygons = []
-    for i, (ring,) in shells.items():
-        shape = Polygon(ring, holes.get(i, [])).buffer(0)  # buffer(0) repairs self-touching
-        shape = shape.intersection(frame)
-        if not shape.is_empty:
-            polygons.extend(getattr(shape, "geoms", [shape]))
-    return [p for p in polygons if isinstance(p, Polygon) and p.area > 0]
+    for i, (ring,) in shells.items():  # a ring may touch itself or its holes: as_written
+        polygons.extend(as_written(Polygon(ring, holes.get(i, [])), frame))
+    return polygons
 
 
 def slide_features(
@@ -193,12 +215,39 @@ def slide_features(
     return geojson.FeatureCollection(features)
 
 
+def invalid_features(collection: dict) -> list[tuple[int, str]]:
+    """``(index, shapely's reason)`` of each feature of the GeoJSON ``collection`` (as read
+    back from its text) whose polygon or multipolygon is not valid."""
+    invalid = []
+    for i, feature in enumerate(collection["features"]):
+        geometry = feature.get("geometry")
+        if geometry and geometry["type"] in ("Polygon", "MultiPolygon"):
+            reason = shapely.is_valid_reason(shape(geometry))
+            if reason != "Valid Geometry":
+                invalid.append((i, reason))
+    return invalid
+
+
 def write_geojson(collection: geojson.FeatureCollection, path: Path) -> Path:
     """Write ``collection`` to ``path`` as UTF-8 (validated first: ValueError naming the
-    problems; JSON without NaN, which :func:`slide_features` leaves out)."""
+    problems; JSON without NaN, which :func:`slide_features` leaves out). The text is read back
+    and a polygon invalid in it is replaced by its :func:`as_written` repair (a feature left
+    with none is dropped), each one logged with the file, the feature and shapely's reason."""
     if not collection.is_valid:
         raise ValueError(f"invalid GeoJSON for {path.name}: {collection.errors()}")
-    path.write_text(geojson.dumps(collection, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = geojson.dumps(collection, ensure_ascii=False)
+    written = json.loads(text)
+    invalid = invalid_features(written)
+    for i, reason in invalid:
+        feature = written["features"][i]
+        name = feature.get("properties", {}).get("name")
+        log.warning("%s: feature %d (%s) invalid as written, repaired: %s", path, i, name, reason)
+        parts = as_written(shape(feature["geometry"]))
+        feature["geometry"] = mapping(MultiPolygon(parts)) if parts else None
+    if invalid:
+        written["features"] = [f for f in written["features"] if f["geometry"] is not None]
+        text = json.dumps(written, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
 
 

@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from pathlib import Path
 
+import geojson
 import numpy as np
 import pytest
+import shapely
 import torch
+from shapely.geometry import Polygon, shape
 
 from stages.budget import RunBudget
 from stages.cascade import Cascade, SlideResult
 from stages.classifier import read_patches
 from stages.config import load_assets
 from stages.detector import Heatmap
-from stages.geojson import GRADES, feature_id, slide_features, write_geojson
+from stages.geojson import GRADES, GRID, feature_id, slide_features, write_geojson
 from stages.geometry import Box
 from stages.hotspots import Hotspot
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
 from training.data.synthetic import SynthConfig, generate_dataset, sample_specs
-from training.evaluate.qupath import export_run
+from training.evaluate.qupath import check_run, export_run
 
 SIZE = (4000, 3000)
 
@@ -246,3 +250,133 @@ def test_hotspots_and_annotations_land_where_the_slide_has_them(
         centre = (xy[:, 0].min() + xy[:, 0].max()) / 2, (xy[:, 1].min() + xy[:, 1].max()) / 2
         assert centre == pytest.approx((lesion.cx, lesion.cy), abs=1.0)
         assert feature["properties"]["name"] == f"Annotation: {GRADES[lesion.grade]}"
+
+
+#: Page-0 px per heatmap cell as a slide gives it: a 4000 px page-0 width over a 37 px page,
+#: strided by 2 (not a binary fraction, so the cell centres are not exact in floats).
+CELL = 4000 / 37 * 2
+
+
+def contours_read_back(
+    probs: np.ndarray,
+    scale: tuple[float, float],
+    tmp_path: Path,
+    levels: tuple[float, ...] = (0.5,),
+    size: tuple[int, int] | None = None,
+) -> list[shapely.Geometry]:
+    """The heatmap contours of ``(H, W)`` grade-1 probabilities ``probs`` whose cells are
+    ``scale`` page-0 px (slide ``size``, default the whole map), as read back from the file
+    written."""
+    h, w = probs.shape
+    size = size or (math.ceil(w * scale[0]), math.ceil(h * scale[1]))
+    heatmap = np.stack([1 - probs, probs]).astype(np.float32)
+    collection = slide_features(
+        [], np.zeros((0, 4)), size, heatmap=heatmap, heatmap_scale=scale, levels=levels
+    )
+    path = write_geojson(collection, tmp_path / "contours.geojson")
+    return [shape(f["geometry"]) for f in no_nan(path.read_text(encoding="utf-8"))["features"]]
+
+
+def reasons(shapes: list[shapely.Geometry]) -> list[str]:
+    return [shapely.is_valid_reason(s) for s in shapes]
+
+
+def test_a_one_cell_diagonal_spur_is_left_out_and_the_outline_is_valid_as_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cells as (x, y). The spur (2, 0)–(1, 1)–(0, 2) runs along the outline's diagonal edge:
+    the vertex at (1, 1) was a hair off that edge in floats, a sliver that the 6-decimal rounding
+    crossed."""
+    mask = np.array([[0, 0, 1], [0, 1, 0], [1, 1, 0]], np.float32)
+    with caplog.at_level("WARNING", "stages.geojson"):
+        (written,) = contours_read_back(mask, (CELL, CELL), tmp_path)
+    assert reasons([written]) == ["Valid Geometry"]
+    centres = np.array([(0.5, 2.5), (1.5, 2.5), (1.5, 1.5)]) * CELL  # the cells (0, 2), (1, 2)...
+    assert written.equals(Polygon(np.round(centres / GRID) * GRID))  # ...and (1, 1); on the grid
+    assert "invalid as written" not in caplog.text  # valid as built, not repaired at writing
+
+
+def test_a_hole_touching_its_shell_is_valid_as_written(tmp_path: Path) -> None:
+    mask = np.array(
+        [
+            [0, 0, 0, 0, 1, 0, 0],
+            [0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 1, 0, 1, 1, 0],  # the hole at (3, 2) runs along the shell's
+            [0, 0, 1, 1, 0, 1, 1],  # edge (4, 0)–(2, 2) and touches the hole at (4, 3)
+            [0, 0, 0, 1, 1, 1, 0],
+            [0, 0, 0, 0, 1, 0, 0],
+        ],
+        np.float32,
+    )
+    (written,) = contours_read_back(mask, (CELL, CELL), tmp_path)
+    assert reasons([written]) == ["Valid Geometry"]
+    assert written.area / CELL**2 == pytest.approx(6.0, rel=1e-4)  # the cell centres' outline
+
+
+def test_holes_touching_each_other_are_valid_as_written(tmp_path: Path) -> None:
+    mask = np.array(
+        [
+            [0, 0, 0, 0, 1, 0, 0, 0],
+            [0, 0, 0, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 0, 1, 1, 0],
+            [0, 1, 1, 0, 1, 1, 0, 0],  # the big hole's edge (3, 2)–(5, 4) runs through
+            [0, 1, 1, 0, 0, 1, 1, 0],  # the corner (4, 3) of the hole at (4, 2)
+            [0, 1, 1, 0, 1, 1, 0, 0],
+            [0, 1, 1, 0, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 0, 0, 0],
+        ],
+        np.float32,
+    )
+    (written,) = contours_read_back(mask, (234.8, 234.8), tmp_path)
+    assert reasons([written]) == ["Valid Geometry"]
+    assert written.area / 234.8**2 == pytest.approx(13.0, rel=1e-4)
+
+
+def test_random_heatmaps_give_valid_polygons_as_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Small random probability maps (touching, nearly touching and one-cell regions, holes) at
+    slide-like scales, cut by the slide's edge, outlined at three levels."""
+    rng = np.random.default_rng(30)
+    shapes = []
+    with caplog.at_level("WARNING", "stages.geojson"):
+        for _ in range(100):
+            probs = rng.random(tuple(rng.integers(3, 12, 2)))
+            page0 = rng.integers(5000, 60000, 2)
+            scale = tuple(page0 / (page0 // rng.choice([16, 32, 64])) * rng.choice([2, 4, 8]))
+            size = tuple(
+                int(n * s * rng.uniform(0.9, 1.0))
+                for n, s in zip(probs.shape[::-1], scale, strict=True)
+            )
+            shapes += contours_read_back(probs, scale, tmp_path, (0.3, 0.5, 0.8), size)
+    assert len(shapes) > 1000
+    assert [r for r in reasons(shapes) if r != "Valid Geometry"] == []
+    assert min(s.area for s in shapes) > 0
+    assert "invalid as written" not in caplog.text  # valid as built, not repaired at writing
+
+
+def test_a_polygon_invalid_as_written_is_repaired_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bowtie = geojson.Feature(geometry=geojson.Polygon([[(0, 0), (2, 2), (2, 0), (0, 2), (0, 0)]]))
+    flat = geojson.Feature(geometry=geojson.Polygon([[(0, 0), (1, 1), (2, 2), (0, 0)]]))
+    with caplog.at_level("WARNING", "stages.geojson"):
+        path = write_geojson(geojson.FeatureCollection([bowtie, flat]), tmp_path / "bad.geojson")
+    (feature,) = no_nan(path.read_text(encoding="utf-8"))["features"]  # the flat one dropped
+    written = shape(feature["geometry"])
+    assert written.equals(
+        Polygon([(0, 0), (1, 1), (0, 2)]).union(Polygon([(2, 0), (1, 1), (2, 2)]))
+    )
+    assert "bad.geojson: feature 0 (None) invalid as written, repaired: Self-intersection[1 1]" in (
+        caplog.text
+    )
+    assert "feature 1 (None) invalid as written" in caplog.text
+
+
+def test_check_run_counts_what_it_reads_back(tmp_path: Path) -> None:
+    collection = slide_features(**example())
+    write_geojson(collection, tmp_path / "good.geojson")
+    bowtie = geojson.Feature(geometry=geojson.Polygon([[(0, 0), (2, 2), (2, 0), (0, 2), (0, 0)]]))
+    (tmp_path / "bad.geojson").write_text(geojson.dumps(geojson.FeatureCollection([bowtie])))
+    n = len(collection["features"])
+    assert check_run(tmp_path) == (2, n + 1, n + 1, 1)

@@ -3,6 +3,11 @@
 ``python -m training.evaluate.qupath RUN_DIR --annotations train_annotations.csv
 --metadata train_metadata.csv [--levels 0.5,0.8]``
 
+``python -m training.evaluate.qupath RUN_DIR --check`` writes nothing: it reads every
+``*.geojson`` in ``RUN_DIR`` back and logs how many files, features and polygons it checked and
+how many features are invalid (shapely's ``is_valid``, each one logged with its reason); exit
+status 1 if any is.
+
 ``RUN_DIR`` is what ``main.py --save-heatmaps`` (or :func:`training.fit.decision.run_cascade`)
 wrote. Each ``<stem>.geojson`` is written again from its ``<stem>.npz`` / ``<stem>.json``
 (:func:`stages.geojson.result_features`) with the slide's annotated squares added as
@@ -12,11 +17,12 @@ wrote. Each ``<stem>.geojson`` is written again from its ``<stem>.npz`` / ``<ste
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 from stages.cascade import SlideResult
-from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
+from stages.geojson import DEFAULT_LEVELS, invalid_features, result_features, write_geojson
 from training.cli import command_parser, setup_logging
 from training.data.annotations import parse_annotations
 
@@ -45,14 +51,42 @@ def export_run(
     return written
 
 
+def check_run(run: Path) -> tuple[int, int, int, int]:
+    """``(files, features, polygons, invalid features)`` of every ``*.geojson`` in ``run`` read
+    back (a MultiPolygon counts its polygons); each invalid feature logged with its reason."""
+    files = features = polygons = invalid = 0
+    for path in sorted(run.glob("*.geojson")):
+        collection = json.loads(path.read_text(encoding="utf-8"))
+        files += 1
+        features += len(collection["features"])
+        for feature in collection["features"]:
+            geometry = feature.get("geometry") or {}
+            if geometry.get("type") == "Polygon":
+                polygons += 1
+            elif geometry.get("type") == "MultiPolygon":
+                polygons += len(geometry["coordinates"])
+        for i, reason in invalid_features(collection):
+            log.warning("%s: feature %d invalid: %s", path.name, i, reason)
+            invalid += 1
+    return files, features, polygons, invalid
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.evaluate.qupath", __doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--annotations", type=Path)
     parser.add_argument("--metadata", type=Path)
     parser.add_argument("--levels", default="0.5", help="comma-separated heatmap levels")
+    parser.add_argument("--check", action="store_true", help="only read the GeoJSON files back")
     args = parser.parse_args(argv)
     setup_logging()
+    if args.check:
+        files, features, polygons, invalid = check_run(args.run)
+        log.info(
+            "%s: %d GeoJSON files, %d features, %d polygons checked, %d features invalid",
+            args.run, files, features, polygons, invalid,
+        )  # fmt: skip
+        return 1 if invalid else 0
     levels = tuple(float(v) for v in args.levels.split(","))
     export_run(args.run, args.annotations, args.metadata, levels)
     return 0
