@@ -7,8 +7,10 @@ they would join a cluster (Ray serves on this machine's own address).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,17 +22,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
 from conftest import REPO, SHIPPED_ASSETS, TEST_RECIPE
 from safetensors.torch import load_file
 
 from stages.config import load_config, save_config
 from stages.decision import decide_slide
+from stages.detector import build_detector
 from stages.submission import classes_by_filename, read_table, validate
 from training.cluster.grade import COLUMNS, GradeOptions, ResultsTable, grade_archive
 from training.cluster.pool import PoolConfig, Progress, Sizing, connect, size_pool
 from training.data.cache import CacheConfig, build_cache
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.evaluate.scaling import projection
+from training.fit.common import save_stage
 from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
 
 pytestmark = pytest.mark.slow
@@ -326,3 +331,42 @@ def test_ddp_step_on_two_cpu_processes_ends_with_equal_weights(
         assert ranks[0][name].equal(ranks[1][name]), name  # the gradients were all-reduced
     moved = [name for name in start if not ranks[0][name].equal(start[name])]
     assert len(moved) > len(start) // 2  # and the steps changed the weights
+
+
+def test_the_pipeline_on_two_ddp_ranks_runs_each_other_step_once_in_order(
+    train_data: Path, tmp_path: Path
+) -> None:
+    work, assets = tmp_path / "work", tmp_path / "assets"
+    recipe = save_config(TEST_RECIPE, tmp_path / "recipe")
+    # a detector left by an earlier run: hard negatives must not be mined with it
+    torch.manual_seed(0)
+    stale = build_detector(TEST_RECIPE.detector)
+    save_stage(work / "detector", "detector", stale, TEST_RECIPE, {"val_fold": 0, "command": ""})
+    command = [sys.executable, "-m", "training.pipeline", str(work), str(assets)]
+    command += ["--data", str(train_data), "--config", str(recipe), "--folds", "2"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--workers", "0"]
+    for stage in ("detector", "classifier"):
+        command += [f"--{stage}-epochs", "1", f"--{stage}-samples", "16"]
+        command += [f"--{stage}-batch-size", "4"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    # one process ran the steps, in order; each fit had its second rank
+    steps = re.findall(r"step (\w+) done", log)
+    assert steps == [
+        "data",
+        "cache",
+        "detector",
+        "hard_negatives",
+        "classifier",
+        "decision",
+        "export",
+    ]
+    assert log.count("MEMBER: 2/2") == 2, log
+    # the hard negatives were mined once the new detector was written, with it
+    weights = (work / "detector" / "detector.safetensors").read_bytes()
+    marks = [json.loads(p.read_text()) for p in (work / "cache").glob("*/hard.json")]
+    assert marks and {m["detector"] for m in marks} == {hashlib.sha256(weights).hexdigest()[:16]}
+    assert (assets / "detector.safetensors").read_bytes() == weights
+    trained_by = load_config(assets).provenance.command
+    assert "training.fit.detector" in trained_by and "--devices 2" in trained_by
