@@ -40,7 +40,10 @@ from training.fit.common import (
     command_line,
     learning_curves,
     load_stage_model,
+    option_args,
+    options_from,
     save_stage,
+    stage_parser,
     start_weights,
 )
 from training.pack.export import assemble, export
@@ -301,6 +304,15 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(cache: Cache, tmp_pat
     curves = [learning_curves(tmp_path / run) for run in ("straight", "resumed")]
     assert curves[1]["epoch"].tolist() == [0, 1]  # the resumed run's logs hold both epochs
     pd.testing.assert_frame_equal(curves[1], curves[0])
+
+
+def test_a_trainer_command_line_carries_every_option() -> None:
+    # the pipeline runs each trainer as its command, with these arguments
+    options = replace(FAST, lr=3e-3, devices="2", precision="32-true", resume=True, init="w.pt")
+    parser = stage_parser("training.fit.classifier", None, classifier.DEFAULTS)
+    assert options_from(parser.parse_args(["cache", "out", *option_args(options)])) == options
+    fresh = option_args(replace(options, resume=False))
+    assert "--resume" not in fresh and fresh[:4] == ["--epochs", "1", "--batch-size", "8"]
 
 
 def test_init_starts_from_a_local_state_dict(tmp_path: Path) -> None:
