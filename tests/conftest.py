@@ -1,6 +1,11 @@
 """Shared test helpers: small TIFFs written with pyvips in the competition's layout, a TIFF tag
 reader, tiny random-weight assets, one generated slide, a fake clock, and ``main.py`` with a
-slide held in flight."""
+slide held in flight.
+
+Tests run on the CPU, whatever the machine has: the session hides its GPUs from itself and from
+every process it starts (``main.py``, the trainers, Ray), and each test not marked ``gpu`` sees
+none in-process either. Tests marked ``gpu`` run only in a session of their own
+(``pytest -m gpu``), on the GPU, and are skipped where there is none."""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
+import torch
 
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.pack.export import TINY, init_assets
@@ -37,6 +43,35 @@ TEST_RECIPE = replace(
 )
 
 logging.getLogger("pyvips").setLevel(logging.WARNING)  # libvips is chatty at INFO
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Before any test or fixture runs: unless every test selected is marked ``gpu``, hide the
+    GPUs (``CUDA_VISIBLE_DEVICES=""``) from this process's CUDA and from every process started
+    from now on, and skip the ``gpu`` tests; in a session of ``gpu`` tests only, skip them where
+    there is no GPU."""
+    gpu = [item for item in session.items if item.get_closest_marker("gpu")]
+    if len(gpu) < len(session.items):
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        reason = "a gpu test runs in a session of gpu tests only: pytest -m gpu"
+    elif not torch.cuda.is_available():
+        reason = "no GPU here"
+    else:
+        return
+    for item in gpu:
+        item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def cpu_only(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test not marked ``gpu`` sees no GPU, even where CUDA was set up before the session hid
+    them: ``torch.cuda`` reports none (what the trainers, Lightning and the device choices ask)
+    and the processes it starts get ``CUDA_VISIBLE_DEVICES=""``."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
 
 
 def write_tiff(

@@ -7,30 +7,46 @@ they would join a cluster (Ray serves on this machine's own address).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import ray
+import torch
 from conftest import REPO, SHIPPED_ASSETS, TEST_RECIPE
 from safetensors.torch import load_file
 
+from stages.cascade import Cascade
 from stages.config import load_config, save_config
 from stages.decision import decide_slide
+from stages.detector import build_detector
 from stages.submission import classes_by_filename, read_table, validate
-from training.cluster.grade import COLUMNS, GradeOptions, ResultsTable, grade_archive
-from training.cluster.pool import PoolConfig, Progress, Sizing, connect, size_pool
+from training.cluster.grade import COLUMNS, GradeOptions, GradeWorker, ResultsTable, grade_archive
+from training.cluster.pool import (
+    PlacementError,
+    PoolConfig,
+    Progress,
+    Sizing,
+    actor_options,
+    connect,
+    gpu_share,
+    size_pool,
+)
 from training.data.cache import CacheConfig, build_cache
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.evaluate.scaling import projection
+from training.fit.common import save_stage
 from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
 
 pytestmark = pytest.mark.slow
@@ -216,15 +232,71 @@ def test_the_runtime_set_leaves_ray_out() -> None:
 
 
 def test_pool_sizing() -> None:
-    cpus_only = {"CPU": 16.0}
+    cpus_only = [{"CPU": 16.0}]
     assert size_pool(PoolConfig(), cpus_only) == Sizing(16, 1.0, 0.0)
     assert size_pool(PoolConfig(cpus_per_worker=4), cpus_only) == Sizing(4, 4.0, 0.0)
-    gpus = {"CPU": 32.0, "GPU": 8.0}
+    gpus = [{"CPU": 32.0, "GPU": 8.0}]
     assert size_pool(PoolConfig(), gpus) == Sizing(8, 4.0, 1.0)  # one actor per GPU
     assert size_pool(PoolConfig(gpus_per_worker=0.5), gpus) == Sizing(16, 2.0, 0.5)
     assert size_pool(PoolConfig(workers=3, gpus_per_worker=0), gpus) == Sizing(3, 1.0, 0.0)
     with pytest.raises(ValueError, match="workers"):
         PoolConfig(workers=0)
+
+
+def test_pools_are_sized_by_the_nodes_actors_land_on() -> None:
+    # a CPU-only head with two GPU nodes: each actor gets a GPU node's CPUs, not a share of the
+    # cluster's 48 (24 CPUs and a GPU: no node has them)
+    head_and_gpus = [{"CPU": 32.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    assert size_pool(PoolConfig(), head_and_gpus) == Sizing(2, 8.0, 1.0)
+    # GPU nodes of different sizes: the CPUs per actor that every one of them gives
+    mixed = [{"CPU": 32.0, "GPU": 8.0}, {"CPU": 6.0, "GPU": 1.0}]
+    assert size_pool(PoolConfig(), mixed) == Sizing(9, 4.0, 1.0)
+    # CPU actors count per node: 2 of 3 CPUs fit on each of two 5-CPU nodes, not 10 / 3
+    assert size_pool(PoolConfig(cpus_per_worker=3), [{"CPU": 5.0}] * 2) == Sizing(2, 3.0, 0.0)
+
+
+def test_workers_beyond_the_gpus_share_them() -> None:
+    one_gpu = [{"CPU": 16.0, "GPU": 1.0}]
+    assert size_pool(PoolConfig(workers=4), one_gpu) == Sizing(4, 4.0, 0.25)
+    assert size_pool(PoolConfig(workers=3), one_gpu) == Sizing(3, 5.0, 0.3333)
+    two_nodes = [{"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+    assert size_pool(PoolConfig(workers=3), two_nodes) == Sizing(3, 4.0, 0.5)  # 2 per GPU
+    assert size_pool(PoolConfig(workers=2), two_nodes) == Sizing(2, 8.0, 1.0)
+    assert gpu_share(3) * 3 <= 1.0 and gpu_share(7) == 0.1428
+
+
+def test_an_actor_no_node_can_hold_is_refused_before_any_wait() -> None:
+    with pytest.raises(PlacementError, match="no node can hold an actor of 1 CPU and 1 GPU"):
+        size_pool(PoolConfig(gpus_per_worker=1), [{"CPU": 16.0}, {"CPU": 16.0}])
+    with pytest.raises(PlacementError, match="of 24 CPU and 0 GPU"):
+        size_pool(PoolConfig(cpus_per_worker=24), [{"CPU": 16.0}, {"CPU": 16.0}])
+
+
+def test_actors_without_a_gpu_are_kept_from_seeing_one() -> None:
+    assert actor_options(Sizing(2, 1.0, 0.0)) == {
+        "num_cpus": 1.0,
+        "num_gpus": 0.0,
+        "max_restarts": -1,
+        "runtime_env": {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}},
+    }
+    assert actor_options(Sizing(4, 4.0, 0.25)) == {
+        "num_cpus": 4.0,
+        "num_gpus": 0.25,
+        "max_restarts": -1,
+    }  # Ray gives it its GPU's CUDA_VISIBLE_DEVICES
+
+
+def test_a_grade_worker_warms_its_networks_up_before_its_first_slide(
+    assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warmed: list[Cascade] = []
+    monkeypatch.setattr(Cascade, "warm_up", lambda cascade: warmed.append(cascade) or 0.0)
+    # outside an actor: the resources Ray would have given it (this process's threads, kept)
+    given = SimpleNamespace(get_assigned_resources=lambda: {"CPU": torch.get_num_threads()})
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: given)
+    blobs = {p.name: p.read_bytes() for p in assets.iterdir() if p.is_file()}
+    worker = GradeWorker(blobs, str(assets), GradeOptions())
+    assert warmed == [worker.cascade]
 
 
 def test_progress_rate_and_eta(caplog: pytest.LogCaptureFixture) -> None:
@@ -326,3 +398,42 @@ def test_ddp_step_on_two_cpu_processes_ends_with_equal_weights(
         assert ranks[0][name].equal(ranks[1][name]), name  # the gradients were all-reduced
     moved = [name for name in start if not ranks[0][name].equal(start[name])]
     assert len(moved) > len(start) // 2  # and the steps changed the weights
+
+
+def test_the_pipeline_on_two_ddp_ranks_runs_each_other_step_once_in_order(
+    train_data: Path, tmp_path: Path
+) -> None:
+    work, assets = tmp_path / "work", tmp_path / "assets"
+    recipe = save_config(TEST_RECIPE, tmp_path / "recipe")
+    # a detector left by an earlier run: hard negatives must not be mined with it
+    torch.manual_seed(0)
+    stale = build_detector(TEST_RECIPE.detector)
+    save_stage(work / "detector", "detector", stale, TEST_RECIPE, {"val_fold": 0, "command": ""})
+    command = [sys.executable, "-m", "training.pipeline", str(work), str(assets)]
+    command += ["--data", str(train_data), "--config", str(recipe), "--folds", "2"]
+    command += ["--accelerator", "cpu", "--devices", "2", "--workers", "0"]
+    for stage in ("detector", "classifier"):
+        command += [f"--{stage}-epochs", "1", f"--{stage}-samples", "16"]
+        command += [f"--{stage}-batch-size", "4"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log
+    # one process ran the steps, in order; each fit had its second rank
+    steps = re.findall(r"step (\w+) done", log)
+    assert steps == [
+        "data",
+        "cache",
+        "detector",
+        "hard_negatives",
+        "classifier",
+        "decision",
+        "export",
+    ]
+    assert log.count("MEMBER: 2/2") == 2, log
+    # the hard negatives were mined once the new detector was written, with it
+    weights = (work / "detector" / "detector.safetensors").read_bytes()
+    marks = [json.loads(p.read_text()) for p in (work / "cache").glob("*/hard.json")]
+    assert marks and {m["detector"] for m in marks} == {hashlib.sha256(weights).hexdigest()[:16]}
+    assert (assets / "detector.safetensors").read_bytes() == weights
+    trained_by = load_config(assets).provenance.command
+    assert "training.fit.detector" in trained_by and "--devices 2" in trained_by

@@ -42,7 +42,10 @@ from training.fit.common import (
     learning_curves,
     load_stage_model,
     make_loader,
+    option_args,
+    options_from,
     save_stage,
+    stage_parser,
     start_weights,
     val_workers,
 )
@@ -371,6 +374,15 @@ def test_detector_targets_travel_as_bytes_and_reach_the_losses_as_int64(cache: C
     assert y.dtype == torch.int64 and torch.equal(y, batch[1].long())
     _, ce, dice = module._loss((x, y))
     assert torch.isfinite(ce) and torch.isfinite(dice)
+
+
+def test_a_trainer_command_line_carries_every_option() -> None:
+    # the pipeline runs each trainer as its command, with these arguments
+    options = replace(FAST, lr=3e-3, devices="2", precision="32-true", resume=True, init="w.pt")
+    parser = stage_parser("training.fit.classifier", None, classifier.DEFAULTS)
+    assert options_from(parser.parse_args(["cache", "out", *option_args(options)])) == options
+    fresh = option_args(replace(options, resume=False))
+    assert "--resume" not in fresh and fresh[:4] == ["--epochs", "1", "--batch-size", "8"]
 
 
 def test_init_starts_from_a_local_state_dict(tmp_path: Path) -> None:

@@ -4,12 +4,18 @@
 [--device D] …``
 
 Each step is the command a user would run by hand (see the README); this runs them in order,
-seeded, and prints the time of each. Without ``--data`` it first generates ``--slides``
-synthetic training slides (seed ``--seed``) into ``WORK/data``; with ``--data`` it trains on that
-folder (the real TissueNet training layout, or any folder in it). ``--config`` picks the networks
-and the training defaults that go with them (:data:`RECIPES`): ``tiny`` is ``make train``'s CPU
-recipe, ``standard`` the README's real-data recipe for a GPU (5 folds, 40 epochs per stage, the
-README's samples and batch sizes); any option given on the command line overrides its default.
+seeded, and prints the time of each. The two trainers run as those commands, each in a child
+process (``python -m training.fit.detector …``) that this one waits for: with several devices
+Lightning's DDP starts every further rank by running its process's command again, so each rank
+re-runs the fit alone, while the steps that are not training (cache, hard negatives, decision,
+export) run once, here, each after the step before it has finished and written its files.
+
+Without ``--data`` it first generates ``--slides`` synthetic training slides (seed ``--seed``)
+into ``WORK/data``; with ``--data`` it trains on that folder (the real TissueNet training
+layout, or any folder in it). ``--config`` picks the networks and the training defaults that go
+with them (:data:`RECIPES`): ``tiny`` is ``make train``'s CPU recipe, ``standard`` the README's
+real-data recipe for a GPU (5 folds, 40 epochs per stage, the README's samples and batch
+sizes); any option given on the command line overrides its default.
 Generation and the cache resume where they stopped; the training steps run afresh
 (``--resume`` continues them from their last checkpoints).
 """
@@ -18,6 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +38,7 @@ from training.data.dataset import METADATA
 from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
-from training.fit.common import TrainOptions
+from training.fit.common import TrainOptions, option_args
 from training.fit.decision import fit_stage
 from training.pack.export import PRESETS, export, load_recipe
 
@@ -56,6 +65,17 @@ RECIPES = {
 }
 
 
+def run_trainer(stage: str, cache: Path, out: Path, config: str, options: TrainOptions) -> None:
+    """Train ``stage`` (``detector`` or ``classifier``) with ``python -m training.fit.<stage>
+    CACHE OUT --config CONFIG`` and ``options``, in a child process (module doc); returns once
+    it has ended, having written ``OUT/<stage>.json``; raises
+    :class:`subprocess.CalledProcessError` when it failed."""
+    command = [sys.executable, "-m", f"training.fit.{stage}", str(cache), str(out)]
+    command += ["--config", config, *option_args(options)]
+    log.info("%s: %s", stage, shlex.join(command))
+    subprocess.run(command, check=True)
+
+
 def train(
     work: Path,
     assets: Path,
@@ -71,9 +91,10 @@ def train(
     device: str | None = None,
     y_flip: str = CacheConfig.y_flip,
 ) -> dict[str, float]:
-    """Run every step; returns the seconds of each (and ``total``). ``device`` runs hard-negative
-    mining and the decision fit (the trainers pick theirs through Lightning's ``accelerator``);
-    None: the GPU when there is one."""
+    """Run every step; returns the seconds of each (and ``total``). ``recipe``: a preset name or
+    a cascade config JSON (the trainers' ``--config``). ``device`` runs hard-negative mining and
+    the decision fit (the trainers, in their own processes, pick theirs through Lightning's
+    ``accelerator`` and ``devices``); None: the GPU when there is one."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -93,14 +114,18 @@ def train(
     cache_config = CacheConfig(seed=seed, y_flip=y_flip)
     build_cache(data, work / "cache", cascade, cache_config, folds, by_centre)
     step("cache")
-    detector.train_detector(
-        work / "cache", work / "detector", cascade, replace(detector_options, seed=seed)
+    run_trainer(
+        "detector", work / "cache", work / "detector", recipe, replace(detector_options, seed=seed)
     )
     step("detector")
     mine_hard_negatives(work / "cache", data, work / "detector", device=device)
     step("hard_negatives")
-    classifier.train_classifier(
-        work / "cache", work / "classifier", cascade, replace(classifier_options, seed=seed)
+    run_trainer(
+        "classifier",
+        work / "cache",
+        work / "classifier",
+        recipe,
+        replace(classifier_options, seed=seed),
     )
     step("classifier")
     fit_device = device or ("cuda" if detector_options.gpu() else "cpu")

@@ -127,8 +127,10 @@ def saved_files(
 
 class GradeWorker(PoolWorker):
     """One actor of the pool: the assets loaded once (from their files' bytes, so that no node
-    needs the driver's ``assets/``), grading slides of ``data`` (a path every node reads) with
-    as many torch threads as the actor has CPUs."""
+    needs the driver's ``assets/``) and the networks warmed up, as ``main.py`` does before its
+    first slide (else that slide pays for the kernels' set-up and its costs, inflated, become the
+    actor's first estimates), grading slides of ``data`` (a path every node reads) with as many
+    torch threads as the actor has CPUs."""
 
     def __init__(self, assets: dict[str, bytes], data: str, options: GradeOptions) -> None:
         logging.basicConfig(level=logging.WARNING)
@@ -141,6 +143,7 @@ class GradeWorker(PoolWorker):
             device = choose_device(options.device)
             self.assets = load_assets(Path(tmp), device, options.precision, frozen=True)
         self.cascade = Cascade(self.assets)
+        self.cascade.warm_up()
         self.costs = CostModel(self.assets.config.budget)
         self.prior = decide_slide([], [], self.assets.config.decision)
         self.data = Path(data)

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -33,6 +33,8 @@ T = TypeVar("T")
 
 #: Tries of a slide after the first when its worker process dies (restarted each time).
 RETRIES_ON_CRASH = 1
+#: Decimals of a share of a GPU (Ray's resolution); shares are rounded down, so that they fit.
+GPU_SHARE_DECIMALS = 4
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,8 @@ class PoolConfig:
 
     ``address``: an existing Ray cluster (``auto``, ``HOST:PORT``, ``ray://HOST:10001``); None
     starts a local instance on this machine with ``local_cpus`` CPUs (None: all). ``workers``:
-    actors (None: as many as the cluster's GPUs, or CPUs, allow); ``cpus_per_worker`` /
-    ``gpus_per_worker``: each actor's Ray resources (None: one GPU per actor when the cluster
-    has GPUs, with the CPUs shared out between them; else one CPU and no GPU).
+    actors (None: as many as the nodes' GPUs, or CPUs, hold); ``cpus_per_worker`` /
+    ``gpus_per_worker``: each actor's Ray resources (None: see :func:`size_pool`).
     """
 
     address: str | None = None
@@ -92,23 +93,66 @@ class Sizing:
     gpus: float
 
 
-def size_pool(config: PoolConfig, resources: dict[str, float]) -> Sizing:
-    """The pool :class:`PoolConfig` asks for on a cluster with ``resources``
-    (``ray.cluster_resources()``: ``CPU``, ``GPU`` counts)."""
-    cpus, gpus = resources.get("CPU", 1.0), resources.get("GPU", 0.0)
+class PlacementError(RuntimeError):
+    """No node of the cluster can hold one actor of the pool: it would wait for ever."""
+
+
+def gpu_share(actors: int) -> float:
+    """The share of a GPU each of ``actors`` actors gets to share one: ``1 / actors`` rounded
+    down to :data:`GPU_SHARE_DECIMALS` decimals."""
+    scale = 10**GPU_SHARE_DECIMALS
+    return math.floor(scale / actors) / scale
+
+
+def size_pool(config: PoolConfig, nodes: Sequence[Mapping[str, float]]) -> Sizing:
+    """The pool :class:`PoolConfig` asks for on a cluster of ``nodes`` (each alive node's
+    resources, ``ray.nodes()``' ``Resources``: ``CPU`` and ``GPU`` counts), sized per node, as
+    Ray places each actor on one node.
+
+    Unless given: on a cluster with GPUs each actor gets one, or, where ``workers`` outnumber
+    the GPUs, an equal share of one (:func:`gpu_share`), and the CPUs of the GPU nodes shared
+    out between the actors each holds (the fewest any of them gives, at least one); without
+    GPUs, one CPU and none. ``workers`` None: as many as the nodes hold. Raises
+    :class:`PlacementError` when no node can hold one actor."""
+    gpus = sum(math.floor(node.get("GPU", 0.0)) for node in nodes)
     gpw = config.gpus_per_worker
     if gpw is None:
-        gpw = 1.0 if gpus >= 1 else 0.0
-    if config.cpus_per_worker is not None:
-        cpw = config.cpus_per_worker
-    elif gpw > 0:
-        cpw = max(1.0, math.floor(cpus / max(gpus / gpw, 1.0)))
-    else:
+        if not gpus:
+            gpw = 0.0
+        elif config.workers is None or config.workers <= gpus:
+            gpw = 1.0
+        else:
+            gpw = gpu_share(math.ceil(config.workers / gpus))
+    # actors each node holds by its GPUs (all of them when the actors need none)
+    by_gpu = [math.floor(n.get("GPU", 0.0) / gpw + 1e-9) if gpw else math.inf for n in nodes]
+    cpw = config.cpus_per_worker
+    if cpw is None:
         cpw = 1.0
-    workers = config.workers
-    if workers is None:
-        workers = math.floor(gpus / gpw) if gpw > 0 else math.floor(cpus / cpw)
-    return Sizing(max(int(workers), 1), cpw, gpw)
+        shares = [n.get("CPU", 0.0) / k for n, k in zip(nodes, by_gpu, strict=True) if k > 0]
+        if gpw and shares:  # each GPU node's CPUs per actor it holds
+            cpw = max(1.0, math.floor(min(shares)))
+    held = sum(
+        min(math.floor(n.get("CPU", 0.0) / cpw + 1e-9), k)
+        for n, k in zip(nodes, by_gpu, strict=True)
+    )
+    if held < 1:
+        raise PlacementError(
+            f"no node can hold an actor of {cpw:g} CPU and {gpw:g} GPU (nodes: "
+            f"{[{k: v for k, v in n.items() if k in ('CPU', 'GPU')} for n in nodes]}); "
+            "ask for fewer CPUs or GPUs per worker"
+        )
+    workers = config.workers or held
+    if workers > held:
+        log.warning(
+            "%d workers asked for, the nodes hold %d at once: the others wait for room",
+            workers, held,
+        )  # fmt: skip
+    return Sizing(workers, cpw, gpw)
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """The resources of each alive node of the connected cluster."""
+    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
 
 
 class PoolWorker:
@@ -119,10 +163,24 @@ class PoolWorker:
         return True
 
 
+def actor_options(sizing: Sizing) -> dict[str, Any]:
+    """Ray's options of each actor of a pool sized ``sizing``: its resources, and restarts
+    when its process dies (see the module doc). An actor given no GPU is also kept from seeing
+    one (``CUDA_VISIBLE_DEVICES=""``): Ray leaves that variable as it is for such an actor, so
+    it would take the GPU that the actors given one share."""
+    options: dict[str, Any] = {
+        "num_cpus": sizing.cpus,
+        "num_gpus": sizing.gpus,
+        "max_restarts": -1,
+    }
+    if not sizing.gpus:
+        options["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
+    return options
+
+
 def start_actors(cls: type[PoolWorker], sizing: Sizing, *args: Any) -> list[Any]:
-    """``sizing.workers`` Ray actors of ``cls(*args)`` that are restarted when their process
-    dies (see the module doc)."""
-    remote = ray.remote(cls).options(num_cpus=sizing.cpus, num_gpus=sizing.gpus, max_restarts=-1)
+    """``sizing.workers`` Ray actors of ``cls(*args)`` with :func:`actor_options`."""
+    remote = ray.remote(cls).options(**actor_options(sizing))
     log.info(
         "%d %s workers, %g CPU and %g GPU each", sizing.workers, cls.__name__, sizing.cpus,
         sizing.gpus,
@@ -193,7 +251,7 @@ def map_on_pool(
     wider than the items), connecting first; every actor is killed when the items are done or
     the caller stops."""
     connect(config)
-    sizing = size_pool(config, ray.cluster_resources())
+    sizing = size_pool(config, alive_nodes())
     actors = start_actors(cls, replace(sizing, workers=min(sizing.workers, len(items))), *args)
     try:
         yield from serve(actors, items, call)

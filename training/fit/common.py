@@ -132,6 +132,19 @@ def options_from(args: argparse.Namespace) -> TrainOptions:
     return TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)})
 
 
+def option_args(options: TrainOptions) -> list[str]:
+    """The ``--flag value`` arguments that :func:`options_from` parses back into ``options``
+    (every field; a true ``resume`` as the bare ``--resume``)."""
+    args: list[str] = []
+    for f in dataclasses.fields(TrainOptions):
+        flag, value = "--" + f.name.replace("_", "-"), getattr(options, f.name)
+        if f.type == "bool":
+            args += [flag] if value else []
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def _devices(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
