@@ -264,7 +264,7 @@ def run(
     names = list(dict.fromkeys(fmt["filename"]))  # each slide once, in the format's order
     prior = decide_slide([], [], config.decision)
     # before any network is loaded: whatever happens on the device, every row is written
-    write_submission(build_submission(fmt, {}, prior.cls), out, fmt=fmt)
+    write_submission(build_submission(fmt, {}, prior.cls, quiet=True), out, quiet=True, fmt=fmt)
     _log_unlisted(data, set(names))
     mpps = resolutions(data / METADATA_NAME, names)
     start = functools.partial(

@@ -197,16 +197,14 @@ def grade_all(
     mpps: dict[str, float | None] = dict.fromkeys(names)
     ahead = runtime.start_prefetch(cascade, Path("data"), names, mpps, budget)  # type: ignore[arg-type]
     runtime._grade_all(
-        cascade,  # type: ignore[arg-type]
+        runtime.Engine(cascade, budget, ahead, torch.device("cpu")),  # type: ignore[arg-type]
         Path("data"),
         names,
         mpps,
-        budget,
         report,
         prior=Decision((0.25,) * 4, 1, "prior"),
         save_heatmaps=None,
         checkpoint=checkpoint,
-        ahead=ahead,
     )
     return report
 

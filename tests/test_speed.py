@@ -91,7 +91,7 @@ def test_checkpoints_are_skipped_only_while_they_would_cost_too_much(
         now.advance(0.01)  # every write takes 10 ms
 
     monkeypatch.setattr(runtime.time, "monotonic", now)
-    monkeypatch.setattr(runtime, "write_submission", lambda table, out, quiet: None)
+    monkeypatch.setattr(runtime, "write_submission", lambda table, out, quiet, fmt: None)
     checkpoint = runtime.Checkpoint(table, tmp_path / "submission.csv")
     checkpoint.maybe_write()
     assert checkpoint.writes == 1

@@ -343,7 +343,7 @@ def test_the_temperatures_logits_are_computed_on_the_fits_device(
     monkeypatch.setattr(classifier, "predict_logits", logits_on)
     out = tmp_path / "classifier"
     classifier.train_classifier(cache.root, out, RECIPE, FAST, [EndOnSimulatedGpu()])
-    val = len(cache.patches.query("fold == 0"))
+    val = len(Cache.open(cache.root).patches.query("fold == 0"))  # hard negatives included
     # on the GPU, in the runtime's float16 there; the network saved from the CPU all the same
     assert calls == [(torch.device("cuda", 0), torch.float16, val)]
     assert (out / "classifier.safetensors").is_file()
