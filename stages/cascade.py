@@ -408,8 +408,8 @@ class Cascade:
 
     def tissue_pixels(self, allotment_s: float, costs: CostModel) -> float:
         """Pixels the tissue mask of a slide given ``allotment_s`` may decode: as many as its
-        share of it (``budget.tissue_fraction``) pays for at the measured cost. Only a slide
-        without an overview page can decode more (:func:`stages.tissue.mask_for_slide`)."""
+        share of it (``budget.tissue_fraction``) pays for at the measured cost (a limit that only
+        a slide without an overview page can reach: :func:`stages.tissue.mask_for_slide`)."""
         return costs.decodable_pixels(self.config.budget.tissue_fraction * allotment_s)
 
     def prepare(
@@ -491,7 +491,7 @@ class Cascade:
             result = self._grade(prepared, budget, costs)
         finally:
             prepared.close()
-        if prepared.mask_reads.pixels:  # whole pages, read as a slide without one would be
+        if prepared.mask_reads.pixels:  # whole pages: the rate a slide without an overview pays
             costs.observe_decode(prepared.mask_reads.pixels, prepared.mask_reads.seconds)
         result.seconds |= {"prefetched": ahead, "total": time.perf_counter() - t0}
         return result
