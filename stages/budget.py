@@ -13,7 +13,8 @@
   (:meth:`~SlideBudget.choose_detector_page`; none: the slide's hotspots come from its tissue
   alone). No unit of work is started unless its estimated cost fits the slide's time left.
 * :class:`CostModel` holds measured costs (seconds per patch read, per classifier batch run,
-  per detector megapixel, per million heatmap cells searched for hotspots, per slide prepared)
+  per detector megapixel, per million heatmap cells searched for hotspots, per slide prepared,
+  per megapixel decoded for a tissue mask)
   as exponential moving averages that start from the config's prior guesses. A classifier batch
   runs at one shape whatever its number of patches (:func:`stages.nets.padded_forward`), so
   grading ``n`` patches costs ``n`` reads plus whole batches (:meth:`CostModel.patch_seconds`).
@@ -43,12 +44,16 @@ class BudgetConfig:
     slide (the detector leaves the slide time for ``min_k`` of them; a slide without a detector pass
     takes ``min_k`` hotspots from its tissue); ``batch_size``: hotspots per classifier batch at most
     (fewer where memory is short: :mod:`stages.memory`); ``detector_fraction``: share of a slide's
-    allotment the detector may use before a coarser page is chosen; ``min_slide_s``: below this much
-    usable time (and below the cheapest path's estimated cost) no slide is started;
-    ``prior_patch_s`` / ``prior_batch_s`` / ``prior_detector_mpx_s`` / ``prior_hotspots_mcell_s`` /
-    ``prior_prepare_s``: cost guesses (seconds per patch read, per classifier batch run, per
-    detector megapixel, per million heatmap cells searched for hotspots, per slide opened and its
-    tissue found) used until measured; ``ema_alpha``: weight of the newest measurement in the moving
+    allotment the detector may use before a coarser page is chosen; ``tissue_fraction``: share of a
+    slide's allotment the tissue mask may spend decoding a slide without an overview page (one
+    whose coarsest page is above ``tissue.max_page_pixels``) before it samples the page instead
+    (:func:`stages.tissue.mask_for_slide`); ``min_slide_s``: below this much usable time (and
+    below the cheapest path's estimated cost) no slide is started; ``prior_patch_s`` /
+    ``prior_batch_s`` / ``prior_detector_mpx_s`` / ``prior_hotspots_mcell_s`` /
+    ``prior_prepare_s`` / ``prior_decode_mpx_s``: cost guesses (seconds per patch read, per
+    classifier batch run, per detector megapixel, per million heatmap cells searched for hotspots,
+    per slide opened and its tissue found, per megapixel of a slide's pages decoded for its tissue
+    mask) used until measured; ``ema_alpha``: weight of the newest measurement in the moving
     averages; ``slack``: share of a slide's allotment its plans leave unspent, against the
     estimates' errors (what a slide leaves rolls over to the later ones); ``stage2``: False turns
     the patch classifier off (the hotspots' heatmap probabilities alone decide).
@@ -59,12 +64,14 @@ class BudgetConfig:
     max_k: int = 32
     batch_size: int = 8
     detector_fraction: float = 0.5
+    tissue_fraction: float = 0.25
     min_slide_s: float = 1.0
     prior_patch_s: float = 0.05
     prior_batch_s: float = 0.05
     prior_detector_mpx_s: float = 1.0
     prior_prepare_s: float = 0.25
     prior_hotspots_mcell_s: float = 0.05
+    prior_decode_mpx_s: float = 0.01
     ema_alpha: float = 0.3
     slack: float = 0.1
     stage2: bool = True
@@ -84,10 +91,9 @@ class BudgetConfig:
             )
         if self.batch_size < 1:
             raise ValueError(f"budget.batch_size must be >= 1, got {self.batch_size}")
-        if not 0 < self.detector_fraction <= 1:
-            raise ValueError(
-                f"budget.detector_fraction must be in (0, 1], got {self.detector_fraction}"
-            )
+        for name in ("detector_fraction", "tissue_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"budget.{name} must be in (0, 1], got {getattr(self, name)}")
         if not (math.isfinite(self.min_slide_s) and self.min_slide_s >= 0):
             raise ValueError(f"budget.min_slide_s must be finite and >= 0, got {self.min_slide_s}")
         priors = (
@@ -96,11 +102,12 @@ class BudgetConfig:
             self.prior_detector_mpx_s,
             self.prior_prepare_s,
             self.prior_hotspots_mcell_s,
+            self.prior_decode_mpx_s,
         )
         if not min(priors) > 0:
             raise ValueError(
-                "budget.prior_patch_s, prior_batch_s, prior_detector_mpx_s, prior_prepare_s and "
-                "prior_hotspots_mcell_s must be positive"
+                "budget.prior_patch_s, prior_batch_s, prior_detector_mpx_s, prior_prepare_s, "
+                "prior_hotspots_mcell_s and prior_decode_mpx_s must be positive"
             )
         if not 0 < self.ema_alpha <= 1:
             raise ValueError(f"budget.ema_alpha must be in (0, 1], got {self.ema_alpha}")
@@ -132,9 +139,10 @@ class CostModel:
     """Measured costs: ``patch.value`` (seconds to read one patch), ``batch.value`` (seconds
     to run the classifier on one batch, whatever its number of patches), ``detector.value``
     (seconds per detector megapixel, the heatmap's assembly included), ``hotspots.value``
-    (seconds per million heatmap cells to select its hotspots) and ``prepare.value`` (seconds
-    to open a slide and find its tissue), updated by the cascade after each batch / detector
-    pass / slide. ``batch_size``: the patches of a classifier batch."""
+    (seconds per million heatmap cells to select its hotspots), ``prepare.value`` (seconds
+    to open a slide and find its tissue) and ``decode.value`` (seconds per megapixel decoded for a
+    slide's tissue mask, :class:`stages.slide.ReadStats`), updated by the cascade after each batch /
+    detector pass / slide. ``batch_size``: the patches of a classifier batch."""
 
     def __init__(self, config: BudgetConfig) -> None:
         self.batch_size = config.batch_size
@@ -143,12 +151,24 @@ class CostModel:
         self.detector = Ema(config.prior_detector_mpx_s, config.ema_alpha)
         self.hotspots = Ema(config.prior_hotspots_mcell_s, config.ema_alpha)
         self.prepare = Ema(config.prior_prepare_s, config.ema_alpha)
+        self.decode = Ema(config.prior_decode_mpx_s, config.ema_alpha)
 
     def observe_prepare(self, seconds: float) -> None:
         """Record that preparing a slide (open, tissue mask, read-ahead) took ``seconds``."""
         if seconds < 0:
             raise ValueError(f"need seconds >= 0, got {seconds}")
         self.prepare.update(seconds)
+
+    def observe_decode(self, pixels: int, seconds: float) -> None:
+        """Record that the reads of a slide's tissue mask decoded ``pixels`` pixels in
+        ``seconds``."""
+        if pixels < 1 or seconds < 0:
+            raise ValueError(f"need pixels >= 1 and seconds >= 0, got {pixels}, {seconds}")
+        self.decode.update(seconds / (pixels / 1e6))
+
+    def decodable_pixels(self, seconds: float) -> float:
+        """Pixels a tissue mask's reads are estimated to decode in ``seconds`` (≥ 0)."""
+        return max(seconds, 0.0) / self.decode.value * 1e6
 
     def observe_patches(self, n: int, read_s: float, run_s: float) -> None:
         """Record that reading ``n`` patches took ``read_s`` and the classifier's batch on them

@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from stages.geometry import Box
 from stages.hotspots import Hotspot, heat_evidence, select_hotspots, tissue_hotspots
 from stages.nets import inference, to_input
 from stages.prefetch import NotReadyError
-from stages.slide import Slide, SlideError
+from stages.slide import ReadStats, Slide, SlideError
 from stages.tissue import mask_for_slide
 
 log = logging.getLogger(__name__)
@@ -225,7 +225,8 @@ class Prepared:
     nearest the detector's ``target_mpp``; ``corners``: its tissue windows' top-left corners
     (:func:`stages.detector.tissue_windows`, listed once per slide, here); ``windows``:
     ``(N, window, window, 3)`` uint8 pixels of the first N of them, read ahead (None: none were);
-    ``seconds``: the preparation's work by stage (``tissue``, and ``decode`` for its reads).
+    ``seconds``: the preparation's work by stage (``tissue``, and ``decode`` for its reads);
+    ``mask_reads``: what the mask's reads decoded (pixels) and took (seconds).
     """
 
     slide: Slide
@@ -235,6 +236,7 @@ class Prepared:
     corners: list[tuple[int, int]]
     windows: np.ndarray | None
     seconds: dict[str, float] = field(default_factory=dict)
+    mask_reads: ReadStats = field(default_factory=ReadStats)
 
     def close(self) -> None:
         """Release the slide's pyvips handles."""
@@ -412,18 +414,39 @@ class Cascade:
         windows = math.floor(seconds / per_window) if per_window > 0 else math.inf
         return int(min(READ_AHEAD_BYTES, windows * 3 * window_px))
 
-    def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Prepared:
+    def tissue_pixels(self, allotment_s: float, costs: CostModel) -> float:
+        """Pixels the tissue mask of a slide given ``allotment_s`` may decode: as many as its
+        share of it (``budget.tissue_fraction``) pays for at the measured cost (a limit that only
+        a slide without an overview page can reach: :func:`stages.tissue.mask_for_slide`)."""
+        return costs.decodable_pixels(self.config.budget.tissue_fraction * allotment_s)
+
+    def prepare(
+        self,
+        path: Path,
+        mpp: float | None,
+        read_ahead_bytes: int = 0,
+        max_decoded: float = math.inf,
+    ) -> Prepared:
         """Open the slide at ``path`` and find its tissue; with ``read_ahead_bytes`` > 0, also
         read the first tissue windows of the detector page that fit in that many bytes.
 
+        A slide whose coarsest page is above ``tissue.max_page_pixels`` gets the pyramid levels
+        it lacks (:class:`stages.slide.Slide`), its mask decoding at most ``max_decoded`` pixels
+        (:meth:`tissue_pixels`; a coarser approximation beyond: :func:`mask_for_slide`).
         Raises :class:`stages.slide.SlideError` when the slide cannot be opened or its tissue
         page cannot be read; a failed read-ahead is logged and left to the detector stage.
         """
-        slide = Slide(path, mpp=mpp, default_mpp=self.config.default_mpp)
+        slide = Slide(
+            path,
+            mpp=mpp,
+            default_mpp=self.config.default_mpp,
+            max_page_pixels=self.config.tissue.max_page_pixels,
+        )
         try:
             clock = StageClock(slide)
             with clock.stage("tissue"):
-                mask, mask_page = mask_for_slide(slide, self.config.tissue)
+                mask, mask_page = mask_for_slide(slide, self.config.tissue, max_decoded)
+            mask_reads = replace(slide.reads)
             cfg = self.config.detector
             page = slide.page_for_mpp(cfg.target_mpp)
             info = slide.pages[page]
@@ -440,7 +463,7 @@ class Cascade:
         except BaseException:
             slide.close()
             raise
-        return Prepared(slide, mask, mask_page, page, corners, windows, clock.seconds)
+        return Prepared(slide, mask, mask_page, page, corners, windows, clock.seconds, mask_reads)
 
     def grade_slide(
         self,
@@ -459,12 +482,15 @@ class Cascade:
         ``classifier``, ``decision``; reads counted once, as ``decode``), ``prefetched`` (the
         part of it done ahead) and ``total``, the wall time spent here. The runtime adds
         ``slide`` (the wall time its budget saw, waiting for the prefetch included) and
-        ``allotment`` (the seconds the budget gave the slide).
+        ``allotment`` (the seconds the budget gave the slide). The tissue mask's reads are
+        measured into ``costs.decode``.
         """
         t0 = time.perf_counter()
         ahead = 0.0
         if prepared is None:
-            prepared = self.prepare(path, mpp)
+            prepared = self.prepare(
+                path, mpp, max_decoded=self.tissue_pixels(budget.plan_left(), costs)
+            )
             costs.observe_prepare(time.perf_counter() - t0)
         else:
             ahead = prepared.seconds.get("tissue", 0.0) + prepared.slide.reads.seconds
@@ -473,6 +499,8 @@ class Cascade:
             result = self._grade(prepared, budget, costs)
         finally:
             prepared.close()
+        if prepared.mask_reads.pixels:  # whole pages: the rate a slide without an overview pays
+            costs.observe_decode(prepared.mask_reads.pixels, prepared.mask_reads.seconds)
         result.seconds |= {"prefetched": ahead, "total": time.perf_counter() - t0}
         return result
 

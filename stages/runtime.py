@@ -408,7 +408,9 @@ def start_prefetch(
 ) -> Prefetcher[Prepared]:
     """A :class:`stages.prefetch.Prefetcher` preparing ``names`` (in ``data``) in order, each
     with the detector windows read ahead that its slide's time lets the detector use
-    (:meth:`stages.cascade.Cascade.read_ahead_bytes` of the allotment when it starts). While
+    (:meth:`stages.cascade.Cascade.read_ahead_bytes` of the allotment when it starts) and its
+    tissue mask decoding what that time pays for (:meth:`~stages.cascade.Cascade.tissue_pixels`,
+    which only a slide without an overview page can reach). While
     the allotment is under :data:`PREFETCH_MIN_S` it prepares nothing: each slide is then
     prepared in the grading thread, in turn."""
 
@@ -417,7 +419,8 @@ def start_prefetch(
         if allotment < PREFETCH_MIN_S:
             return None
         read_ahead = cascade.read_ahead_bytes(allotment, budget.costs)
-        return cascade.prepare(data / name, mpps.get(name), read_ahead)
+        max_decoded = cascade.tissue_pixels(allotment, budget.costs)
+        return cascade.prepare(data / name, mpps.get(name), read_ahead, max_decoded)
 
     return Prefetcher(prepare, names)
 

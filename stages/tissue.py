@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from stages.slide import DEFAULT_MAX_PAGE_PIXELS, Slide, SlideError
+from stages.slide import DEFAULT_MAX_PAGE_PIXELS, TILE, Slide, SlideError
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,9 @@ def tissue_fraction(mask: np.ndarray) -> float:
     return float(mask.mean()) if mask.size else 0.0
 
 
-def mask_for_slide(slide: Slide, config: TissueConfig | None = None) -> tuple[np.ndarray, int]:
+def mask_for_slide(
+    slide: Slide, config: TissueConfig | None = None, max_decoded: float = math.inf
+) -> tuple[np.ndarray, int]:
     """Tissue mask of a slide and the page it lies on: ``((H, W) bool, page index)``.
 
     The page is the one nearest ``target_mpp``, or the next coarser one while a page is above
@@ -115,15 +117,33 @@ def mask_for_slide(slide: Slide, config: TissueConfig | None = None) -> tuple[np
     target (a slide with few pages) is shrunk to the target for the computation; the mask is
     returned on that page's pixel grid either way, ``(page.height, page.width)``, mapped to page-0
     pixels with ``slide.pages[index].scale``.
+
+    A level the file lacks (:class:`stages.slide.Slide` shrinks it from the file's coarsest
+    page) costs the decoding of that whole page. When that is more than ``max_decoded`` pixels,
+    the mask is computed from a cheaper, coarser stand-in instead: one 512-px block in step ×
+    step of that page (:meth:`~stages.slide.Slide.sample_page`, the smallest step that decodes
+    at most ``max_decoded`` pixels), each block's mean colour standing for its step × step
+    neighbours.
     """
     config = config or TissueConfig()
     index = _mask_page(slide, config)
     page = slide.pages[index]
-    rgb = slide.read_page(index, config.max_page_pixels)
     page_mpp = slide.page_mpp(index)
-    if page_mpp * _RESAMPLE_RATIO >= config.target_mpp:
-        mask = tissue_mask(rgb, page_mpp, config)
+    source = None if page.source is None else slide.pages[page.source]
+    if source is not None and source.width * source.height > max_decoded:
+        step = math.ceil(math.sqrt(source.width * source.height / max_decoded))
+        sample = slide.sample_page(source.index, step)
+        block = step * TILE  # source pixels a sample pixel stands for, a side
+        small_mask = tissue_mask(sample, slide.page_mpp(source.index) * block, config)
+        rows, cols = (
+            np.minimum((np.arange(n) * page.shrink + page.shrink // 2) // block, m - 1)
+            for n, m in ((page.height, small_mask.shape[0]), (page.width, small_mask.shape[1]))
+        )
+        mask = small_mask[rows[:, None], cols]
+    elif page_mpp * _RESAMPLE_RATIO >= config.target_mpp:
+        mask = tissue_mask(slide.read_page(index, config.max_page_pixels), page_mpp, config)
     else:
+        rgb = slide.read_page(index, config.max_page_pixels)
         factor = page_mpp / config.target_mpp
         size = (max(1, round(page.width * factor)), max(1, round(page.height * factor)))
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

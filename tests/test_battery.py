@@ -257,9 +257,17 @@ def test_odd_metadata_still_grades_every_slide(
         assert "FAILED" not in line(outcome, f"] {name}: ")
 
 
-def test_huge_mostly_white_canvas_among_small_slides(submission: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pyramid", [True, False], ids=["pyramid", "single-page"])
+def test_huge_mostly_white_canvas_among_small_slides(
+    submission: Path, tmp_path: Path, pyramid: bool
+) -> None:
+    """The largest real canvas, as a pyramid and as one page (a conversion that forgot the
+    pyramid: 80 Gpx, far more than its share of the run pays to decode, so its mask comes from
+    a sample of its blocks and its pages from shrinking page 0), among two small slides."""
     spec = sample_specs(1, 3, SynthConfig(size_range=(4000, 4000)))[0]
-    canvas = write_sparse_canvas(tmp_path / "canvas.tif", *HUGE, spec.mpp, spec, (120_000, 150_000))
+    canvas = write_sparse_canvas(
+        tmp_path / "canvas.tif", *HUGE, spec.mpp, spec, (120_000, 150_000), pyramid=pyramid
+    )
     files = {
         "small_1.tif": write_tiff(tmp_path / "small_1.tif", tissue(21)),
         "canvas.tif": canvas,
@@ -274,6 +282,8 @@ def test_huge_mostly_white_canvas_among_small_slides(submission: Path, tmp_path:
     assert "FAILED" not in line(outcome, "] canvas.tif: ")
     # the mask on the overview page of at most 4 Mpx (tissue.max_mask_pixels), not the 20 Mpx one
     assert line(outcome, "canvas.tif: tissue on page 8 (1062x1148 px")
+    if not pyramid:
+        assert line(outcome, "canvas.tif: page 0 sampled, one 512-px block in")
     assert outcome.peak_rss_bytes < 2.5e9, f"peak memory {outcome.peak_rss_bytes / 1e9:.2f} GB"
 
 

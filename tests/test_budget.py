@@ -229,6 +229,18 @@ def test_the_slide_floor_prepares_at_the_peak() -> None:
     assert costs.slide_floor(4) == pytest.approx(0.2 + 4 * 0.05 + 0.1)
 
 
+def test_decoding_is_measured_per_megapixel() -> None:
+    costs = CostModel(BudgetConfig(prior_decode_mpx_s=0.01, ema_alpha=0.5))
+    assert costs.decodable_pixels(2.0) == 200_000_000  # at the prior, 100 Mpx a second
+    costs.observe_decode(50_000_000, 2.0)  # 0.04 s a megapixel
+    costs.observe_decode(25_000_000, 0.5)  # 0.02 s: the average (0.04 + 0.02) / 2
+    assert costs.decode.value == pytest.approx(0.03)
+    assert costs.decodable_pixels(3.0) == pytest.approx(100_000_000)
+    assert costs.decodable_pixels(-1.0) == 0.0
+    with pytest.raises(ValueError, match="pixels >= 1"):
+        costs.observe_decode(0, 1.0)
+
+
 def test_run_budget_shares_one_cost_model() -> None:
     run, _ = make_run(100.0, 2, prior_patch_s=0.25)
     run.costs.observe_patches(2, 1.0, 0.5)
@@ -243,6 +255,8 @@ def test_run_budget_shares_one_cost_model() -> None:
         {"max_k": 0, "min_k": 0},
         {"batch_size": 0},
         {"detector_fraction": 0.0},
+        {"tissue_fraction": 1.5},
+        {"prior_decode_mpx_s": 0.0},
         {"min_slide_s": -1.0},
         {"prior_patch_s": 0.0},
         {"prior_batch_s": -1.0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from stages.budget import RunBudget, SlideBudget
 from stages.cascade import READ_AHEAD_BYTES, Cascade, SlideResult, heatmap_cells
 from stages.config import load_assets
 from stages.slide import Slide, SlideError
+from training.data.synthetic import SynthConfig, sample_specs, write_sparse_canvas
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +268,59 @@ def test_windows_are_read_ahead_only_as_far_as_the_detector_can_use_them(
     assert cascade.read_ahead_bytes(1.01, costs) == int(101 * fraction) * 3 * window**2
     assert cascade.read_ahead_bytes(0.0, costs) == 0
     assert cascade.read_ahead_bytes(1e6, costs) == READ_AHEAD_BYTES  # capped
+
+
+@pytest.fixture(scope="module")
+def flat_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    """A 9,000 x 9,000 px TIFF of one page (81 Mpx: over the tissue mask's cap of 64 Mpx, as a
+    conversion that forgot the pyramid writes it), glass with a 4,000 px piece of tissue holding
+    two grade-3 lesions; and its µm/pixel."""
+    spec = sample_specs(1, 5, SynthConfig(size_range=(4000, 4000)))[0]
+    assert [lesion.grade for lesion in spec.lesions] == [3, 3]
+    path = tmp_path_factory.mktemp("flat") / "flat.tif"
+    write_sparse_canvas(path, 9000, 9000, spec.mpp, spec, (2500, 2500), pyramid=False)
+    return path, spec.mpp
+
+
+def test_a_single_page_over_the_cap_is_graded_on_the_levels_it_lacks(
+    cascade: Cascade, flat_slide: tuple[Path, float]
+) -> None:
+    path, mpp = flat_slide
+    budget = RunBudget(3600, 1, cascade.config.budget)
+    prepared = cascade.prepare(path, mpp)
+    # page 0 and its halvings to 281 px (8.4 µm/px), read by shrinking page 0
+    assert [p.size[0] for p in prepared.slide.pages] == [9000, 4500, 2250, 1125, 562, 281]
+    assert prepared.mask_page == prepared.detector_page == 5  # TINY: tissue 32, detector 8 µm/px
+    assert prepared.mask_reads.pixels == (281 * 32) ** 2  # page 0 decoded once for the mask
+    result = cascade.grade_slide(path, mpp, budget.start_slide(), budget.costs, prepared)
+    assert result.source == "patches" and not result.degraded
+    assert result.pages == {"tissue": 5, "detector_base": 5, "detector": 5, "classifier": 1}
+    assert result.tissue is not None and result.tissue.any()
+    assert result.heatmap is not None and result.heatmap.windows > 0
+    assert len(result.grades) == len(result.hotspots) > 0
+    # the mask's decoding is charged to the slide and measured for the next ones
+    assert result.seconds["decode"] > 0 and result.decoded_mpx > (281 * 32) ** 2 / 1e6
+    assert budget.costs.decode.count == 1
+
+
+def test_the_tissue_decodes_what_its_share_of_the_slide_pays_for(cascade: Cascade) -> None:
+    costs = RunBudget(1.0, 1, cascade.config.budget).costs
+    costs.decode.update(0.01)  # 100 Mpx a second
+    assert cascade.config.budget.tissue_fraction == 0.25
+    assert cascade.tissue_pixels(100.0, costs) == pytest.approx(2.5e9)  # 25 s of 100 s
+
+
+def test_a_short_budget_samples_a_page_too_costly_to_shrink(
+    cascade: Cascade, flat_slide: tuple[Path, float], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The slide's 100 s pay for 20 Mpx at 1.25 s a megapixel, not the 81 Mpx of page 0: one
+    512-px block in 3 x 3 is decoded for the mask (6 x 6 of 18 x 18 blocks), and the slide is
+    still graded."""
+    path, mpp = flat_slide
+    budget, _ = _frozen_run(cascade, 100.0)
+    budget.costs.decode.update(1.25)
+    with caplog.at_level(logging.INFO, logger="stages.slide"):
+        result = cascade.grade_slide(path, mpp, budget.start_slide(), budget.costs)
+    assert "flat.tif: page 0 sampled, one 512-px block in 3 x 3 (36 blocks)" in caplog.text
+    assert result.source == "patches" and result.tissue is not None and result.tissue.any()
+    assert budget.costs.decode.count == 2  # the sample's 36 blocks measured too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -165,7 +166,16 @@ class FakeCascade:
     def read_ahead_bytes(self, allotment_s: float, costs: object) -> int:
         return 0
 
-    def prepare(self, path: Path, mpp: float | None, read_ahead_bytes: int = 0) -> Item:
+    def tissue_pixels(self, allotment_s: float, costs: object) -> float:
+        return math.inf
+
+    def prepare(
+        self,
+        path: Path,
+        mpp: float | None,
+        read_ahead_bytes: int = 0,
+        max_decoded: float = math.inf,
+    ) -> Item:
         if path.name in self.bad:
             raise OSError(f"{path.name}: unreadable")
         if path.name in self.slow:

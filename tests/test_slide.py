@@ -196,3 +196,61 @@ def test_truncated_tiff_fails_on_read_not_silently(
     assert [p.size for p in slide.pages] == [(3001, 2001)]
     with pytest.raises(SlideError, match=r"truncated\.tif: page 0: .*bad seek"):
         slide.read_page(0)  # the pixels past the cut do not: the read fails loudly
+
+
+def _box_means(pixels: np.ndarray, k: int, size: tuple[int, int]) -> np.ndarray:
+    """``(h, w, 3)`` int means of ``pixels``' ``k`` × ``k`` blocks, ``size = (w, h)`` of them."""
+    w, h = size
+    return pixels[: h * k, : w * k].astype(np.int64).reshape(h, k, w, k, 3).mean(axis=(1, 3))
+
+
+def test_a_single_page_over_the_cap_gets_the_levels_it_lacks(
+    tmp_path: Path, gradient_rgb: np.ndarray
+) -> None:
+    path = write_tiff(tmp_path / "flat.tif", gradient_rgb, mpp=0.25, pyramid=False)
+    slide = Slide(path, max_page_pixels=1_000_000)  # page 0 has 6 Mpx: no overview in the file
+    # the pages a pyramid of it has (test_pages_have_real_sizes), shrunk from page 0
+    assert [(p.size, p.tiff_page, p.source, p.shrink) for p in slide.pages] == [
+        ((3001, 2001), 0, None, 1),
+        ((1500, 1000), 0, 0, 2),
+        ((750, 500), 0, 0, 4),
+        ((375, 250), 0, 0, 8),
+    ]
+    assert slide.pages[3].scale == (3001 / 375, 2001 / 250)
+    assert slide.page_for_mpp(2.0) == 3
+    page0 = slide.read_page(0)
+    before = slide.reads.pixels
+    page3 = slide.read_page(3)
+    assert slide.reads.pixels - before == 375 * 250 * 64  # the source pixels decoded
+    assert np.abs(page3 - _box_means(page0, 8, (375, 250))).max() <= 1  # libvips' rounding
+    # a region across the bottom-right corner: the page's pixels, white outside
+    sx, sy = slide.pages[1].scale
+    region = slide.read_region(Box(2900, 1900, 100 * sx, 80 * sy), 1)
+    assert region.shape == (80, 100, 3)
+    inside = _box_means(page0[1900:2000, 2900:3000], 2, (50, 50))
+    assert np.abs(region[:50, :50] - inside).max() <= 1
+    assert (region[50:] == 255).all() and (region[:, 50:] == 255).all()
+    with pytest.raises(SlideError, match="page 2 is not in the file"):
+        slide.image(2)
+    # under the default cap (64 Mpx) the file's one page is the slide's (test_single_page_tiff)
+    assert len(Slide(path).pages) == 1
+
+
+def test_sample_page_decodes_one_block_in_step_squared(
+    tmp_path: Path, gradient_rgb: np.ndarray
+) -> None:
+    slide = Slide(write_tiff(tmp_path / "flat.tif", gradient_rgb, mpp=0.25, pyramid=False))
+    page0 = slide.read_page(0)
+    before = slide.reads.pixels
+    sample = slide.sample_page(0, 2)
+    # 6 x 4 blocks of 512 px (the last ones 441 and 465 px): blocks 1, 3, 5 of rows 1 and 3
+    assert sample.shape == (2, 3, 3)
+    for i, y in enumerate((1, 3)):
+        for j, x in enumerate((1, 3, 5)):
+            block = page0[y * 512 : (y + 1) * 512, x * 512 : (x + 1) * 512]
+            np.testing.assert_array_equal(sample[i, j], np.round(block.mean(axis=(0, 1))))
+    assert slide.reads.pixels - before == (512 + 512 + 441) * (512 + 465)
+    assert slide.sample_page(0, 9).shape == (1, 1, 3)  # one block: (min(4, 5), min(4, 3))
+    np.testing.assert_array_equal(
+        slide.sample_page(0, 9)[0, 0], np.round(page0[1536:, 2048:2560].mean(axis=(0, 1)))
+    )

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, write_tiff
+from conftest import DATA, REPO, write_tiff
 
 from stages.slide import Slide, SlideError
 from stages.tissue import (
@@ -18,6 +21,7 @@ from stages.tissue import (
     tissue_fraction,
     tissue_mask,
 )
+from training.data.synthetic import write_sparse_canvas
 
 TILES = DATA / "tiles"
 #: µm/pixel of the TCGA tiles: red cells in medium-nuclei-score-level0 are ~15 px across
@@ -285,3 +289,61 @@ def test_mask_for_slide_shrinks_a_fine_single_page(tmp_path: Path) -> None:
     assert _iou(mask, _disk(mask.shape, (500, 380), 300)) > 0.95
     with pytest.raises(SlideError, match="no page small enough"):
         mask_for_slide(slide, TissueConfig(max_page_pixels=1024 * 768 - 1))
+
+
+def test_mask_of_a_single_page_over_the_cap_from_the_levels_it_lacks(tmp_path: Path) -> None:
+    path = _write_slide(tmp_path / "s.tif", (2048, 1536), (1000, 700, 400), pyramid=False).path
+    config = TissueConfig(max_page_pixels=1_000_000)  # page 0 has 3.1 Mpx
+    slide = Slide(path, max_page_pixels=config.max_page_pixels)
+    assert [(p.size, p.shrink) for p in slide.pages] == [
+        ((2048, 1536), 1), ((1024, 768), 2), ((512, 384), 4)
+    ]  # fmt: skip
+    mask, index = mask_for_slide(slide, config)  # page 2 (8 µm/px): page 0 shrunk 4 times
+    assert index == 2 and mask.shape == (384, 512)
+    assert _iou(mask, _disk(mask.shape, (1000 / 4, 700 / 4), 400 / 4)) > 0.95
+    assert slide.reads.pixels == 2048 * 1536  # page 0 decoded whole, once
+    # a budget for a quarter of that: one 512-px block in 2 x 2 (blocks 1 and 3 of rows 1 and 2)
+    slide = Slide(path, max_page_pixels=config.max_page_pixels)
+    mask, index = mask_for_slide(slide, config, max_decoded=2048 * 1536 / 4)
+    assert slide.reads.pixels == 4 * 512 * 512
+    # each block's mean stands for 1024 x 1024 px of page 0, 256 x 256 px of page 2: only block
+    # (1, 1), inside the disk, is tissue (block (1, 2) holds a sliver of it, too pale on average)
+    expected = np.zeros((384, 512), bool)
+    expected[:256, :256] = True
+    assert index == 2
+    np.testing.assert_array_equal(mask, expected)
+
+
+#: A process finding the tissue of the slide ``argv[1]``: its mask's page and shape, the pixels
+#: decoded, and its peak memory in bytes (VmHWM: the maximum resident set of getrusage would
+#: count the parent's, which Linux carries over a fork and exec).
+_PEAK_SCRIPT = """
+import re, sys
+from pathlib import Path
+from stages.slide import Slide
+from stages.tissue import mask_for_slide
+slide = Slide(sys.argv[1])
+mask, index = mask_for_slide(slide)
+peak = int(re.search(r"VmHWM:\\s*(\\d+) kB", Path("/proc/self/status").read_text())[1]) * 1024
+print(index, *mask.shape, slide.reads.pixels, peak)
+"""
+
+
+def test_a_single_page_too_large_to_read_whole_is_shrunk_in_bounded_memory(
+    tmp_path: Path,
+) -> None:
+    """A conversion that forgot the pyramid: one 30,000 x 30,000 px page of 512-px JPEG tiles
+    (2.7 GB decoded; mostly glass, so written in seconds). Its mask comes from page 0 shrunk 64
+    times, decoded block by block, in a fraction of that memory."""
+    path = write_sparse_canvas(tmp_path / "flat.tif", 30_000, 30_000, 0.25, pyramid=False)
+    assert len(Slide(path).pages) == 7  # the file's one page and 6 halvings of it, to 468 px
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(path)],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    index, height, width, decoded, peak = map(int, done.stdout.split())
+    assert (index, height, width) == (6, 468, 468)  # 16 µm/px, the mask's target
+    assert decoded == (468 * 64) ** 2  # page 0 (its 29,952 px that page 6 covers), once
+    assert peak < 0.6e9, f"peak memory {peak / 1e9:.2f} GB for a page of 2.7 GB"

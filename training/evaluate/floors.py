@@ -67,7 +67,12 @@ def decode_floor(result: SlideResult, path: Path, mpp: float | None, assets: Ass
     page whole, the first ``heatmap.windows`` tissue windows of the detector page (as strips),
     and the patches of the graded hotspots."""
     config = assets.config
-    with Slide(path, mpp=mpp, default_mpp=config.default_mpp) as slide:
+    with Slide(
+        path,
+        mpp=mpp,
+        default_mpp=config.default_mpp,
+        max_page_pixels=config.tissue.max_page_pixels,
+    ) as slide:
         start = time.perf_counter()
         if "tissue" in result.pages:
             slide.read_page(result.pages["tissue"], config.tissue.max_page_pixels)

@@ -170,6 +170,7 @@ def write_sparse_canvas(
     mpp: float,
     tissue: SlideSpec | None = None,
     origin: tuple[int, int] = (0, 0),
+    pyramid: bool = True,
 ) -> Path:
     """A huge, mostly glass slide in the competition's format, written in seconds.
 
@@ -177,7 +178,8 @@ def write_sparse_canvas(
     level, 512 x 512 JPEG Q75 tiles), but every all-glass tile of every page points at one
     shared compressed tile; only the tiles that touch ``tissue`` (rendered by :func:`compose`
     into a temporary pyramid, its top-left at page-0 ``origin``) are encoded. The file is a few
-    MB plus the tissue.
+    MB plus the tissue. ``pyramid=False`` writes page 0 alone (a conversion that forgot the
+    pyramid).
     Returns ``path``.
     """
     path = Path(path)
@@ -194,7 +196,8 @@ def write_sparse_canvas(
     with tempfile.TemporaryDirectory() as tmp:
         levels = _tissue_levels(tissue, Path(tmp) / "tissue.tif") if tissue is not None else None
         pages = []
-        for level, (w, h) in enumerate(pyramid_sizes(width, height)):
+        sizes = pyramid_sizes(width, height) if pyramid else [(width, height)]
+        for level, (w, h) in enumerate(sizes):
             across, down = math.ceil(w / TILE_SIZE), math.ceil(h / TILE_SIZE)
             offsets = np.full(across * down, 8, np.uint32)
             counts = np.full(across * down, len(glass_tile), np.uint32)
