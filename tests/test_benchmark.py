@@ -14,8 +14,7 @@ from stages.cascade import Cascade
 from stages.config import load_assets, load_config
 from stages.detector import tissue_windows
 from stages.submission import read_table
-from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate.benchmark import (
+from training.bench.benchmark import (
     ASSET_SETS,
     Mode,
     mode_assets,
@@ -23,8 +22,9 @@ from training.evaluate.benchmark import (
     repeat_set,
     replace_block,
 )
-from training.evaluate.exhaustive import grade_exhaustively, sample_evenly, top_tiles
-from training.evaluate.floors import compute_floor, network_flops
+from training.bench.exhaustive import grade_exhaustively, sample_evenly, top_tiles
+from training.bench.floors import compute_floor, network_flops
+from training.data.synthetic import SynthConfig, generate_dataset
 
 
 def test_mode_assets_change_only_the_budget_and_link_the_weights(

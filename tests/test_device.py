@@ -27,7 +27,7 @@ from stages.device import (
     probe,
 )
 from stages.submission import classes_by_filename, read_table
-from training.evaluate import gpu_smoke
+from training.bench import gpu_smoke
 
 #: torch 2.14.1's CUDA 13.0 build.
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]

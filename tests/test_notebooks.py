@@ -24,9 +24,9 @@ from stages.submission import classes_by_filename, read_table
 from training.data.dataset import read_training_set
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.evaluate.cohort import budget_sweep, cohort_table, load_run
-from training.evaluate.inspection import run_table
 from training.fit.classifier import patch_score
 from training.fit.decision import run_cascade
+from training.inspect.inspection import run_table
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 

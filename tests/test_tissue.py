@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, write_tiff
+from conftest import REFERENCE, write_tiff
 
 from stages.slide import Slide, SlideError
 from stages.tissue import (
@@ -19,7 +19,7 @@ from stages.tissue import (
     tissue_mask,
 )
 
-TILES = DATA / "tiles"
+TILES = REFERENCE / "tiles"
 #: µm/pixel of the TCGA tiles: red cells in medium-nuclei-score-level0 are ~15 px across
 #: (7.5 µm); nuclei in the level-1 tile are half the size of those in the level-0 tiles.
 LEVEL0_MPP, LEVEL1_MPP = 0.5, 1.0

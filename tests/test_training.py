@@ -32,7 +32,6 @@ from stages.slide import Slide
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
-from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector, head
 from training.fit.classifier import ClassifierModule, fit_temperature, freeze_encoder
@@ -49,6 +48,7 @@ from training.fit.common import (
     start_weights,
     val_workers,
 )
+from training.fit.hard_negatives import mine_hard_negatives
 from training.pack.export import assemble, export
 
 RECIPE = TEST_RECIPE
@@ -491,7 +491,7 @@ def test_a_fit_on_a_gpu_ships_cost_priors_measured_on_the_cpu(
 
 
 def test_train_speed_times_each_stage_three_ways(cache: Cache, tmp_path: Path) -> None:
-    from training.evaluate import train_speed
+    from training.bench import train_speed
     from training.pipeline import Recipe
 
     recipe = Recipe(2, replace(FAST, batch_size=4), replace(FAST, batch_size=8))

@@ -35,11 +35,11 @@ from training.cli import command_parser, setup_logging
 from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
 from training.data.dataset import METADATA
-from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
 from training.fit.common import TrainOptions, option_args
 from training.fit.decision import fit_stage
+from training.fit.hard_negatives import mine_hard_negatives
 from training.pack.export import PRESETS, export, load_recipe
 
 log = logging.getLogger(__name__)

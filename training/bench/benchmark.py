@@ -1,6 +1,6 @@
 """Speed against exhaustive tiling, side by side on the same slides: ``make benchmark``.
 
-``python -m training.evaluate.benchmark OUT [--sets heldout,real,canvas,real2] [--limits]
+``python -m training.bench.benchmark OUT [--sets heldout,real,canvas,real2] [--limits]
 [--modes "NAME;NAME…"] [--assets assets] [--device cpu] [--workers N] [--publish DIR]
 [--readme README.md]``
 
@@ -10,7 +10,7 @@ between runs):
 * ``heldout``: 48 generated test-layout slides (seed 3001, as ``make evaluate``; no step of
   training or fitting saw them);
 * ``real``: six slides at the real sizes, µm/pixel and annotation layouts of 10–13 gigapixel
-  rows of ``tests/data/tissuenet/train_metadata.csv`` (``--layout`` at scale 1);
+  rows of ``training/data/reference/tissuenet/train_metadata.csv`` (``--layout`` at scale 1);
 * ``canvas``: the 271,950 × 294,038 px row of the same file, generated the same way.
 
 Modes, each a process of its own on each set (its peak memory: the highest ``VmHWM`` of
@@ -78,17 +78,17 @@ from stages.config import CascadeConfig, load_assets, load_config, save_config
 from stages.decision import decide_slide
 from stages.metric import score
 from stages.submission import classes_by_filename, classes_from_onehot, read_table
+from training.bench.exhaustive import top_tiles
+from training.bench.floors import compute_floor, decode_floor, matmul_gflops, network_flops
 from training.cli import command_parser, setup_logging
 from training.data.synthetic import layout_specs, sample_specs, write_dataset
-from training.evaluate.exhaustive import top_tiles
-from training.evaluate.floors import compute_floor, decode_floor, matmul_gflops, network_flops
 from training.fit.decision import Evidence, fit_decision
 from training.process import high_water_kb
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-LAYOUT = REPO / "tests" / "data" / "tissuenet"
+LAYOUT = REPO / "training" / "data" / "reference" / "tissuenet"
 #: Rows of the real metadata reproduced at scale 1: six typical 10–13 gigapixel slides of
 #: classes 0–3, and one of the 271,950 × 294,038 px canvases.
 REAL_ROWS = (
@@ -366,7 +366,7 @@ def run_mode(
         if mode.sample_tiles is not None:
             extra += ["--sample-tiles", str(mode.sample_tiles)]
         code, wall, peak = run_main(
-            data, out, assets, device, *extra, module="training.evaluate.exhaustive"
+            data, out, assets, device, *extra, module="training.bench.exhaustive"
         )
     else:
         if not mode.prefetch:
@@ -640,7 +640,7 @@ def _matmul_rate(device: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.benchmark", __doc__)
+    parser = command_parser("training.bench.benchmark", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--sets", default="heldout,real,canvas,real2")
     parser.add_argument("--modes", default=None, help="mode names separated by ';' (default all)")

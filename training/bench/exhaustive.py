@@ -1,6 +1,6 @@
 """The brute-force baseline: the trained patch classifier on every tissue patch of a slide.
 
-``python -m training.evaluate.exhaustive DATA OUT [--assets assets] [--device cpu]
+``python -m training.bench.exhaustive DATA OUT [--assets assets] [--device cpu]
 [--sample-tiles N]``
 
 Many TissueNet entries tiled the whole tissue at high resolution and classified every tile. This
@@ -167,7 +167,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.exhaustive", __doc__)
+    parser = command_parser("training.bench.exhaustive", __doc__)
     parser.add_argument("data", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--assets", type=Path, default=Path("assets"))

@@ -1,11 +1,11 @@
 """Training at the real data's scale, measured: ``make train-scale``.
 
-``python -m training.evaluate.train_scale OUT [--counts 32 128 512] [--steps 300] [--publish DIR]``
+``python -m training.bench.train_scale OUT [--counts 32 128 512] [--steps 300] [--publish DIR]``
 
 For training sets of growing size (``--counts`` small generated slides, one cache whose first
 slides are the smaller sets), plus slides generated at the real sizes of rows of the real
 metadata (two typical 10–13 gigapixel slides and a 271,950 × 294,038 px canvas, from
-``tests/data/tissuenet``), it measures and prints:
+``training/data/reference/tissuenet``), it measures and prints:
 
 * cache bytes per slide and cache seconds per slide (one process, this machine);
 * the peak RSS and the most open file descriptors of the detector and the classifier training
@@ -44,11 +44,11 @@ import pandas as pd
 import psutil
 import torch
 
+from training.bench.benchmark import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
 from training.cli import command_parser, setup_logging
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, build_cache, write_index
 from training.data.synthetic import SynthConfig, layout_specs, sample_specs, write_dataset
-from training.evaluate.benchmark import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
 from training.fit import classifier, detector
 from training.pack.export import load_recipe
 from training.process import high_water_kb, resident_kb
@@ -374,7 +374,7 @@ def report(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.train_scale", __doc__)
+    parser = command_parser("training.bench.train_scale", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--counts", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--steps", type=int, default=150, help="training steps per process")

@@ -1,6 +1,6 @@
 """Training throughput on the training device, against the loader's rate: ``make train-speed``.
 
-``python -m training.evaluate.train_speed OUT [--config standard] [--data TRAIN] [--steps 300]
+``python -m training.bench.train_speed OUT [--config standard] [--data TRAIN] [--steps 300]
 [--accelerator auto] [--workers -1] [--publish DIR]``
 
 On the cache of a training folder (``--data``, else ``--slides`` generated slides, seed 1000,
@@ -42,10 +42,10 @@ import torch
 from torch.utils.data import Dataset
 
 from stages.config import CascadeConfig
+from training.bench.benchmark import machine, plain_markdown
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache, CacheConfig, build_cache
 from training.data.synthetic import sample_specs, write_dataset
-from training.evaluate.benchmark import machine, plain_markdown
 from training.fit import classifier, detector
 from training.fit.common import (
     EpochDraws,
@@ -291,7 +291,7 @@ def prepare_cache(out: Path, data: Path | None, recipe: str, slides: int, worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.train_speed", __doc__)
+    parser = command_parser("training.bench.train_speed", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--config", default="standard", choices=sorted(RECIPES))
     parser.add_argument("--data", type=Path, default=None, help="a training folder to cache")

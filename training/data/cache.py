@@ -20,7 +20,7 @@ last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
   jittered inside each annotation square (its class) and, on label-0 slides, on random tissue
   (class 0); ``patches.csv`` says which is which (kind, class, page-0 centre);
 * ``hard.npy`` / ``hard.csv``: hard negatives, added later by
-  :mod:`training.data.hard_negatives`.
+  :mod:`training.fit.hard_negatives`.
 
 ``slides.csv`` (one row per cached slide, with its fold, fragments, bytes on disk and seconds) and
 ``patches.csv`` (every patch) index the cache; ``cache.json`` holds the settings (the y-flip

@@ -4,7 +4,7 @@
 
 Patches (:mod:`training.data.cache`): jittered inside annotation squares (the square's class),
 random tissue of label-0 slides (class 0) and hard negatives, the detector's top hotspots on
-label-0 slides (class 0, :mod:`training.data.hard_negatives`). Each is cut ``crop_factor``
+label-0 slides (class 0, :mod:`training.fit.hard_negatives`). Each is cut ``crop_factor``
 larger, augmented and centre-cropped (:mod:`training.data.augment`).
 
 Loss: plain cross-entropy on class-balanced draws (each training item picks a class uniformly,

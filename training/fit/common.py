@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_WEIGHTS = ("none", "imagenet")
 #: Most loader workers a training process gets by itself: one core read and augmented ~250
-#: standard-preset patches/s here (``training.evaluate.train_speed``), and a ResNet-18 on a
+#: standard-preset patches/s here (``training.bench.train_speed``), and a ResNet-18 on a
 #: current GPU consumes 3,000 or more, so a 16-core one-GPU node needs its 15.
 MAX_WORKERS = 16
 #: A validation loader's share of the training loader's workers: it reads a small fixed set

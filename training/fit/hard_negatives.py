@@ -1,6 +1,6 @@
 """Hard negatives from stage 1: what the trained detector would send stage 2 on benign slides.
 
-``python -m training.data.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
+``python -m training.fit.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
 
 For every cached label-0 slide, the trained detector runs over the cached detector page with
 the cascade's own code (:meth:`training.data.cache.CachedSlide.hotspots`); the top
@@ -96,7 +96,7 @@ def mine_hard_negatives(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.data.hard_negatives", __doc__)
+    parser = command_parser("training.fit.hard_negatives", __doc__)
     parser.add_argument("cache", type=Path)
     parser.add_argument("data", type=Path, help="the training folder the cache was built from")
     parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")

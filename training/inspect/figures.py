@@ -23,9 +23,9 @@ from stages.nets import to_unit
 from training.data.augment import BatchAugment
 from training.data.cache import Cache
 from training.data.targets import IGNORE
-from training.evaluate.inspection import GRADE_COLOURS, GRADE_NAMES
 from training.fit.classifier import PatchSet
 from training.fit.detector import WindowSet
+from training.inspect.inspection import GRADE_COLOURS, GRADE_NAMES
 
 #: Colours of target classes 0–3 (transparent for 0) for overlays.
 TARGET_CMAP = ListedColormap([(0, 0, 0, 0), *GRADE_COLOURS[1:]])
