@@ -30,6 +30,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	# imports go one way (pyproject.toml, [tool.importlinter])
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
@@ -89,12 +91,12 @@ $(EVAL)/train/train_metadata.csv: | setup
 
 # Speed against exhaustive tiling, side by side: every mode on held-out, real-size and canvas
 # slides, then the score under time limits. Slides and runs go to $(BENCH); the table and plots
-# are copied to training/evaluate/results and the README's table is rewritten. About an hour on
-# the 2-core CPU, a third of it generating the real-size slides (kept for the next run).
+# are copied to training/evaluate/results and docs/benchmarks.md's table is rewritten. About an
+# hour on the 2-core CPU, a third of it generating the real-size slides (kept for the next run).
 BENCH := build/benchmark
 benchmark: setup
 	$(PY) -m training.bench.benchmark $(BENCH) --limits --publish training/evaluate/results \
-		--readme README.md
+		--docs docs/benchmarks.md
 
 # Slides per hour with 1 and 2 Ray workers on this machine against main.py, on make benchmark's
 # held-out and real-size sets (generated under $(BENCH) if absent, then kept).

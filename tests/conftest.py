@@ -27,7 +27,8 @@ import pyvips
 import torch
 
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.pack.export import TINY, init_assets
+from training.pack.export import init_assets
+from training.presets import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"

@@ -14,16 +14,11 @@ from stages.cascade import Cascade
 from stages.config import load_assets, load_config
 from stages.detector import tissue_windows
 from stages.submission import read_table
-from training.bench.benchmark import (
-    ASSET_SETS,
-    Mode,
-    mode_assets,
-    modes,
-    repeat_set,
-    replace_block,
-)
 from training.bench.exhaustive import grade_exhaustively, sample_evenly, top_tiles
 from training.bench.floors import compute_floor, network_flops
+from training.bench.modes import ASSET_SETS, Mode, mode_assets, modes
+from training.bench.publish import replace_block
+from training.bench.sets import repeat_set
 from training.data.synthetic import SynthConfig, generate_dataset
 
 

@@ -38,7 +38,8 @@ from training.data.cache import (
 )
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
-from training.fit.common import TrainOptions, learning_curves, make_loader
+from training.fit.common import learning_curves, make_loader
+from training.presets import TrainOptions
 
 SMALL = CacheConfig(square_patches=2, benign_patches=4, hard_negatives=2)
 FAST = TrainOptions(epochs=1, batch_size=4, samples=8, workers=0, patience=10)

@@ -42,7 +42,7 @@ from training.data.synthetic import (
     slide_annotations,
     write_dataset,
 )
-from training.pack.export import load_recipe
+from training.presets import load_preset
 
 TINY = SynthConfig(class_mix=(0.1, 0.3, 0.3, 0.3), size_range=(3000, 4000))
 
@@ -200,7 +200,7 @@ def test_cli_prints_coverage_and_scores(tiny_train: Path, capsys: pytest.Capture
 
 # -- geometry: metadata against TIF sizes, and the y-flip convention -----------------------------
 
-TISSUE = load_recipe("tiny").tissue
+TISSUE = load_preset("tiny").cascade.tissue
 
 
 def test_box_coverage_counts_mask_pixel_centres_and_glass_outside() -> None:

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from stages.classifier import ClassifierConfig, PatchClassifier, grade
 from stages.config import load_assets
 from stages.encoders import (
-    RECIPES,
+    ENCODER_CARDS,
     build_timm_encoder,
     load_encoder_checkpoint,
     sha256,
@@ -142,7 +142,7 @@ def test_the_recipes_build_the_model_cards_networks() -> None:
     """Each recipe's timm arguments make the feature width its model card states (built on the
     meta device: no memory, no weights)."""
     with torch.device("meta"):
-        for name, recipe in RECIPES.items():
+        for name, recipe in ENCODER_CARDS.items():
             config = ClassifierConfig(
                 encoder=recipe.model,
                 source="timm",

@@ -21,7 +21,7 @@ from stages.config import load_config
 from stages.decision import decide_slide
 from stages.metric import score
 from stages.submission import classes_by_filename, read_table, validate
-from training.bench.benchmark import STARTUP_S, startup_s
+from training.bench.runner import STARTUP_S, startup_s
 from training.data.synthetic import SynthConfig, generate_dataset
 
 pytestmark = pytest.mark.slow

@@ -1,6 +1,7 @@
 """Decode each training slide once into an on-disk cache, so that epochs never read a TIFF.
 
-``python -m training.data.cache DATA_DIR CACHE_DIR [--folds 4] [--by-centre] [--config FILE]``
+``python -m training.data.cache DATA_DIR CACHE_DIR [--folds 4] [--by-centre]
+[--preset NAME|FILE.json]``
 
 Per slide, in ``CACHE_DIR/<stem>/`` (written to temporary names, then renamed; ``slide.json``
 last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
@@ -65,6 +66,7 @@ from training.cli import command_parser, setup_logging
 from training.data.annotations import Y_FLIPS
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.targets import detector_target, jittered_centres, tissue_points
+from training.presets import load_preset
 
 log = logging.getLogger(__name__)
 
@@ -674,7 +676,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cache command's arguments (``DATA OUT`` and its settings), for :func:`from_arguments`."""
     parser.add_argument("data", type=Path, help="training folder (train_*.csv and the TIFs)")
     parser.add_argument("out", type=Path, help="cache folder (resumed when it exists)")
-    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
+    parser.add_argument("--preset", default="tiny", help="preset name or JSON file (its cascade)")
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
     parser.add_argument("--seed", type=int, default=0)
@@ -698,8 +701,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_serially) -> int:
     """Build the cache that :func:`add_arguments`' ``args`` describe with ``runner``; prints the
     slides per fold and label."""
-    from training.pack.export import load_recipe
-
     config = CacheConfig(
         square_patches=args.square_patches,
         benign_patches=args.benign_patches,
@@ -707,9 +708,8 @@ def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_seriall
         y_flip=args.y_flip,
         seed=args.seed,
     )
-    slides = build_cache(
-        args.data, args.out, load_recipe(args.config), config, args.folds, args.by_centre, runner
-    )
+    cascade = load_preset(args.preset).cascade
+    slides = build_cache(args.data, args.out, cascade, config, args.folds, args.by_centre, runner)
     counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
     print(f"cached {len(slides)} slides in {args.out}; slides per fold and label:\n{counts}")
     if len(slides):

@@ -15,8 +15,8 @@ of an annotated lesion square can be read at low resolution (page nearest 4 µm/
 or only at high resolution (128 px windows of the page nearest 0.5 µm/px, stage 2's): a random
 forest on generic colour / gradient / texture statistics, cross-validated by slide.
 
-CLI: ``python -m training.data.check DIR [--config tiny] [--out DIR] [--seed S --slides N
---class-mix ... --size-range MIN MAX]`` (``--config``: the cascade preset or config file whose
+CLI: ``python -m training.data.check DIR [--preset tiny] [--out DIR] [--seed S --slides N
+--class-mix ... --size-range MIN MAX]`` (``--preset``: the preset name or JSON file whose
 tissue mask measures coverage; ``--out``: also write the geometry tables as CSV; the rest are
 the generator's options, to rebuild a generated folder's specs).
 """
@@ -43,6 +43,7 @@ from training.data.annotations import Y_FLIPS, Annotation, parse_annotations
 from training.data.synthetic.maps import render_maps
 from training.data.synthetic.sampling import SynthConfig, add_generator_options, sample_specs
 from training.data.synthetic.spec import LESION_TISSUE, SlideSpec, Tissue, slide_annotations
+from training.presets import load_preset
 
 log = logging.getLogger(__name__)
 
@@ -512,10 +513,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("data_dir", type=Path)
     parser.add_argument(
-        "--config",
+        "--preset",
         default="tiny",
-        help="cascade preset or config JSON whose tissue mask measures coverage (default: tiny)",
+        help="preset name or JSON file whose tissue mask measures coverage (default: tiny)",
     )
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     parser.add_argument(
         "--out", type=Path, help="also write geometry_slides.csv and geometry_squares.csv here"
     )
@@ -529,10 +531,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_generator_options(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from training.pack.export import load_recipe
-
     try:
-        cascade = load_recipe(args.config)
+        cascade = load_preset(args.preset).cascade
         metadata = pd.read_csv(args.data_dir / "train_metadata.csv")
         slides_frame, squares_frame, verdict = geometry_report(
             args.data_dir, cascade.tissue, cascade.default_mpp

@@ -49,14 +49,8 @@ from stages.metric import N_CLASSES, score
 from stages.nets import pick_precision
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache
-from training.fit.common import (
-    command_line,
-    load_stage_model,
-    read_stage,
-    save_stage,
-    stage_cascade,
-)
-from training.pack.export import write_assets
+from training.fit.common import command_line
+from training.stageio import load_stage_model, read_stage, save_stage, stage_cascade, write_assets
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from stages.device import choose_device
 from stages.slide import Slide
 from training.cli import command_parser, setup_logging
 from training.data.cache import HARD, Cache, CachedSlide, crop_size, write_index
-from training.fit.common import load_stage_model, stage_cascade
+from training.stageio import load_stage_model, stage_cascade
 
 log = logging.getLogger(__name__)
 
