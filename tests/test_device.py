@@ -15,7 +15,6 @@ from conftest import write_tiff
 from stages import cascade as cascade_module
 from stages import device as device_module
 from stages import runtime
-from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
 from stages.device import (
@@ -26,6 +25,7 @@ from stages.device import (
     driver_version,
     probe,
 )
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
 from training.bench import gpu_smoke
 

@@ -15,13 +15,14 @@ import torch
 from shapely.geometry import Polygon, shape
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade, SlideResult
+from stages.cascade import Cascade
 from stages.classifier import read_patches
 from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geojson import GRADES, GRID, feature_id, slide_features, write_geojson
 from stages.geometry import Box
 from stages.hotspots import Hotspot
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
 from training.data.synthetic import SynthConfig, generate_dataset, sample_specs

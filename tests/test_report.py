@@ -13,10 +13,11 @@ from matplotlib.figure import Figure
 
 from stages import runtime
 from stages.budget import RunBudget
-from stages.cascade import Cascade, Hotspot, SlideResult
+from stages.cascade import Cascade, Hotspot
 from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geometry import Box
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.inspect import figures, inspection

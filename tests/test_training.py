@@ -21,13 +21,13 @@ import torch
 from conftest import REAL_TISSUENET, TEST_RECIPE
 from torch.utils.data import default_collate
 
-from stages.cascade import SlideResult
 from stages.classifier import PatchClassifier
 from stages.config import load_assets
 from stages.detector import build_detector
 from stages.geometry import Box
 from stages.metric import score
 from stages.nets import inference, save_weights
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size

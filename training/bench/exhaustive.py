@@ -15,7 +15,7 @@ does the same with the cascade's own parts, so that only the strategy differs:
   ``budget.max_k`` tiles most likely to hold a lesion (1 − p0), as the cascade's hotspots are
   ranked, with no heatmap evidence.
 
-Each slide's :class:`stages.cascade.SlideResult` (``grades``: every tile's probabilities,
+Each slide's :class:`stages.result.SlideResult` (``grades``: every tile's probabilities,
 ``seconds`` by stage) is saved to ``OUT/maps`` as ``main.py --save-heatmaps`` does, and the
 classes to ``OUT/submission.csv``.
 
@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.cascade import Cascade, SlideResult, StageClock, fallback_result
+from stages.cascade import Cascade, StageClock
 from stages.classifier import grade
 from stages.config import load_assets
 from stages.decision import decide_slide
 from stages.detector import read_windows, tissue_windows
 from stages.nets import PRECISIONS
+from stages.result import SlideResult, fallback_result
 from stages.runtime import FORMAT_NAME, METADATA_NAME
 from stages.submission import build_submission, read_format, read_metadata, write_submission
 from training.cli import command_parser, setup_logging

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stages.cascade import SlideResult
 from stages.config import CascadeConfig, load_assets, load_config
 from stages.decision import decide_slide
 from stages.metric import score
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
 from training.bench.exhaustive import top_tiles
 from training.bench.floors import compute_floor, decode_floor, matmul_gflops, network_flops

@@ -21,8 +21,8 @@ import json
 import logging
 from pathlib import Path
 
-from stages.cascade import SlideResult
 from stages.geojson import DEFAULT_LEVELS, invalid_features, result_features, write_geojson
+from stages.result import SlideResult
 from training.cli import command_parser, setup_logging
 from training.data.annotations import parse_annotations
 

@@ -31,10 +31,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from stages.cascade import SlideResult
 from stages.classifier import read_patches
 from stages.decision import expected_costs
 from stages.metric import ERROR_MATRIX, confusion_matrix, score
+from stages.result import SlideResult
 from stages.slide import Slide
 from stages.submission import classes_by_filename, read_table
 from training.cli import command_parser, setup_logging
