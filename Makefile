@@ -114,7 +114,7 @@ gpu-smoke: setup
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache
 
-# --- Submission: pack, run as the runtime does, score (logic and tests: training/pack/package.py) ---
+# --- Submission: pack, run as the runtime does, score (logic: training/pack/; tests: test_package) ---
 # make pack-submission [FORCE=1]                  submission/submission.zip: main.py, stages/, assets/
 # make test-submission [DATA=dir] [TIME_LIMIT=s]  unzip to a fresh root, data/ read-only, no network
 # make score [LABELS=csv]                         score submission/submission.csv

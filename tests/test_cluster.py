@@ -46,7 +46,7 @@ from training.cluster.pool import (
 )
 from training.data.cache import CacheConfig, build_cache
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
+from training.pack.guard import blocked_modules, runtime_distributions, unresolved_imports
 from training.stageio import save_stage
 
 pytestmark = pytest.mark.slow

@@ -28,7 +28,8 @@ from stages.encoders import (
 )
 from stages.nets import AssetsError
 from training.pack import export
-from training.pack.package import check_outcome, pack, run_local
+from training.pack.package import pack
+from training.pack.sandbox import check_outcome, run_local
 
 #: A UNI-like ViT (class token, patch 16), small: the timm layout with its hub config.
 VIT = "vit_tiny_patch16_224"
