@@ -18,15 +18,7 @@ from conftest import REAL_TISSUENET as REAL
 from stages.geometry import Box
 from stages.slide import Slide
 from training.data.annotations import annotations_frame
-from training.data.check import (
-    box_coverage,
-    flip_verdict,
-    geometry_report,
-    image_features,
-    main,
-    resolution_check,
-    square_coverage,
-)
+from training.data.check import box_coverage, flip_verdict, geometry_report, main
 from training.data.convert import save_competition_tiff
 from training.data.dataset import read_training_set
 from training.data.synthetic import (
@@ -42,6 +34,7 @@ from training.data.synthetic import (
     slide_annotations,
     write_dataset,
 )
+from training.data.synthetic.truth import image_features, resolution_check, square_coverage
 from training.presets import load_preset
 
 TINY = SynthConfig(class_mix=(0.1, 0.3, 0.3, 0.3), size_range=(3000, 4000))
