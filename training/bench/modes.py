@@ -100,7 +100,7 @@ def build_asset_set(name: str, out: Path, shipped: Path) -> Path:
         return target
     preset, recipe = ASSET_SETS[name]
     if recipe is None:
-        return init_assets(target, PRESETS[preset], note=f"{preset} preset, random weights")
+        return init_assets(target, PRESETS[preset].cascade, note=f"{preset} preset, random weights")
     base = load_assets(shipped, torch.device("cpu"))
     card = ENCODER_CARDS[recipe]
     torch.manual_seed(0)
