@@ -30,6 +30,8 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	# imports go one way (pyproject.toml, [tool.importlinter])
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
@@ -48,7 +50,7 @@ $(DEMO)/data/submission_format.csv: | setup
 # The demo's run as one HTML report (labels, overviews, patches), opened in headless Chromium;
 # its screenshot and the worst slide's overview go to training/evaluate/results for the README.
 report: demo
-	$(PY) -m training.evaluate.report $(DEMO)/heatmaps --out $(DEMO)/report.html \
+	$(PY) -m training.inspect.report $(DEMO)/heatmaps --out $(DEMO)/report.html \
 		--labels $(DEMO)/data/test_labels.csv --data $(DEMO)/data \
 		--screenshot training/evaluate/results/report.png \
 		--overlay training/evaluate/results/overlay.png
@@ -65,7 +67,7 @@ train: setup
 # to the 1,015-slide set. Slides and caches go to $(SCALE) and are reused by a rerun.
 SCALE := build/train-scale
 train-scale: setup
-	$(PY) -m training.evaluate.train_scale $(SCALE) --publish training/evaluate/results
+	$(PY) -m training.bench.train_scale $(SCALE) --publish training/evaluate/results
 
 # Training throughput of the standard preset on the training device (the GPU when there is one;
 # minutes there, hours on a CPU): per stage, the loader alone, the network on batches held in
@@ -73,7 +75,7 @@ train-scale: setup
 # go to $(SPEED); the table to training/evaluate/results/train_speed.md.
 SPEED := build/train-speed
 train-speed: setup
-	$(PY) -m training.evaluate.train_speed $(SPEED) --publish training/evaluate/results
+	$(PY) -m training.bench.train_speed $(SPEED) --publish training/evaluate/results
 
 # The shipped assets on held-out generated slides (seeds never used in training): the cascade's
 # score beside the detector-only and always-1 scores, and hotspot recall@k of annotated squares.
@@ -89,17 +91,17 @@ $(EVAL)/train/train_metadata.csv: | setup
 
 # Speed against exhaustive tiling, side by side: every mode on held-out, real-size and canvas
 # slides, then the score under time limits. Slides and runs go to $(BENCH); the table and plots
-# are copied to training/evaluate/results and the README's table is rewritten. About an hour on
-# the 2-core CPU, a third of it generating the real-size slides (kept for the next run).
+# are copied to training/evaluate/results and docs/benchmarks.md's table is rewritten. About an
+# hour on the 2-core CPU, a third of it generating the real-size slides (kept for the next run).
 BENCH := build/benchmark
 benchmark: setup
-	$(PY) -m training.evaluate.benchmark $(BENCH) --limits --publish training/evaluate/results \
-		--readme README.md
+	$(PY) -m training.bench.benchmark $(BENCH) --limits --publish training/evaluate/results \
+		--docs docs/benchmarks.md
 
 # Slides per hour with 1 and 2 Ray workers on this machine against main.py, on make benchmark's
 # held-out and real-size sets (generated under $(BENCH) if absent, then kept).
 cluster-benchmark: setup
-	$(PY) -m training.evaluate.scaling $(BENCH) --publish training/evaluate/results
+	$(PY) -m training.bench.scaling $(BENCH) --publish training/evaluate/results
 
 # Does this machine's GPU run the whole product? main.py on the GPU in float16 and float32 against
 # the CPU, a short GPU training run, the GPU-trained assets graded, the benchmark's GPU mode: one
@@ -107,12 +109,12 @@ cluster-benchmark: setup
 # exit status 4. Work files go to $(GPU_SMOKE).
 GPU_SMOKE := build/gpu-smoke
 gpu-smoke: setup
-	$(PY) -m training.evaluate.gpu_smoke $(GPU_SMOKE)
+	$(PY) -m training.bench.gpu_smoke $(GPU_SMOKE)
 
 clean:
 	rm -rf build submission .pytest_cache .ruff_cache
 
-# --- Submission: pack, run as the runtime does, score (logic and tests: training/pack/package.py) ---
+# --- Submission: pack, run as the runtime does, score (logic: training/pack/; tests: test_package) ---
 # make pack-submission [FORCE=1]                  submission/submission.zip: main.py, stages/, assets/
 # make test-submission [DATA=dir] [TIME_LIMIT=s]  unzip to a fresh root, data/ read-only, no network
 # make score [LABELS=csv]                         score submission/submission.csv

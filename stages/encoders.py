@@ -10,7 +10,7 @@ slide is read, and :func:`load_encoder_checkpoint` reads the layouts the model c
 those wrapped in ``model`` / ``state_dict`` / ``teacher`` or prefixed ``module.`` /
 ``backbone.``), converting them with timm's own checkpoint filter of the model's family.
 
-:data:`RECIPES` are the foundation models' timm arguments, input size and normalisation, as
+:data:`ENCODER_CARDS` are the foundation models' timm arguments, input size and normalisation, as
 their model cards give them (README, "Stage 2 encoders").
 """
 
@@ -41,7 +41,7 @@ Kwarg = bool | int | float | str
 
 
 @dataclass(frozen=True)
-class Recipe:
+class EncoderCard:
     """A foundation model as its model card builds it: timm ``model`` with ``kwargs``, input
     ``size`` px at ``mpp`` µm/px, normalisation, pooling, feature width, licence and source."""
 
@@ -58,14 +58,14 @@ class Recipe:
 
 
 _SWIGLU: dict[str, Kwarg] = {"mlp_layer": "SwiGLUPacked", "act_layer": "silu"}
-RECIPES: dict[str, Recipe] = {
-    "uni": Recipe(
+ENCODER_CARDS: dict[str, EncoderCard] = {
+    "uni": EncoderCard(
         "vit_large_patch16_224",
         {"img_size": 224, "patch_size": 16, "init_values": 1e-5, "dynamic_img_size": True},
         224, IMAGENET_MEAN, IMAGENET_STD, "token", 1024,
         "CC-BY-NC-ND 4.0, gated", "huggingface.co/MahmoodLab/UNI, pytorch_model.bin",
     ),
-    "uni2-h": Recipe(
+    "uni2-h": EncoderCard(
         "vit_giant_patch14_224",
         {"img_size": 224, "patch_size": 14, "depth": 24, "num_heads": 24, "init_values": 1e-5,
          "embed_dim": 1536, "mlp_ratio": 2.66667 * 2, "no_embed_class": True, "reg_tokens": 8,
@@ -73,26 +73,26 @@ RECIPES: dict[str, Recipe] = {
         224, IMAGENET_MEAN, IMAGENET_STD, "token", 1536,
         "CC-BY-NC-ND 4.0, gated", "huggingface.co/MahmoodLab/UNI2-h, pytorch_model.bin",
     ),
-    "virchow2": Recipe(
+    "virchow2": EncoderCard(
         "vit_huge_patch14_224",
         {"img_size": 224, "init_values": 1e-5, "mlp_ratio": 5.3375, "reg_tokens": 4,
          "dynamic_img_size": True, **_SWIGLU},
         224, IMAGENET_MEAN, IMAGENET_STD, "token+avg", 2560,
         "CC-BY-NC-ND 4.0, gated", "huggingface.co/paige-ai/Virchow2, pytorch_model.bin",
     ),
-    "h-optimus-0": Recipe(
+    "h-optimus-0": EncoderCard(
         "vit_giant_patch14_reg4_dinov2",
         {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
         224, (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517), "token", 1536,
         "Apache 2.0", "huggingface.co/bioptimus/H-optimus-0, pytorch_model.bin",
     ),
-    "h-optimus-1": Recipe(
+    "h-optimus-1": EncoderCard(
         "vit_giant_patch14_reg4_dinov2",
         {"img_size": 224, "init_values": 1e-5, "dynamic_img_size": False},
         224, (0.707223, 0.578729, 0.703617), (0.211883, 0.230117, 0.177517), "token", 1536,
         "non-commercial, gated", "huggingface.co/bioptimus/H-optimus-1, pytorch_model.bin",
     ),
-    "prov-gigapath": Recipe(
+    "prov-gigapath": EncoderCard(
         "vit_giant_patch14_dinov2",
         {"img_size": 224, "in_chans": 3},
         224, IMAGENET_MEAN, IMAGENET_STD, "token", 1536,

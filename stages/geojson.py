@@ -52,7 +52,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 from stages.geometry import Box
 
 if TYPE_CHECKING:
-    from stages.cascade import SlideResult
+    from stages.result import SlideResult
 
 log = logging.getLogger(__name__)
 

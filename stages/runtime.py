@@ -34,13 +34,14 @@ import pyvips
 import torch
 
 from stages.budget import RunBudget, SlideBudget
-from stages.cascade import Cascade, Prepared, SlideResult, grade_or_fallback
+from stages.cascade import Cascade, Prepared, grade_or_fallback
 from stages.config import Assets, CascadeConfig, load_assets, load_config
 from stages.decision import Decision, decide_slide
 from stages.device import AUTO_DEVICE, EXIT_DEVICE, DeviceError, choose_device, probe
 from stages.geojson import DEFAULT_LEVELS, result_features, write_geojson
 from stages.nets import AssetsError
 from stages.prefetch import Prefetcher
+from stages.result import SlideResult
 from stages.submission import (
     SubmissionError,
     build_submission,

@@ -27,12 +27,15 @@ import pyvips
 import torch
 
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.pack.export import TINY, init_assets
+from training.pack.export import init_assets
+from training.presets import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
-#: Real TissueNet CSVs (62 training slides, the 1,527-row test format); see data/PROVENANCE.md.
-REAL_TISSUENET = DATA / "tissuenet"
+#: Reference files production code reads too (training/data/reference/PROVENANCE.md): real H&E
+#: tiles and real TissueNet CSVs (62 training slides, the 1,527-row test format).
+REFERENCE = REPO / "training" / "data" / "reference"
+REAL_TISSUENET = REFERENCE / "tissuenet"
 
 #: The tiny preset, smaller still, for training tests: 128-px detector windows, 64-px patches,
 #: no dropout (so that a resumed run can match an uninterrupted one exactly).

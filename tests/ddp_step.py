@@ -17,8 +17,7 @@ import lightning.pytorch as pl
 from safetensors.torch import save_file
 
 from training.fit.classifier import train_classifier
-from training.fit.common import TrainOptions
-from training.pack.export import load_recipe
+from training.presets import TrainOptions, load_preset
 
 
 def parameters(module: pl.LightningModule) -> dict:
@@ -46,7 +45,7 @@ def main(cache: str, out: str, config: str) -> int:
     )
     Path(out).mkdir(parents=True, exist_ok=True)
     train_classifier(
-        Path(cache), Path(out), load_recipe(config), options, [SaveEachRank(Path(out))]
+        Path(cache), Path(out), load_preset(config).cascade, options, [SaveEachRank(Path(out))]
     )
     return 0
 

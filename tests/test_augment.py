@@ -22,7 +22,7 @@ from training.data.augment import (
     warp,
 )
 
-TILE = Path(__file__).parent / "data/tiles/medium-nuclei-score-level0.png"
+TILE = Path(__file__).parents[1] / "training/data/reference/tiles/medium-nuclei-score-level0.png"
 MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
 

@@ -23,8 +23,9 @@ from conftest import rezip, write_tiff
 from stages.decision import decide_slide
 from stages.submission import classes_by_filename, read_table
 from training.data.synthetic import SynthConfig, sample_specs, write_sparse_canvas
-from training.pack.export import TINY
-from training.pack.package import RunOutcome, check_outcome, pack, run_local
+from training.pack.package import pack
+from training.pack.sandbox import RunOutcome, check_outcome, run_local
+from training.presets import TINY
 
 pytestmark = pytest.mark.slow
 

@@ -14,17 +14,12 @@ from stages.cascade import Cascade
 from stages.config import load_assets, load_config
 from stages.detector import tissue_windows
 from stages.submission import read_table
+from training.bench.exhaustive import grade_exhaustively, sample_evenly, top_tiles
+from training.bench.floors import compute_floor, network_flops
+from training.bench.modes import ASSET_SETS, Mode, mode_assets, modes
+from training.bench.publish import PAGE_HEADER, replace_block, write_docs
+from training.bench.sets import repeat_set
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate.benchmark import (
-    ASSET_SETS,
-    Mode,
-    mode_assets,
-    modes,
-    repeat_set,
-    replace_block,
-)
-from training.evaluate.exhaustive import grade_exhaustively, sample_evenly, top_tiles
-from training.evaluate.floors import compute_floor, network_flops
 
 
 def test_mode_assets_change_only_the_budget_and_link_the_weights(
@@ -84,6 +79,16 @@ def test_replace_block_rewrites_only_between_the_markers(tmp_path: Path) -> None
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no <!-- benchmark:start -->"):
         replace_block(readme, "x")
+
+
+def test_the_docs_page_is_created_once_then_only_its_block_rewritten(tmp_path: Path) -> None:
+    page = tmp_path / "docs" / "benchmarks.md"
+    write_docs(page, "first table")
+    block = "<!-- benchmark:start -->\n{}\n<!-- benchmark:end -->\n"
+    assert page.read_text() == PAGE_HEADER + block.format("first table")
+    page.write_text("# Ours\n\n" + block.format("first table") + "\nprose kept\n")
+    write_docs(page, "second table")
+    assert page.read_text() == "# Ours\n\n" + block.format("second table") + "\nprose kept\n"
 
 
 def test_exhaustive_grades_every_tissue_tile_once(assets: Path, tmp_path: Path) -> None:

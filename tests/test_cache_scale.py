@@ -3,7 +3,7 @@ a compact window index, open files bounded by the array pool whatever the slide 
 checkpoints chosen by what matters (hotspot recall), not by the loss.
 
 The real set's figures (disk, memory, open files per slide count) are measured by
-``make train-scale`` (:mod:`training.evaluate.train_scale`), not here.
+``make train-scale`` (:mod:`training.bench.train_scale`), not here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DATA, TEST_RECIPE, write_tiff
+from conftest import REFERENCE, TEST_RECIPE, write_tiff
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -38,7 +38,8 @@ from training.data.cache import (
 )
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
-from training.fit.common import TrainOptions, learning_curves, make_loader
+from training.fit.common import learning_curves, make_loader
+from training.presets import TrainOptions
 
 SMALL = CacheConfig(square_patches=2, benign_patches=4, hard_negatives=2)
 FAST = TrainOptions(epochs=1, batch_size=4, samples=8, workers=0, patience=10)
@@ -122,7 +123,7 @@ def test_pool_items_are_read_without_a_map_and_close_their_files(tmp_path: Path)
 
 
 def _tile(size: tuple[int, int]) -> np.ndarray:
-    tile = cv2.imread(str(DATA / "tiles" / "high-nuclei-score-level0.png"))
+    tile = cv2.imread(str(REFERENCE / "tiles" / "high-nuclei-score-level0.png"))
     return cv2.resize(cv2.cvtColor(tile, cv2.COLOR_BGR2RGB), size, interpolation=cv2.INTER_AREA)
 
 

@@ -14,8 +14,9 @@ from conftest import FakeClock
 
 import stages.cascade
 from stages.budget import RunBudget, SlideBudget
-from stages.cascade import READ_AHEAD_BYTES, Cascade, SlideResult, heatmap_cells
+from stages.cascade import READ_AHEAD_BYTES, Cascade, heatmap_cells
 from stages.config import load_assets
+from stages.result import SlideResult
 from stages.slide import Slide, SlideError
 from training.data.synthetic import SynthConfig, sample_specs, write_sparse_canvas
 

@@ -18,15 +18,7 @@ from conftest import REAL_TISSUENET as REAL
 from stages.geometry import Box
 from stages.slide import Slide
 from training.data.annotations import annotations_frame
-from training.data.check import (
-    box_coverage,
-    flip_verdict,
-    geometry_report,
-    image_features,
-    main,
-    resolution_check,
-    square_coverage,
-)
+from training.data.check import box_coverage, flip_verdict, geometry_report, main
 from training.data.convert import save_competition_tiff
 from training.data.dataset import read_training_set
 from training.data.synthetic import (
@@ -42,7 +34,8 @@ from training.data.synthetic import (
     slide_annotations,
     write_dataset,
 )
-from training.pack.export import load_recipe
+from training.data.synthetic.truth import image_features, resolution_check, square_coverage
+from training.presets import load_preset
 
 TINY = SynthConfig(class_mix=(0.1, 0.3, 0.3, 0.3), size_range=(3000, 4000))
 
@@ -200,7 +193,7 @@ def test_cli_prints_coverage_and_scores(tiny_train: Path, capsys: pytest.Capture
 
 # -- geometry: metadata against TIF sizes, and the y-flip convention -----------------------------
 
-TISSUE = load_recipe("tiny").tissue
+TISSUE = load_preset("tiny").cascade.tissue
 
 
 def test_box_coverage_counts_mask_pixel_centres_and_glass_outside() -> None:

@@ -32,6 +32,7 @@ from stages.config import load_config, save_config
 from stages.decision import decide_slide
 from stages.detector import build_detector
 from stages.submission import classes_by_filename, read_table, validate
+from training.bench.scaling import projection
 from training.cluster.grade import COLUMNS, GradeOptions, GradeWorker, ResultsTable, grade_archive
 from training.cluster.pool import (
     PlacementError,
@@ -45,9 +46,8 @@ from training.cluster.pool import (
 )
 from training.data.cache import CacheConfig, build_cache
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate.scaling import projection
-from training.fit.common import save_stage
-from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
+from training.pack.guard import blocked_modules, runtime_distributions, unresolved_imports
+from training.stageio import save_stage
 
 pytestmark = pytest.mark.slow
 

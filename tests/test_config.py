@@ -12,7 +12,8 @@ import torch
 from stages.config import CascadeConfig, from_dict, load_assets, load_config, save_config
 from stages.detector import DetectorConfig
 from stages.nets import AssetsError
-from training.pack.export import TINY, init_assets
+from training.pack.export import init_assets
+from training.presets import TINY
 
 
 def test_json_round_trip_is_exact(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ import sys
 import pytest
 from lightning.pytorch.accelerators import CPUAccelerator
 
-from training.fit.common import TrainOptions, make_trainer, trainer_precision
+from training.fit.common import make_trainer, trainer_precision
+from training.presets import TrainOptions
 
 
 def test_unmarked(tmp_path):

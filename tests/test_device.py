@@ -15,7 +15,6 @@ from conftest import write_tiff
 from stages import cascade as cascade_module
 from stages import device as device_module
 from stages import runtime
-from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
 from stages.device import (
@@ -26,8 +25,9 @@ from stages.device import (
     driver_version,
     probe,
 )
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
-from training.evaluate import gpu_smoke
+from training.bench import gpu_smoke
 
 #: torch 2.14.1's CUDA 13.0 build.
 CU130 = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from stages.classifier import ClassifierConfig, PatchClassifier, grade
 from stages.config import load_assets
 from stages.encoders import (
-    RECIPES,
+    ENCODER_CARDS,
     build_timm_encoder,
     load_encoder_checkpoint,
     sha256,
@@ -28,7 +28,8 @@ from stages.encoders import (
 )
 from stages.nets import AssetsError
 from training.pack import export
-from training.pack.package import check_outcome, pack, run_local
+from training.pack.package import pack
+from training.pack.sandbox import check_outcome, run_local
 
 #: A UNI-like ViT (class token, patch 16), small: the timm layout with its hub config.
 VIT = "vit_tiny_patch16_224"
@@ -142,7 +143,7 @@ def test_the_recipes_build_the_model_cards_networks() -> None:
     """Each recipe's timm arguments make the feature width its model card states (built on the
     meta device: no memory, no weights)."""
     with torch.device("meta"):
-        for name, recipe in RECIPES.items():
+        for name, recipe in ENCODER_CARDS.items():
             config = ClassifierConfig(
                 encoder=recipe.model,
                 source="timm",

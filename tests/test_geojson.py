@@ -15,17 +15,18 @@ import torch
 from shapely.geometry import Polygon, shape
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade, SlideResult
+from stages.cascade import Cascade
 from stages.classifier import read_patches
 from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geojson import GRADES, GRID, feature_id, slide_features, write_geojson
 from stages.geometry import Box
 from stages.hotspots import Hotspot
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
 from training.data.synthetic import SynthConfig, generate_dataset, sample_specs
-from training.evaluate.qupath import check_run, export_run
+from training.inspect.qupath import check_run, export_run
 
 SIZE = (4000, 3000)
 
@@ -173,7 +174,7 @@ def test_a_saved_result_whose_heatmap_holds_nan_exports_nan_free(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A run's saved slide, its heatmap NaN in a cell under a hotspot, through
-    ``python -m training.evaluate.qupath``'s export."""
+    ``python -m training.inspect.qupath``'s export."""
     probs = np.zeros((4, 20, 30), np.float32)
     probs[0] = 1.0
     probs[:, 5:10, 5:15] = np.array([0.2, 0.1, 0.6, 0.1])[:, None, None]

@@ -16,7 +16,7 @@ from stages.config import load_assets
 from stages.detector import DetectorConfig, build_detector, predict_heatmap, tissue_windows
 from stages.nets import AssetsError, Frozen, freeze, load_weights, save_weights, to_input
 from stages.slide import Slide
-from training.pack.export import TINY
+from training.presets import TINY
 
 TINY_DETECTOR = replace(TINY.detector, window=128, overlap=32, target_mpp=2.0)
 TINY_CLASSIFIER = replace(TINY.classifier, patch=64)

@@ -24,9 +24,9 @@ from stages.submission import classes_by_filename, read_table
 from training.data.dataset import read_training_set
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.evaluate.cohort import budget_sweep, cohort_table, load_run
-from training.evaluate.inspection import run_table
-from training.fit.classifier import patch_score
 from training.fit.decision import run_cascade
+from training.fit.patches import patch_score
+from training.inspect.inspection import run_table
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
@@ -135,7 +135,7 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     work = tmp_path / "work"
     recipe = tmp_path / "recipe"
     save_config(TEST_RECIPE, recipe)
-    common = {"work_dir": str(work), "recipe": str(recipe / "config.json")}
+    common = {"work_dir": str(work), "preset": str(recipe / "config.json")}
     fast = {"epochs": 1, "samples": 16, "batch_size": 8, "workers": 0}
     data = execute(
         REPO / "notebooks" / "01_data.ipynb",

@@ -18,21 +18,20 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from training.pack import package
-from training.pack.package import (
+from training.pack import package, sandbox
+from training.pack.guard import (
     PackageError,
-    RunOutcome,
-    check_outcome,
-    pack,
-    run_local,
+    blocked_modules,
     runtime_distributions,
     runtime_env,
     unresolved_imports,
     write_guard,
 )
+from training.pack.package import pack
+from training.pack.sandbox import RunOutcome, check_outcome, run_local
 
 ZEROS = {str(c): 0 for c in range(4)}
-NAMESPACES = package.namespaces_available()
+NAMESPACES = sandbox.namespaces_available()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +131,7 @@ def test_runtime_set_is_the_requirements_closure(tmp_path: Path) -> None:
 
 
 def run_guarded(tmp_path: Path, code: str, no_network: bool = False) -> subprocess.CompletedProcess:
-    blocked = package.blocked_modules(runtime_distributions())
+    blocked = blocked_modules(runtime_distributions())
     guard = write_guard(tmp_path / "guard", blocked, no_network)
     (tmp_path / "home").mkdir(exist_ok=True)
     return subprocess.run(
@@ -231,7 +230,7 @@ def test_runtime_mounts_data_read_only_without_network(tmp_path: Path) -> None:
 def test_fallback_without_namespaces_warns_and_protects_the_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(package, "namespaces_available", lambda: False)
+    monkeypatch.setattr(sandbox, "namespaces_available", lambda: False)
     outcome, report, data = probe_run(tmp_path, isolate=None)
     assert outcome.returncode == 0 and not outcome.isolated
     assert "namespaces not permitted here" in caplog.text

@@ -17,10 +17,11 @@ import torch
 
 from stages import runtime
 from stages.budget import BudgetConfig, RunBudget
-from stages.cascade import Cascade, SlideResult
+from stages.cascade import Cascade
 from stages.config import load_assets
 from stages.decision import Decision
 from stages.prefetch import NICENESS, NotReadyError, Prefetcher
+from stages.result import SlideResult
 from stages.submission import read_table
 from training.data.synthetic import generate_dataset
 

@@ -13,14 +13,15 @@ from matplotlib.figure import Figure
 
 from stages import runtime
 from stages.budget import RunBudget
-from stages.cascade import Cascade, Hotspot, SlideResult
+from stages.cascade import Cascade, Hotspot
 from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geometry import Box
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate import figures, inspection
-from training.evaluate.report import (
+from training.inspect import figures, inspection
+from training.inspect.report import (
     build_report,
     open_in_browser,
     plot_decision,
@@ -77,7 +78,7 @@ def decoded(figure: Figure, dpi: int = 90) -> tuple[np.ndarray, tuple[int, int]]
     ],
 )  # fmt: skip
 def test_every_figure_is_a_non_blank_image_of_its_size(make) -> None:
-    """The report's figures and the notebooks' (``training.evaluate.figures``)."""
+    """The report's figures and the notebooks' (``training.inspect.figures``)."""
     image, size = decoded(make(result()))
     assert image.shape[:2] == size
     assert image.std() > 5 and len(np.unique(image.reshape(-1, 3), axis=0)) > 10
@@ -110,7 +111,7 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path, assets: Path) -
 def test_the_inspection_figures_on_a_graded_slide_are_non_blank(
     tmp_path: Path, assets: Path
 ) -> None:
-    """``training.evaluate.inspection``'s figures, on a slide the cascade graded, and the
+    """``training.inspect.inspection``'s figures, on a slide the cascade graded, and the
     training curves and windows figures."""
     config = SynthConfig(size_range=(6000, 7000))
     generate_dataset(tmp_path, 1, seed=82, split="test", config=config)

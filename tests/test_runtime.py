@@ -16,13 +16,13 @@ from conftest import REPO, SHIPPED_ASSETS, FakeClock, held_main, wait_for
 
 from stages import runtime
 from stages.budget import BudgetConfig, RunBudget
-from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
 from stages.metric import score
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table, validate
+from training.bench.runner import STARTUP_S, startup_s
 from training.data.synthetic import SynthConfig, generate_dataset
-from training.evaluate.benchmark import STARTUP_S, startup_s
 
 pytestmark = pytest.mark.slow
 

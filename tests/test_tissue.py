@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, REPO, write_tiff
+from conftest import REFERENCE, REPO, write_tiff
 
 from stages.slide import Slide, SlideError
 from stages.tissue import (
@@ -23,7 +23,7 @@ from stages.tissue import (
 )
 from training.data.synthetic import write_sparse_canvas
 
-TILES = DATA / "tiles"
+TILES = REFERENCE / "tiles"
 #: µm/pixel of the TCGA tiles: red cells in medium-nuclei-score-level0 are ~15 px across
 #: (7.5 µm); nuclei in the level-1 tile are half the size of those in the level-0 tiles.
 LEVEL0_MPP, LEVEL1_MPP = 0.5, 1.0

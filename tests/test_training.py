@@ -21,35 +21,35 @@ import torch
 from conftest import REAL_TISSUENET, TEST_RECIPE
 from torch.utils.data import default_collate
 
-from stages.cascade import SlideResult
 from stages.classifier import PatchClassifier
 from stages.config import load_assets
 from stages.detector import build_detector
 from stages.geometry import Box
 from stages.metric import score
 from stages.nets import inference, save_weights
+from stages.result import SlideResult
 from stages.slide import Slide
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
-from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector, head
-from training.fit.classifier import ClassifierModule, fit_temperature, freeze_encoder
+from training.fit.classifier import ClassifierModule, freeze_encoder
 from training.fit.common import (
-    TrainOptions,
     command_line,
     learning_curves,
-    load_stage_model,
     make_loader,
     option_args,
     options_from,
-    save_stage,
     stage_parser,
     start_weights,
     val_workers,
 )
+from training.fit.hard_negatives import mine_hard_negatives
+from training.fit.patches import fit_temperature
 from training.pack.export import assemble, export
+from training.presets import TrainOptions
+from training.stageio import load_stage_model, save_stage
 
 RECIPE = TEST_RECIPE
 FAST = TrainOptions(epochs=1, batch_size=8, samples=16, workers=0, patience=10)
@@ -491,11 +491,11 @@ def test_a_fit_on_a_gpu_ships_cost_priors_measured_on_the_cpu(
 
 
 def test_train_speed_times_each_stage_three_ways(cache: Cache, tmp_path: Path) -> None:
-    from training.evaluate import train_speed
-    from training.pipeline import Recipe
+    from training.bench import train_speed
+    from training.presets import Preset
 
-    recipe = Recipe(2, replace(FAST, batch_size=4), replace(FAST, batch_size=8))
-    table = train_speed.measure(cache.root, tmp_path, RECIPE, recipe, steps=5, warmup=2,
+    preset = Preset(RECIPE, 2, replace(FAST, batch_size=4), replace(FAST, batch_size=8))
+    table = train_speed.measure(cache.root, tmp_path, preset, steps=5, warmup=2,
                                 accelerator="cpu", workers=0)  # fmt: skip
     assert list(table["stage"]) == ["detector", "classifier"]
     assert list(table["batch"]) == [4, 8]

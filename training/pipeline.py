@@ -1,7 +1,7 @@
 """``make train``: data → cache → detector → hard negatives → classifier → decision → assets.
 
-``python -m training.pipeline WORK ASSETS [--config tiny|standard] [--data DIR] [--by-centre]
-[--device D] …``
+``python -m training.pipeline WORK ASSETS [--preset tiny|standard|FILE.json] [--data DIR]
+[--by-centre] [--device D] …``
 
 Each step is the command a user would run by hand (see the README); this runs them in order,
 seeded, and prints the time of each. The two trainers run as those commands, each in a child
@@ -12,10 +12,11 @@ export) run once, here, each after the step before it has finished and written i
 
 Without ``--data`` it first generates ``--slides`` synthetic training slides (seed ``--seed``)
 into ``WORK/data``; with ``--data`` it trains on that folder (the real TissueNet training
-layout, or any folder in it). ``--config`` picks the networks and the training defaults that go
-with them (:data:`RECIPES`): ``tiny`` is ``make train``'s CPU recipe, ``standard`` the README's
-real-data recipe for a GPU (5 folds, 40 epochs per stage, the README's samples and batch
-sizes); any option given on the command line overrides its default.
+layout, or any folder in it). ``--preset`` picks the networks and the training defaults that go
+with them (:mod:`training.presets`): ``tiny`` is ``make train``'s CPU preset, ``standard`` the
+README's real-data preset for a GPU (5 folds, 40 epochs per stage, the README's samples and
+batch sizes), a JSON file its cascade config and its training defaults (those it does not give:
+``tiny``'s, logged); any option given on the command line overrides its default.
 Generation and the cache resume where they stopped; the training steps run afresh
 (``--resume`` continues them from their last checkpoints).
 """
@@ -28,50 +29,31 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from training.cli import command_parser, setup_logging
 from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
 from training.data.dataset import METADATA
-from training.data.hard_negatives import mine_hard_negatives
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, detector
-from training.fit.common import TrainOptions, option_args
+from training.fit.common import option_args
 from training.fit.decision import fit_stage
-from training.pack.export import PRESETS, export, load_recipe
+from training.fit.hard_negatives import mine_hard_negatives
+from training.pack.export import export
+from training.presets import PRESETS, TrainOptions, load_preset
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """The training defaults that go with a preset's networks."""
-
-    folds: int
-    detector: TrainOptions
-    classifier: TrainOptions
-
-
-#: ``tiny``: the CPU recipe of ``make train``; ``standard``: the README's real-data recipe.
-RECIPES = {
-    "tiny": Recipe(4, detector.DEFAULTS, classifier.DEFAULTS),
-    "standard": Recipe(
-        5,
-        replace(detector.DEFAULTS, epochs=40, samples=16384, batch_size=32, patience=8),
-        replace(classifier.DEFAULTS, epochs=40, samples=65536, batch_size=128, patience=8),
-    ),
-}
-
-
-def run_trainer(stage: str, cache: Path, out: Path, config: str, options: TrainOptions) -> None:
+def run_trainer(stage: str, cache: Path, out: Path, preset: str, options: TrainOptions) -> None:
     """Train ``stage`` (``detector`` or ``classifier``) with ``python -m training.fit.<stage>
-    CACHE OUT --config CONFIG`` and ``options``, in a child process (module doc); returns once
+    CACHE OUT --preset PRESET`` and ``options``, in a child process (module doc); returns once
     it has ended, having written ``OUT/<stage>.json``; raises
     :class:`subprocess.CalledProcessError` when it failed."""
     command = [sys.executable, "-m", f"training.fit.{stage}", str(cache), str(out)]
-    command += ["--config", config, *option_args(options)]
+    command += ["--preset", preset, *option_args(options)]
     log.info("%s: %s", stage, shlex.join(command))
     subprocess.run(command, check=True)
 
@@ -82,7 +64,7 @@ def train(
     data: Path | None = None,
     slides: int = 128,
     seed: int = 1000,
-    recipe: str = "tiny",
+    preset: str = "tiny",
     folds: int = 4,
     detector_options: TrainOptions = detector.DEFAULTS,
     classifier_options: TrainOptions = classifier.DEFAULTS,
@@ -91,10 +73,11 @@ def train(
     device: str | None = None,
     y_flip: str = CacheConfig.y_flip,
 ) -> dict[str, float]:
-    """Run every step; returns the seconds of each (and ``total``). ``recipe``: a preset name or
-    a cascade config JSON (the trainers' ``--config``). ``device`` runs hard-negative mining and
-    the decision fit (the trainers, in their own processes, pick theirs through Lightning's
-    ``accelerator`` and ``devices``); None: the GPU when there is one."""
+    """Run every step; returns the seconds of each (and ``total``). ``preset``: a preset name or
+    JSON file (:func:`training.presets.load_preset`; the trainers' ``--preset``). ``device``
+    runs hard-negative mining and the decision fit (the trainers, in their own processes, pick
+    theirs through Lightning's ``accelerator`` and ``devices``); None: the GPU when there is
+    one."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -110,12 +93,12 @@ def train(
     else:
         description = str(data)
     step("data")
-    cascade = load_recipe(recipe)
+    cascade = load_preset(preset).cascade
     cache_config = CacheConfig(seed=seed, y_flip=y_flip)
     build_cache(data, work / "cache", cascade, cache_config, folds, by_centre)
     step("cache")
     run_trainer(
-        "detector", work / "cache", work / "detector", recipe, replace(detector_options, seed=seed)
+        "detector", work / "cache", work / "detector", preset, replace(detector_options, seed=seed)
     )
     step("detector")
     mine_hard_negatives(work / "cache", data, work / "detector", device=device)
@@ -124,7 +107,7 @@ def train(
         "classifier",
         work / "cache",
         work / "classifier",
-        recipe,
+        preset,
         replace(classifier_options, seed=seed),
     )
     step("classifier")
@@ -163,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=None, help="a training folder to use")
     parser.add_argument("--slides", type=int, default=128, help="synthetic slides to generate")
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--config", default="tiny", help=f"{sorted(PRESETS)} or a JSON file")
-    parser.add_argument("--folds", type=int, default=None, help="default: the recipe's")
+    parser.add_argument("--preset", default="tiny", help=f"{sorted(PRESETS)} or a JSON file")
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
+    parser.add_argument("--folds", type=int, default=None, help="default: the preset's")
     parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
     parser.add_argument("--y-flip", choices=Y_FLIPS, default=CacheConfig.y_flip)
     parser.add_argument(
@@ -182,17 +166,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-range", type=int, nargs=2, default=SynthConfig().size_range)
     args = parser.parse_args(argv)
     setup_logging()
-    recipe = RECIPES["standard" if args.config == "standard" else "tiny"]
+    preset = load_preset(args.preset)
     seconds = train(
         args.work,
         args.assets,
         args.data,
         args.slides,
         args.seed,
-        args.config,
-        args.folds or recipe.folds,
-        _options(recipe.detector, args, "detector"),
-        _options(recipe.classifier, args, "classifier"),
+        args.preset,
+        args.folds or preset.folds,
+        _options(preset.detector, args, "detector"),
+        _options(preset.classifier, args, "classifier"),
         tuple(args.size_range),
         args.by_centre,
         args.device,

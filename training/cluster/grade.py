@@ -39,11 +39,12 @@ import ray
 import torch
 
 from stages.budget import CostModel, SlideBudget
-from stages.cascade import Cascade, SlideResult, fallback_result, grade_or_fallback
+from stages.cascade import Cascade, grade_or_fallback
 from stages.config import load_assets, load_config
 from stages.decision import Decision, decide_slide
 from stages.device import choose_device
 from stages.geojson import DEFAULT_LEVELS
+from stages.result import SlideResult, fallback_result
 from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions, save_result
 from stages.submission import build_submission, read_format, write_submission
 from training.cluster.pool import (

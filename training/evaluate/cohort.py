@@ -1,6 +1,6 @@
 """A labelled run seen as a cohort (the cohort review notebook): errors, budgets, stage 2's say.
 
-Everything here reads what ``main.py --save-heatmaps`` wrote (:class:`stages.cascade.SlideResult`
+Everything here reads what ``main.py --save-heatmaps`` wrote (:class:`stages.result.SlideResult`
 files) and runs no network:
 
 * :func:`cohort_table`: one row per slide with its true class, the cascade's class, the class the
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.cascade import SlideResult
 from stages.decision import DecisionConfig, decide_slide
 from stages.geometry import Box
 from stages.hotspots import heat_evidence
 from stages.metric import ERROR_MATRIX, score
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
 from training.data.targets import recall_at_k
 

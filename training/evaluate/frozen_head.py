@@ -34,8 +34,9 @@ from stages.metric import confusion_matrix
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache, CacheConfig, build_cache
 from training.data.synthetic import generate_dataset
-from training.fit.classifier import DEFAULTS, PatchSet, patch_metrics, predict_logits
+from training.fit.classifier import DEFAULTS
 from training.fit.head import train_head
+from training.fit.patches import PatchSet, patch_metrics, predict_logits
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.cascade import SlideResult
 from stages.config import load_config
 from stages.decision import decide_slide
 from stages.hotspots import heat_evidence
 from stages.metric import confusion_matrix, format_confusion, score
+from stages.result import SlideResult
 from stages.submission import classes_by_filename, classes_from_onehot, read_table
 from training.cli import command_parser, setup_logging
 from training.data.dataset import read_training_set
 from training.data.targets import recall_at_k
-from training.evaluate.benchmark import run_main
 from training.fit.decision import run_cascade
+from training.process import run_main
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What the two stage trainers share: options, the Lightning trainer, stage outputs, weights.
+"""What the two stage trainers share: their command line, the Lightning trainer, loaders, weights.
 
 Training uses PyTorch Lightning for what loops otherwise hand-write: checkpoints (``last.ckpt``
 and ``best.ckpt``) and ``--resume``, mixed precision on a GPU, multi-GPU / multi-node DDP with
@@ -7,23 +7,21 @@ the same command (``--devices N --num-nodes M``), early stopping, CSV logs
 a CPU.
 
 A trained stage is written to its output folder as ``<stage>.safetensors`` plus ``<stage>.json``
-(the stage's config, as the cascade will load it, and its validation metrics); the export
-(:mod:`training.pack.export`) assembles those into ``assets/``.
+(:mod:`training.stageio`); the export (:mod:`training.pack.export`) assembles those into
+``assets/``. The options (:class:`training.presets.TrainOptions`) and their defaults are the
+presets' (:mod:`training.presets`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import multiprocessing as mp
-import os
 import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -36,83 +34,17 @@ from lightning.pytorch.loggers import CSVLogger
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Dataset
 
-from stages.config import CascadeConfig, from_dict
 from stages.encoders import load_encoder_checkpoint
-from stages.nets import AssetsError, load_weights, save_weights
+from stages.nets import AssetsError
 from training.cli import command_parser
 from training.data.augment import BatchAugment
+from training.presets import TrainOptions
 
 log = logging.getLogger(__name__)
 
-ENCODER_WEIGHTS = ("none", "imagenet")
-#: Most loader workers a training process gets by itself: one core read and augmented ~250
-#: standard-preset patches/s here (``training.evaluate.train_speed``), and a ResNet-18 on a
-#: current GPU consumes 3,000 or more, so a 16-core one-GPU node needs its 15.
-MAX_WORKERS = 16
 #: A validation loader's share of the training loader's workers: it reads a small fixed set
 #: once an epoch, and each worker is a whole process holding prefetched batches in shared memory.
 VAL_WORKER_SHARE = 4
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How a stage is trained. ``samples``: training items drawn per epoch; ``val_fold``: the
-    fold held out for validation (the others train); ``encoder_weights``: ``imagenet`` downloads
-    smp's pretrained encoder (online users only; never in tests); ``init``: a local state dict
-    (safetensors or ``torch.save`` file) to start from; ``accelerator`` / ``devices`` /
-    ``num_nodes`` / ``precision`` go to Lightning (``auto`` precision: 16-bit mixed on a GPU,
-    32-bit on a CPU); ``workers``: data-loading processes, -1 for auto (:meth:`loader_workers`);
-    ``prefetch``: batches each loading process prepares ahead; ``train_blocks``: the
-    classifier's encoder blocks trained, counted from its output end (-1 all; 0 none, the
-    frozen-encoder head of :mod:`training.fit.head`)."""
-
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    samples: int = 2048
-    val_fold: int = 0
-    workers: int = -1
-    patience: int = 5
-    seed: int = 0
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
-    resume: bool = False
-    encoder_weights: str = "none"
-    init: str = ""
-    prefetch: int = 4
-    train_blocks: int = -1
-
-    def __post_init__(self) -> None:
-        if min(self.epochs, self.batch_size, self.samples, self.num_nodes, self.prefetch) < 1:
-            raise ValueError("epochs, batch_size, samples, num_nodes and prefetch must be >= 1")
-        if self.train_blocks < -1:
-            raise ValueError("train_blocks must be -1 (all), 0 (frozen) or a block count")
-        if self.encoder_weights not in ENCODER_WEIGHTS:
-            raise ValueError(f"encoder_weights must be one of {ENCODER_WEIGHTS}")
-
-    def loader_workers(self, cpus: int | None = None, gpus: int | None = None) -> int:
-        """The data-loading processes per training process: ``workers`` when set; else, on a
-        GPU, the CPUs this process may use (``cpus``, default its affinity) shared among the
-        node's training processes (``gpus`` of them, default the devices asked for), one each
-        kept for the training process itself, 2 to :data:`MAX_WORKERS`; on a CPU none
-        (augmenting in the training process was faster on 2 cores)."""
-        if self.workers >= 0:
-            return self.workers
-        if not self.gpu():
-            return 0
-        cpus = len(os.sched_getaffinity(0)) if cpus is None else cpus
-        if gpus is None:
-            gpus = int(self.devices) if self.devices.isdigit() else torch.cuda.device_count()
-        return min(MAX_WORKERS, max(2, cpus // max(gpus, 1) - 1))
-
-    def gpu(self) -> bool:
-        """True when Lightning will train on a GPU (asked for, or ``auto`` and one is there)."""
-        return self.accelerator in ("gpu", "cuda") or (
-            self.accelerator == "auto" and torch.cuda.is_available()
-        )
 
 
 def add_options(parser: argparse.ArgumentParser, defaults: TrainOptions) -> None:
@@ -287,11 +219,12 @@ class StageModule(pl.LightningModule):
 
 
 def stage_parser(prog: str, doc: str | None, defaults: TrainOptions) -> argparse.ArgumentParser:
-    """The command line of a stage trainer: ``CACHE OUT [--config …]`` and every option."""
+    """The command line of a stage trainer: ``CACHE OUT [--preset …]`` and every option."""
     parser = command_parser(prog, doc)
     parser.add_argument("cache", type=Path, help="cache folder (python -m training.data.cache)")
     parser.add_argument("out", type=Path, help="output folder of the stage")
-    parser.add_argument("--config", default="tiny", help="preset name or cascade config JSON")
+    parser.add_argument("--preset", default="tiny", help="preset name or JSON file (its cascade)")
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     add_options(parser, defaults)
     return parser
 
@@ -426,43 +359,3 @@ def start_weights(model: torch.nn.Module, options: TrainOptions, encoder: str) -
 def command_line() -> str:
     """The command that is running, as one shell line."""
     return shlex.join(["python", *sys.orig_argv[1:]])
-
-
-def save_stage(
-    out: Path, name: str, model: torch.nn.Module | None, cascade: CascadeConfig, info: dict
-) -> Path:
-    """Write ``out/<name>.safetensors`` (unless ``model`` is None) and ``out/<name>.json``: the
-    stage's config (``cascade.<name>``), the whole ``cascade`` it belongs to, and ``info``
-    (metrics, data, command), each atomically; returns the JSON path."""
-    out.mkdir(parents=True, exist_ok=True)
-    if model is not None:
-        tmp = out / f".{name}.tmp.safetensors"
-        save_weights(model, tmp)
-        os.replace(tmp, out / f"{name}.safetensors")
-    path = out / f"{name}.json"
-    payload = {
-        "config": dataclasses.asdict(getattr(cascade, name)),
-        "cascade": dataclasses.asdict(cascade),
-    } | info
-    tmp_json = out / f".{name}.tmp.json"
-    tmp_json.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp_json, path)
-    return path
-
-
-def read_stage(out: Path, name: str) -> dict:
-    """What :func:`save_stage` wrote as ``out/<name>.json``."""
-    path = out / f"{name}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: stage not trained (no {path.name})")
-    return json.loads(path.read_text())
-
-
-def stage_cascade(out: Path, name: str) -> CascadeConfig:
-    """The cascade config a stage was trained within (its own config in place)."""
-    return from_dict(CascadeConfig, read_stage(out, name)["cascade"], f"{out / name}.json")
-
-
-def load_stage_model(out: Path, name: str, model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` filled from ``out/<name>.safetensors``, in eval mode."""
-    return load_weights(model, out / f"{name}.safetensors").eval()

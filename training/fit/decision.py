@@ -5,7 +5,7 @@
 1. The trained stages are assembled into staging assets and the real cascade
    (:class:`stages.cascade.Cascade`) grades the validation slides (the cache's ``--val-fold``,
    never seen by either network) with an unlimited budget, so that ``budget.max_k`` hotspots
-   are graded. Each :class:`~stages.cascade.SlideResult` is saved under ``OUT/results``.
+   are graded. Each :class:`~stages.result.SlideResult` is saved under ``OUT/results``.
 2. :class:`~stages.decision.DecisionConfig` (prior, weights, tempers; and the heatmap-only
    weight and temper, fitted on the same slides with the patches removed) is fitted by
    minimising the slides' log-loss (a proper scoring rule: calibrated slide probabilities make
@@ -39,7 +39,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from stages.budget import RunBudget
-from stages.cascade import Cascade, SlideResult, grade_or_fallback
+from stages.cascade import Cascade, grade_or_fallback
 from stages.classifier import PatchClassifier
 from stages.config import load_assets
 from stages.decision import DecisionConfig, decide, decide_slide, slide_probabilities
@@ -47,16 +47,11 @@ from stages.detector import build_detector
 from stages.hotspots import heat_evidence
 from stages.metric import N_CLASSES, score
 from stages.nets import pick_precision
+from stages.result import SlideResult
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache
-from training.fit.common import (
-    command_line,
-    load_stage_model,
-    read_stage,
-    save_stage,
-    stage_cascade,
-)
-from training.pack.export import write_assets
+from training.fit.common import command_line
+from training.stageio import load_stage_model, read_stage, save_stage, stage_cascade, write_assets
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Train stage 1, the detector: an smp segmentation network on windows of the detector page.
 
-``python -m training.fit.detector CACHE OUT [--config tiny] [--epochs 10] [--val-fold 0] …``
+``python -m training.fit.detector CACHE OUT [--preset tiny] [--epochs 10] [--val-fold 0] …``
 
 Windows come from the cache (:mod:`training.data.cache`), never from a TIFF. Each training
 window is drawn afresh: with probability ``--on-spot`` it is centred near an annotation square
@@ -51,18 +51,18 @@ from training.data.targets import IGNORE, recall_at_k
 from training.fit.common import (
     EpochDraws,
     StageModule,
-    TrainOptions,
     best_state,
     command_line,
     make_loader,
     make_trainer,
     options_from,
     resume_path,
-    save_stage,
     stage_parser,
     start_weights,
     training_autocast,
 )
+from training.presets import PRESETS, TrainOptions, load_preset
+from training.stageio import save_stage
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ RECALL_KS = (1, 2, 4, 8, 16, 32)
 RECALL_SLIDES = 16
 #: Weight of the "any lesion" Dice in ``val_select``: below one recall step, so it breaks ties.
 DICE_TIE_BREAK = 1e-3
-DEFAULTS = TrainOptions(epochs=8, batch_size=32, lr=3e-3, samples=2048)
+#: The trainer's defaults: the ``tiny`` preset's.
+DEFAULTS = PRESETS["tiny"].detector
 
 #: A window centre: ``(fragment, x, y)`` in that fragment's detector-page pixels (fragment -1:
 #: a slide without cached tissue).
@@ -405,8 +406,6 @@ def train_detector(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from training.pack.export import load_recipe
-
     parser = stage_parser("training.fit.detector", __doc__, DEFAULTS)
     parser.add_argument("--on-spot", type=float, default=0.7, help="share of on-spot windows")
     parser.add_argument(
@@ -420,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     train_detector(
         args.cache,
         args.out,
-        load_recipe(args.config),
+        load_preset(args.preset).cascade,
         options_from(args),
         args.on_spot,
         recall_slides=args.recall_slides,

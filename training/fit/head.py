@@ -1,20 +1,20 @@
 """Stage 2 on a frozen encoder: features computed once per cached patch, a head trained on them.
 
-``python -m training.fit.classifier CACHE OUT --config CONFIG --train-blocks 0 [--init FILE]``
+``python -m training.fit.classifier CACHE OUT --preset PRESET --train-blocks 0 [--init FILE]``
 (:func:`training.fit.classifier.train_classifier` comes here when no encoder block is trained).
 
 The way pathology foundation models are used: the encoder never trains, so each cached patch
 (centre crop, :mod:`training.data.cache`) goes through it once, on the training device in the
 precision the runtime's inference uses there (:func:`stages.nets.pick_precision`: float16 on a
 GPU, bfloat16 on a CPU that computes it natively, else float32), read by all the training
-loader's workers (:meth:`training.fit.common.TrainOptions.loader_workers`). Its ``(D,)``
+loader's workers (:meth:`training.presets.TrainOptions.loader_workers`). Its ``(D,)``
 features are stored in the cache as float16, ``CACHE/features/<key>.npy`` (rows in
 ``patches.csv`` order) with ``<key>.json``: half the disk and memory of float32, and as fine as
 what a GPU's encoder computes them in; the head trains on them cast to float32. The key hashes
 the classifier's config and its start weights, so another encoder or checkpoint gets its own
 file and a rerun reuses it (whichever device computed it: the JSON names device and dtype). The
 head (dropout and linear, or the MLP of ``head_hidden``) then trains on those features in plain
-torch: class-balanced draws as :class:`training.fit.classifier.PatchSet`'s, AdamW with a cosine
+torch: class-balanced draws as :class:`training.fit.patches.PatchSet`'s, AdamW with a cosine
 schedule, the epoch of best ``val_select`` kept, the temperature fitted on the validation
 patches. Augmentation is not applied: a feature is computed from one view of its patch.
 """
@@ -42,13 +42,10 @@ from stages.metric import N_CLASSES, confusion_matrix
 from stages.nets import inference, pick_precision
 from training.data.augment import BatchAugment
 from training.data.cache import Cache
-from training.fit.common import (
-    TrainOptions,
-    command_line,
-    make_loader,
-    save_stage,
-    start_weights,
-)
+from training.fit.common import command_line, make_loader, start_weights
+from training.fit.patches import PatchSet, fit_temperature, patch_metrics, selection_score
+from training.presets import TrainOptions
+from training.stageio import save_stage
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +78,6 @@ def cached_features(
     once in eval mode (centre crops) on ``device`` in its inference precision
     (:func:`stages.nets.pick_precision`), the patches read by every loader worker of
     ``options``, and kept in ``CACHE/features``."""
-    from training.fit.classifier import PatchSet
-
     key = feature_key(cascade, options)
     folder = cache.root / FEATURES
     path, meta = folder / f"{key}.npy", folder / f"{key}.json"
@@ -137,8 +132,6 @@ def train_head(
 ) -> dict[str, float]:
     """Train ``cascade``'s classifier head on its frozen encoder's cached features; write the
     stage to ``out`` as :func:`training.fit.classifier.train_classifier` does; its metrics."""
-    from training.fit.classifier import fit_temperature, patch_metrics, selection_score
-
     started = time.perf_counter()
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)

@@ -2,11 +2,11 @@
 
 ``python -m training.pack.export WORK_DIR ASSETS [--data-note TEXT]`` assembles what the
 trainers wrote under ``WORK_DIR`` (``detector/``, ``classifier/``, ``decision/``) into ASSETS.
-``python -m training.pack.export --random ASSETS [--preset tiny|standard] [--seed S]`` writes
+``python -m training.pack.export --random ASSETS [--preset NAME|FILE.json] [--seed S]`` writes
 randomly initialised networks instead (tests use them: they exercise every mechanism but grade
 nothing). ``--classifier-encoder NAME --classifier-weights FILE`` makes stage 2's encoder the
-timm model ``NAME`` (a :data:`stages.encoders.RECIPES` key such as ``uni``, or any timm model
-name) with the weights of ``FILE``, copied into ASSETS with its sha256 in ``config.json`` (the
+timm model ``NAME`` (a :data:`stages.encoders.ENCODER_CARDS` key such as ``uni``, or any timm
+model name) with the weights of ``FILE``, copied into ASSETS with its sha256 in ``config.json`` (the
 head random with ``--random``).
 
 The folder is written beside its destination and swapped in with renames, so a reader never
@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import subprocess
-import tempfile
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,85 +27,39 @@ import timm
 import torch
 
 from stages.classifier import ClassifierConfig, PatchClassifier
-from stages.config import CascadeConfig, Provenance, from_dict, load_assets, save_config
-from stages.detector import DetectorConfig, build_detector
-from stages.encoders import RECIPES, load_encoder_checkpoint, sha256
-from stages.nets import save_weights
-from stages.tissue import TissueConfig
+from stages.config import CascadeConfig, Provenance, from_dict
+from stages.detector import build_detector
+from stages.encoders import ENCODER_CARDS, load_encoder_checkpoint, sha256
 from training.cli import command_parser, setup_logging
+from training.presets import PRESETS, TINY, load_preset
+from training.stageio import load_stage_model, read_stage, write_assets
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-
-#: Small networks that grade a real-size slide in under a second on a CPU (training on a CPU,
-#: tests, demo): a Segformer detector (1 × 1 projections of the encoder's levels, fused at a
-#: quarter of the window: ~2.5× the speed of an FPN of the same width on a CPU) whose output is
-#: its quarter-resolution map (never upsampled) on page 5 (~8 µm/px; heatmap cells of ~32 µm),
-#: in 128 px windows that follow the tissue closely, and the tissue mask at ~32 µm/px.
-TINY = CascadeConfig(
-    tissue=TissueConfig(target_mpp=32.0),
-    detector=DetectorConfig(
-        arch="Segformer",
-        encoder="tu-mobilenetv3_small_050",
-        decoder_channels=(32,),
-        output_stride=4,
-        target_mpp=8.0,
-        window=128,
-        overlap=16,
-        batch_size=32,
-    ),
-    classifier=ClassifierConfig(encoder="tu-mobilenetv3_small_050", patch=128, batch_size=16),
-)
-#: ResNet-18 networks for real tissue (trained on a GPU; graded in a few seconds a slide on a
-#: CPU): an FPN detector at output stride 4 on page 5 (~8 µm/px, 256 px windows of 2 mm; page 4,
-#: ``target_mpp`` 4, sees finer detail at 4 × the cost), the classifier on 256 px patches at
-#: 0.5 µm/px.
-STANDARD = CascadeConfig(
-    detector=DetectorConfig(
-        arch="FPN",
-        decoder_channels=(64, 32),
-        output_stride=4,
-        target_mpp=8.0,
-        window=256,
-        overlap=32,
-        batch_size=16,
-    )
-)
-PRESETS = {"tiny": TINY, "standard": STANDARD}
-
-
-def load_recipe(name: str) -> CascadeConfig:
-    """A preset (``tiny``, ``standard``) or a cascade config JSON file: the networks and pages
-    that training starts from."""
-    if name in PRESETS:
-        return PRESETS[name]
-    path = Path(name)
-    if not path.is_file():
-        raise ValueError(f"--config {name!r}: neither a preset {sorted(PRESETS)} nor a file")
-    return from_dict(CascadeConfig, json.loads(path.read_text()), str(path))
 
 
 def encoder_config(classifier: ClassifierConfig, name: str, weights: Path) -> ClassifierConfig:
     """``classifier`` with the timm encoder ``name`` and its weights in the file ``weights``.
 
     The model's arguments, input size, normalisation and pooling come from, in this order: the
-    recipe of that name (:data:`stages.encoders.RECIPES`, from the model cards); a ``config.json``
-    beside the file in the Hugging Face timm layout (``architecture``, ``model_args``,
-    ``pretrained_cfg``); timm's own pretrained config of the model name. The weight file keeps
-    its suffix (``encoder.safetensors``, ``encoder.bin``)."""
+    card of that name (:data:`stages.encoders.ENCODER_CARDS`, from the model cards); a
+    ``config.json`` beside the file in the Hugging Face timm layout (``architecture``,
+    ``model_args``, ``pretrained_cfg``); timm's own pretrained config of the model name. The
+    weight file keeps its suffix (``encoder.safetensors``, ``encoder.bin``)."""
     if not weights.is_file():
         raise ValueError(f"--classifier-weights {weights}: no such file")
-    if name in RECIPES:
-        recipe = RECIPES[name]
-        model, kwargs, size = recipe.model, dict(recipe.kwargs), recipe.size
-        mean, std, pool, mpp = recipe.mean, recipe.std, recipe.pool, recipe.mpp
+    if name in ENCODER_CARDS:
+        known = ENCODER_CARDS[name]
+        model, kwargs, size = known.model, dict(known.kwargs), known.size
+        mean, std, pool, mpp = known.mean, known.std, known.pool, known.mpp
     else:
         card = weights.with_name("config.json")
         hub = json.loads(card.read_text()) if card.is_file() else {}
         model = hub.get("architecture", name)
         if not timm.is_model(model):
-            raise ValueError(f"--classifier-encoder {name!r}: neither {sorted(RECIPES)} nor timm's")
+            known_names = sorted(ENCODER_CARDS)
+            raise ValueError(f"--classifier-encoder {name!r}: neither {known_names} nor timm's")
         cfg = timm.models.get_pretrained_cfg(model)
         pretrained = (cfg.to_dict() if cfg is not None else {}) | hub.get("pretrained_cfg", {})
         kwargs = dict(hub.get("model_args", {}))
@@ -150,58 +101,6 @@ def now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def write_assets(
-    out: Path,
-    config: CascadeConfig,
-    detector: torch.nn.Module,
-    classifier: PatchClassifier,
-    encoder_file: Path | None = None,
-) -> Path:
-    """Write ``config`` and both networks' weights as the folder ``out``, atomically: built in
-    a sibling temporary folder, checked with :func:`load_assets`, then renamed into place (an
-    existing ``out`` is replaced). Returns ``out``.
-
-    With ``classifier.encoder_weights`` in the config, the classifier's file holds its head and
-    the encoder goes to that file: a copy of ``encoder_file`` (the user's checkpoint, unchanged)
-    or, without one, the encoder's own state as safetensors (fine-tuned); its sha256 goes in the
-    config."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        save_weights(detector, tmp / config.detector.weights)
-        stage2 = config.classifier
-        if stage2.encoder_weights:
-            target = tmp / stage2.encoder_weights
-            if encoder_file is not None:
-                try:  # the same bytes: a hard link where the file system allows, else a copy
-                    os.link(encoder_file, target)
-                except OSError:
-                    shutil.copyfile(encoder_file, target)
-            else:
-                target = target.with_suffix(".safetensors")
-                save_weights(classifier.encoder, target)
-            stage2 = replace(stage2, encoder_weights=target.name, encoder_sha256=sha256(target))
-            config = replace(config, classifier=stage2)
-            save_weights(classifier.head, tmp / stage2.weights)
-        else:
-            save_weights(classifier, tmp / stage2.weights)
-        save_config(config, tmp)
-        load_assets(tmp, torch.device("cpu"))  # what was written must load
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("wrote %s (%s)", out, config.note)
-    return out
-
-
 def init_assets(
     out: Path,
     config: CascadeConfig = TINY,
@@ -231,8 +130,6 @@ def assemble(work: Path, note: str, data: str) -> CascadeConfig:
     (``decision/decision.json``, which holds the detector's and classifier's configs as it ran
     them, checked against ``detector/`` and ``classifier/``), with the provenance: ``data``
     describes the training data; the metrics are every stage's validation figures."""
-    from training.fit.common import read_stage
-
     stages = {
         name: read_stage(work / name, name) for name in ("detector", "classifier", "decision")
     }
@@ -260,8 +157,6 @@ def assemble(work: Path, note: str, data: str) -> CascadeConfig:
 
 def export(work: Path, out: Path, note: str, data: str) -> Path:
     """:func:`assemble` the trained stages under ``work`` and write them as ``out``."""
-    from training.fit.common import load_stage_model
-
     config = assemble(work, note, data)
     detector = load_stage_model(work / "detector", "detector", build_detector(config.detector))
     classifier = load_stage_model(
@@ -275,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path, nargs="?", help="work folder of the trainers")
     parser.add_argument("out", type=Path, help="assets folder to write")
     parser.add_argument("--random", action="store_true", help="random weights (no training)")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument(
+        "--preset", default="tiny", help=f"the networks: {sorted(PRESETS)} or a JSON file"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--classifier-encoder",
         default=None,
-        help=f"stage 2's timm encoder: one of {sorted(RECIPES)} or a timm model name",
+        help=f"stage 2's timm encoder: one of {sorted(ENCODER_CARDS)} or a timm model name",
     )
     parser.add_argument(
         "--classifier-weights", type=Path, default=None, help="its local checkpoint file"
@@ -292,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.classifier_encoder is None) != (args.classifier_weights is None):
         parser.error("--classifier-encoder and --classifier-weights go together")
     if args.random:
-        config = PRESETS[args.preset]
+        config = load_preset(args.preset).cascade
         if args.classifier_encoder is not None:
             stage2 = encoder_config(
                 config.classifier, args.classifier_encoder, args.classifier_weights

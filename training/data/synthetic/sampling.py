@@ -432,7 +432,7 @@ def class_mix_arg(text: str) -> tuple[float, float, float, float]:
 
 def add_generator_options(parser: argparse.ArgumentParser) -> None:
     """``--class-mix`` and ``--size-range``, the random slides' options (also what
-    :mod:`training.data.check` needs to rebuild a folder's slide descriptions)."""
+    :mod:`training.data.synthetic.truth` needs to rebuild a folder's slide descriptions)."""
     parser.add_argument(
         "--class-mix",
         type=class_mix_arg,

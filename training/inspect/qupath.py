@@ -1,9 +1,9 @@
 """QuPath GeoJSON of a run with the ground truth beside the predictions.
 
-``python -m training.evaluate.qupath RUN_DIR --annotations train_annotations.csv
+``python -m training.inspect.qupath RUN_DIR --annotations train_annotations.csv
 --metadata train_metadata.csv [--levels 0.5,0.8]``
 
-``python -m training.evaluate.qupath RUN_DIR --check`` writes nothing: it reads every
+``python -m training.inspect.qupath RUN_DIR --check`` writes nothing: it reads every
 ``*.geojson`` in ``RUN_DIR`` back and logs how many files, features and polygons it checked and
 how many features are invalid (shapely's ``is_valid``, each one logged with its reason); exit
 status 1 if any is.
@@ -21,8 +21,8 @@ import json
 import logging
 from pathlib import Path
 
-from stages.cascade import SlideResult
 from stages.geojson import DEFAULT_LEVELS, invalid_features, result_features, write_geojson
+from stages.result import SlideResult
 from training.cli import command_parser, setup_logging
 from training.data.annotations import parse_annotations
 
@@ -72,7 +72,7 @@ def check_run(run: Path) -> tuple[int, int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.qupath", __doc__)
+    parser = command_parser("training.inspect.qupath", __doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--annotations", type=Path)
     parser.add_argument("--metadata", type=Path)

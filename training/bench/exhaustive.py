@@ -1,6 +1,6 @@
 """The brute-force baseline: the trained patch classifier on every tissue patch of a slide.
 
-``python -m training.evaluate.exhaustive DATA OUT [--assets assets] [--device cpu]
+``python -m training.bench.exhaustive DATA OUT [--assets assets] [--device cpu]
 [--sample-tiles N]``
 
 Many TissueNet entries tiled the whole tissue at high resolution and classified every tile. This
@@ -15,7 +15,7 @@ does the same with the cascade's own parts, so that only the strategy differs:
   ``budget.max_k`` tiles most likely to hold a lesion (1 − p0), as the cascade's hotspots are
   ranked, with no heatmap evidence.
 
-Each slide's :class:`stages.cascade.SlideResult` (``grades``: every tile's probabilities,
+Each slide's :class:`stages.result.SlideResult` (``grades``: every tile's probabilities,
 ``seconds`` by stage) is saved to ``OUT/maps`` as ``main.py --save-heatmaps`` does, and the
 classes to ``OUT/submission.csv``.
 
@@ -36,12 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages.cascade import Cascade, SlideResult, StageClock, fallback_result
+from stages.cascade import Cascade, StageClock
 from stages.classifier import grade
 from stages.config import load_assets
 from stages.decision import decide_slide
 from stages.detector import read_windows, tissue_windows
 from stages.nets import PRECISIONS
+from stages.result import SlideResult, fallback_result
 from stages.runtime import FORMAT_NAME, METADATA_NAME
 from stages.submission import build_submission, read_format, read_metadata, write_submission
 from training.cli import command_parser, setup_logging
@@ -167,7 +168,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.exhaustive", __doc__)
+    parser = command_parser("training.bench.exhaustive", __doc__)
     parser.add_argument("data", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--assets", type=Path, default=Path("assets"))

@@ -15,9 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from stages.cascade import SlideResult
 from stages.classifier import read_patches
 from stages.geometry import Box
+from stages.result import SlideResult
 from stages.slide import Slide
 
 GRADE_NAMES = ("benign", "low-grade", "high-grade", "invasive")

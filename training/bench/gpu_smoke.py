@@ -1,7 +1,7 @@
 """``make gpu-smoke``: does this machine's GPU run the whole product? One line per step, the
 first degraded step fails the run.
 
-``python -m training.evaluate.gpu_smoke WORK [--device cuda] [--assets assets]``
+``python -m training.bench.gpu_smoke WORK [--device cuda] [--assets assets]``
 
 Steps: the device probe (:func:`stages.device.probe`); sample slides; ``main.py`` on the CPU,
 then on the GPU in float16 and in float32 (each must log the GPU, grade every slide, and score
@@ -113,7 +113,7 @@ def smoke(work: Path, device: str, assets: Path) -> list[tuple[str, Callable[[],
 
     def benchmark() -> str:
         text = sh(
-            "-m", "training.evaluate.benchmark", str(work / "bench"), "--sets", "heldout",
+            "-m", "training.bench.benchmark", str(work / "bench"), "--sets", "heldout",
             "--modes", "cascade k=32;detector only", "--device", device, "--workers", "8",
             "--assets", str(assets),
         )  # fmt: skip
@@ -134,7 +134,7 @@ def smoke(work: Path, device: str, assets: Path) -> list[tuple[str, Callable[[],
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.gpu_smoke", __doc__)
+    parser = command_parser("training.bench.gpu_smoke", __doc__)
     parser.add_argument("work", type=Path, help="folder for the slides, runs and assets")
     parser.add_argument("--device", default="cuda", help="the GPU to check (cuda, cuda:1, …)")
     parser.add_argument("--assets", type=Path, default=REPO / "assets")

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stages.cascade import SlideResult
 from stages.classifier import read_patches
 from stages.config import Assets
 from stages.detector import read_windows, tissue_windows
+from stages.result import SlideResult
 from stages.slide import Slide
 
 

@@ -1,11 +1,11 @@
 """Slides per hour on a Ray pool, against ``main.py``: ``make cluster-benchmark``.
 
-``python -m training.evaluate.scaling OUT [--sets heldout,real] [--pools 1x1,1x2,2x1]
+``python -m training.bench.scaling OUT [--sets heldout,real] [--pools 1x1,1x2,2x1]
 [--min-slides 24] [--local-cpus 2] [--publish DIR]``
 
-The slide sets are ``make benchmark``'s (:func:`training.evaluate.benchmark.make_sets`: generated
+The slide sets are ``make benchmark``'s (:func:`training.bench.sets.make_sets`: generated
 under ``OUT`` once, then reused); a set of fewer than ``--min-slides`` slides (the six real-size
-ones) is listed over and over up to that many (:func:`training.evaluate.benchmark.repeat_set`),
+ones) is listed over and over up to that many (:func:`training.bench.sets.repeat_set`),
 so that a rate is measured over more slides than workers. Each set is graded by ``main.py``
 once (one process, its prefetch thread, torch on every core) and by ``python -m
 training.cluster grade`` with each pool shape ``WxC`` (W workers of C CPUs each) on a local Ray
@@ -35,9 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.bench.sets import make_sets, repeat_set
+from training.bench.tables import machine, plain_markdown
 from training.cli import command_parser, setup_logging
 from training.cluster.grade import RESULTS, ResultsTable
-from training.evaluate.benchmark import REPO, machine, make_sets, plain_markdown, repeat_set
+from training.process import REPO
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,7 @@ def projection(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.scaling", __doc__)
+    parser = command_parser("training.bench.scaling", __doc__)
     parser.add_argument("out", type=Path, help="work folder (slide sets are kept and reused)")
     parser.add_argument("--sets", default="heldout,real")
     parser.add_argument("--pools", default="1x1,1x2,2x1", help="pool shapes WxC")

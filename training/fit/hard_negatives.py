@@ -1,6 +1,6 @@
 """Hard negatives from stage 1: what the trained detector would send stage 2 on benign slides.
 
-``python -m training.data.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
+``python -m training.fit.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
 
 For every cached label-0 slide, the trained detector runs over the cached detector page with
 the cascade's own code (:meth:`training.data.cache.CachedSlide.hotspots`); the top
@@ -29,7 +29,7 @@ from stages.device import choose_device
 from stages.slide import Slide
 from training.cli import command_parser, setup_logging
 from training.data.cache import HARD, Cache, CachedSlide, crop_size, write_index
-from training.fit.common import load_stage_model, stage_cascade
+from training.stageio import load_stage_model, stage_cascade
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def mine_hard_negatives(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.data.hard_negatives", __doc__)
+    parser = command_parser("training.fit.hard_negatives", __doc__)
     parser.add_argument("cache", type=Path)
     parser.add_argument("data", type=Path, help="the training folder the cache was built from")
     parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")

@@ -23,9 +23,9 @@ from stages.nets import to_unit
 from training.data.augment import BatchAugment
 from training.data.cache import Cache
 from training.data.targets import IGNORE
-from training.evaluate.inspection import GRADE_COLOURS, GRADE_NAMES
-from training.fit.classifier import PatchSet
 from training.fit.detector import WindowSet
+from training.fit.patches import PatchSet
+from training.inspect.inspection import GRADE_COLOURS, GRADE_NAMES
 
 #: Colours of target classes 0–3 (transparent for 0) for overlays.
 TARGET_CMAP = ListedColormap([(0, 0, 0, 0), *GRADE_COLOURS[1:]])
@@ -235,7 +235,7 @@ def plot_sweeps(sweeps: dict[str, tuple[np.ndarray, np.ndarray, float]]) -> Figu
 
 
 def plot_patch_gallery(patches: PatchSet, rows: Sequence[int]) -> Figure:
-    """The cached patches of ``rows`` of a :class:`~training.fit.classifier.PatchSet`, titled
+    """The cached patches of ``rows`` of a :class:`~training.fit.patches.PatchSet`, titled
     with their kind and class."""
     table = patches.rows
     return plot_gallery(

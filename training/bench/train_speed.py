@@ -1,11 +1,11 @@
 """Training throughput on the training device, against the loader's rate: ``make train-speed``.
 
-``python -m training.evaluate.train_speed OUT [--config standard] [--data TRAIN] [--steps 300]
+``python -m training.bench.train_speed OUT [--preset standard] [--data TRAIN] [--steps 300]
 [--accelerator auto] [--workers -1] [--publish DIR]``
 
 On the cache of a training folder (``--data``, else ``--slides`` generated slides, seed 1000,
 into ``OUT/data``; cached with the preset into ``OUT/cache``; both reused by a rerun), for each
-stage with the recipe's batch size and loader (:data:`training.pipeline.RECIPES`,
+stage with the preset's batch size and loader (:data:`training.presets.PRESETS`,
 :func:`training.fit.common.make_loader`: its worker count from the CPUs, persistent workers, a
 prefetch factor and pinned memory on a GPU), it measures three rates in samples/s:
 
@@ -26,6 +26,7 @@ the table and writes ``OUT/train_speed.md`` and ``OUT/train_speed.csv``.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
 import os
@@ -41,21 +42,18 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from stages.config import CascadeConfig
+from training.bench.tables import machine, plain_markdown
 from training.cli import command_parser, setup_logging
 from training.data.cache import Cache, CacheConfig, build_cache
 from training.data.synthetic import sample_specs, write_dataset
-from training.evaluate.benchmark import machine, plain_markdown
 from training.fit import classifier, detector
 from training.fit.common import (
     EpochDraws,
     StageModule,
-    TrainOptions,
     make_loader,
     trainer_precision,
 )
-from training.pack.export import load_recipe
-from training.pipeline import RECIPES, Recipe
+from training.presets import PRESETS, Preset, TrainOptions, load_preset
 
 log = logging.getLogger(__name__)
 
@@ -219,19 +217,18 @@ def peak_gpu_mb(device: torch.device) -> float:
 def measure(
     cache_root: Path,
     out: Path,
-    cascade: CascadeConfig,
-    recipe: Recipe,
+    preset: Preset,
     steps: int,
     warmup: int,
     accelerator: str = "auto",
     workers: int = -1,
 ) -> pd.DataFrame:
-    """The three rates of each stage of ``cascade`` (module doc) with ``recipe``'s batch sizes
+    """The three rates of each stage of ``preset``'s cascade (module doc) with its batch sizes
     and other training options, one row per stage; the trainers' runs go to ``out/runs``."""
-    cache = Cache.open(cache_root)
+    cache, cascade = Cache.open(cache_root), preset.cascade
     rows = []
     for name, stage in STAGES.items():
-        defaults = getattr(recipe, name)
+        defaults = getattr(preset, name)
         options = replace(
             defaults,
             epochs=1,
@@ -278,7 +275,7 @@ def measure(
     return pd.DataFrame(rows)
 
 
-def prepare_cache(out: Path, data: Path | None, recipe: str, slides: int, workers: int) -> Path:
+def prepare_cache(out: Path, data: Path | None, preset: str, slides: int, workers: int) -> Path:
     """The cache of ``data`` (else of ``slides`` generated training slides) with the preset's
     settings, under ``out``; reused when it is there."""
     if data is None:
@@ -286,14 +283,15 @@ def prepare_cache(out: Path, data: Path | None, recipe: str, slides: int, worker
         if not (data / "train_metadata.csv").is_file():
             write_dataset(data, sample_specs(slides, SEED), "train", resume=True, workers=workers)
     cache = out / "cache"
-    build_cache(data, cache, load_recipe(recipe), CacheConfig(seed=SEED), folds=4)
+    build_cache(data, cache, load_preset(preset).cascade, CacheConfig(seed=SEED), folds=4)
     return cache
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.train_speed", __doc__)
+    parser = command_parser("training.bench.train_speed", __doc__)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--config", default="standard", choices=sorted(RECIPES))
+    parser.add_argument("--preset", default="standard", help=f"{sorted(PRESETS)} or a JSON file")
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--data", type=Path, default=None, help="a training folder to cache")
     parser.add_argument("--slides", type=int, default=16, help="slides generated without --data")
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
@@ -306,12 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps <= args.warmup:
         parser.error("--steps must be larger than --warmup")
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = prepare_cache(args.out, args.data, args.config, args.slides, os.cpu_count() or 1)
+    cache = prepare_cache(args.out, args.data, args.preset, args.slides, os.cpu_count() or 1)
     table = measure(
         cache,
         args.out,
-        load_recipe(args.config),
-        RECIPES[args.config],
+        load_preset(args.preset),
         args.steps,
         args.warmup,
         args.accelerator,
@@ -319,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     device = "cuda" if TrainOptions(accelerator=args.accelerator).gpu() else "cpu"
     text = (
-        f"Training throughput, `{args.config}` preset, {args.steps} steps a run "
+        f"Training throughput, `{args.preset}` preset, {args.steps} steps a run "
         f"({args.warmup} not timed). Machine: {machine(device)}; Lightning {pl.__version__}.\n\n"
         + plain_markdown(table)
     )

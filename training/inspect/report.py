@@ -1,6 +1,6 @@
 """One self-contained HTML page of a run: what the cascade looked at and why it chose each class.
 
-``python -m training.evaluate.report RUN_DIR --out report.html [--labels test_labels.csv]
+``python -m training.inspect.report RUN_DIR --out report.html [--labels test_labels.csv]
 [--data DATA_DIR]``
 
 ``RUN_DIR`` is what ``main.py --save-heatmaps`` wrote; no network runs. ``--data`` (the slides'
@@ -31,15 +31,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from stages.cascade import SlideResult
 from stages.classifier import read_patches
 from stages.decision import expected_costs
 from stages.metric import ERROR_MATRIX, confusion_matrix, score
+from stages.result import SlideResult
 from stages.slide import Slide
 from stages.submission import classes_by_filename, read_table
 from training.cli import command_parser, setup_logging
-from training.evaluate.figures import plot_confusion
-from training.evaluate.inspection import GRADE_COLOURS, GRADE_NAMES, overview_page
+from training.inspect.figures import plot_confusion
+from training.inspect.inspection import GRADE_COLOURS, GRADE_NAMES, overview_page
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +368,7 @@ td, th {{ padding: 2px 8px; text-align: right; }}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.report", __doc__)
+    parser = command_parser("training.inspect.report", __doc__)
     parser.add_argument("run", type=Path)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--labels", type=Path)

@@ -1,11 +1,11 @@
 """Training at the real data's scale, measured: ``make train-scale``.
 
-``python -m training.evaluate.train_scale OUT [--counts 32 128 512] [--steps 300] [--publish DIR]``
+``python -m training.bench.train_scale OUT [--counts 32 128 512] [--steps 300] [--publish DIR]``
 
 For training sets of growing size (``--counts`` small generated slides, one cache whose first
 slides are the smaller sets), plus slides generated at the real sizes of rows of the real
 metadata (two typical 10–13 gigapixel slides and a 271,950 × 294,038 px canvas, from
-``tests/data/tissuenet``), it measures and prints:
+``training/data/reference/tissuenet``), it measures and prints:
 
 * cache bytes per slide and cache seconds per slide (one process, this machine);
 * the peak RSS and the most open file descriptors of the detector and the classifier training
@@ -28,6 +28,7 @@ Everything is generated under ``OUT`` and reused by a rerun.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -44,13 +45,14 @@ import pandas as pd
 import psutil
 import torch
 
+from training.bench.sets import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
 from training.cli import command_parser, setup_logging
 from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, build_cache, write_index
 from training.data.synthetic import SynthConfig, layout_specs, sample_specs, write_dataset
-from training.evaluate.benchmark import CANVAS_ROW, LAYOUT, LAYOUT_SEED, REAL_ROWS
-from training.fit import classifier, detector
-from training.pack.export import load_recipe
+from training.fit import detector
+from training.fit.patches import PatchSet
+from training.presets import load_preset
 from training.process import high_water_kb, resident_kb
 
 log = logging.getLogger(__name__)
@@ -134,15 +136,15 @@ def subset_cache(full: Path, target: Path, filenames: list[str]) -> Path:
     return target
 
 
-def loader_rates(cache_root: Path, recipe: str, n: int = 200) -> dict[str, float]:
+def loader_rates(cache_root: Path, preset: str, n: int = 200) -> dict[str, float]:
     """Training items per second of one loader worker (this process, one thread) for each
     stage, and the batch augmentation's samples per second on this CPU."""
     torch.set_num_threads(1)
-    cascade = load_recipe(recipe)
+    cascade = load_preset(preset).cascade
     cache = Cache.open(cache_root)
     files = list(cache.slides["filename"])
     windows = detector.WindowSet(cache, files, cascade.detector, n, 0.7, True, 0)
-    patches = classifier.PatchSet(cache, cache.patches, cascade.classifier, n, True, 0)
+    patches = PatchSet(cache, cache.patches, cascade.classifier, n, True, 0)
     rates = {}
     for name, data in (("detector", windows), ("classifier", patches)):
         data[0]  # warm: imports, first maps
@@ -160,11 +162,11 @@ def loader_rates(cache_root: Path, recipe: str, n: int = 200) -> dict[str, float
     return rates
 
 
-def data_memory(cache_root: Path, recipe: str, items: int = 200) -> float:
+def data_memory(cache_root: Path, preset: str, items: int = 200) -> float:
     """Bytes per slide that opening the cache at ``cache_root`` and building both stages'
     training and validation datasets over all its slides hold, ``items`` items of each read
     (``tracemalloc``, this process)."""
-    cascade = load_recipe(recipe)
+    cascade = load_preset(preset).cascade
     tracemalloc.start()
     try:
         cache = Cache.open(cache_root)
@@ -172,7 +174,7 @@ def data_memory(cache_root: Path, recipe: str, items: int = 200) -> float:
         kept = [
             detector.WindowSet(cache, files, cascade.detector, items, 0.7, True, 0),
             detector.WindowSet(cache, files, cascade.detector, 0, 0.7, False, 1),
-            classifier.PatchSet(cache, cache.patches, cascade.classifier, items, True, 0),
+            PatchSet(cache, cache.patches, cascade.classifier, items, True, 0),
         ]
         for data in kept:
             for i in range(min(items, len(data))):
@@ -184,7 +186,7 @@ def data_memory(cache_root: Path, recipe: str, items: int = 200) -> float:
 
 
 def train_peaks(
-    cache_root: Path, work: Path, recipe: str, steps: int, workers: int, recall_slides: int
+    cache_root: Path, work: Path, preset: str, steps: int, workers: int, recall_slides: int
 ) -> dict[str, ProcessPeak]:
     """Peak RSS and open files of a detector and a classifier run of ``steps`` steps each (one
     epoch, one validation pass) with ``workers`` loader processes; the detector's hotspot recall
@@ -195,7 +197,7 @@ def train_peaks(
         shutil.rmtree(out, ignore_errors=True)
         command = [
             sys.executable, "-m", f"training.fit.{name}", str(cache_root), str(out),
-            "--config", recipe, "--epochs", "1", "--samples", str(steps * batch),
+            "--preset", preset, "--epochs", "1", "--samples", str(steps * batch),
             "--batch-size", str(batch), "--workers", str(workers), "--accelerator", "cpu",
         ]  # fmt: skip
         if name == "detector":
@@ -221,13 +223,13 @@ def run(
     counts: list[int],
     steps: int,
     workers: int,
-    recipe: str,
+    preset: str,
     repeats: int = 2,
     recall_slides: int = RECALL_SLIDES,
 ) -> dict:
     """Every measurement of the module doc; returns them (also written to ``OUT/scale.json``)."""
     out.mkdir(parents=True, exist_ok=True)
-    cascade = load_recipe(recipe)
+    cascade = load_preset(preset).cascade
     config = CacheConfig(square_patches=12, benign_patches=32)
     results: dict = {"counts": {}, "real": {}}
 
@@ -239,10 +241,10 @@ def run(
     for count in sorted(counts):
         root = subset_cache(out / "small" / "cache", out / f"cache-{count}", names[:count])
         figures = cache_figures(root)
-        figures |= loader_rates(root, recipe)
-        figures["data_bytes_per_slide"] = data_memory(root, recipe)
+        figures |= loader_rates(root, preset)
+        figures["data_bytes_per_slide"] = data_memory(root, preset)
         runs = [
-            train_peaks(root, out / f"train-{count}-{r}", recipe, steps, workers, recall_slides)
+            train_peaks(root, out / f"train-{count}-{r}", preset, steps, workers, recall_slides)
             for r in range(repeats)
         ]
         for stage in ("detector", "classifier"):
@@ -271,7 +273,7 @@ def run(
             "seconds": float(row["seconds"]),
         }
     peaks = train_peaks(
-        real_cache, out / "train-real", recipe, steps, workers, detector.RECALL_SLIDES
+        real_cache, out / "train-real", preset, steps, workers, detector.RECALL_SLIDES
     )
     results["real_train"] = {k: vars(v) for k, v in peaks.items()}
     results["extrapolation"] = extrapolate(results)
@@ -374,7 +376,7 @@ def report(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = command_parser("training.evaluate.train_scale", __doc__)
+    parser = command_parser("training.bench.train_scale", __doc__)
     parser.add_argument("out", type=Path)
     parser.add_argument("--counts", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--steps", type=int, default=150, help="training steps per process")
@@ -386,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         default=RECALL_SLIDES,
         help="validation slides of the detector's hotspot recall in the runs over --counts",
     )
-    parser.add_argument("--config", default="tiny")
+    parser.add_argument("--preset", default="tiny", help="preset name or JSON file")
+    parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--publish", type=Path, help="also write train_scale.md there")
     args = parser.parse_args(argv)
     setup_logging()
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         args.counts,
         args.steps,
         args.workers,
-        args.config,
+        args.preset,
         args.repeats,
         args.recall_slides,
     )
