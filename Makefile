@@ -1,18 +1,24 @@
 # Every target depends on the virtual environment, so `make test` alone sets up a fresh machine.
+# `make` alone (or `make help`) lists the targets: the `## ` comment after each target's name.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 REQUIREMENTS := requirements.txt requirements-cluster.txt requirements-openslide.txt \
-	requirements-dev.txt
+	requirements-train.txt requirements-dev.txt pyproject.toml
 STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
+.PHONY: help setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
 	evaluate gpu-smoke clean
 
-setup: $(STAMP)
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | \
+		awk -F'\t' '{printf "  %-18s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with the pinned packages and the project (editable, `tissuenet`)
 
 $(STAMP): $(REQUIREMENTS)
 	# Chromium (Debian's) for the report's browser test, if the machine has none
@@ -20,26 +26,27 @@ $(STAMP): $(REQUIREMENTS)
 		{ $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	# the repo root on the venv's path, so notebooks and tools import stages/ and training/
-	echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tissuenet-repo.pth"
+	# the project itself, editable: stages/ and training/ importable everywhere, `tissuenet` on PATH
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	rm -f "$$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tissuenet-repo.pth"
 	rm -f $(VENV)/.installed-* && touch $@
 
-test: setup
+test: setup ## the whole suite (what .ci/run calls)
 	$(PY) -m pytest
 
-lint: setup
+lint: setup ## ruff check and format check, and the import layers (import-linter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	# imports go one way (pyproject.toml, [tool.importlinter])
 	$(VENV)/bin/lint-imports --no-logo --no-cache
 
-format: setup
+format: setup ## ruff fix and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
 # Sample slides in the competition's test layout, graded by main.py exactly as the runtime would,
 # then scored against their labels. Heatmaps for inspection land in $(DEMO)/heatmaps.
-demo: setup $(DEMO)/data/submission_format.csv
+demo: setup $(DEMO)/data/submission_format.csv ## grade 8 sample slides with main.py and score them
 	$(PY) main.py --data $(DEMO)/data --out $(DEMO)/submission.csv --save-heatmaps $(DEMO)/heatmaps
 	$(PY) -m stages.metric $(DEMO)/submission.csv $(DEMO)/data/test_labels.csv
 
@@ -49,7 +56,7 @@ $(DEMO)/data/submission_format.csv: | setup
 
 # The demo's run as one HTML report (labels, overviews, patches), opened in headless Chromium;
 # its screenshot and the worst slide's overview go to training/evaluate/results for the README.
-report: demo
+report: demo ## the demo's run as one HTML report, screenshot in headless Chromium
 	$(PY) -m training.inspect.report $(DEMO)/heatmaps --out $(DEMO)/report.html \
 		--labels $(DEMO)/data/test_labels.csv --data $(DEMO)/data \
 		--screenshot training/evaluate/results/report.png \
@@ -58,7 +65,7 @@ report: demo
 # Train both stages on generated slides, fit the decision, write assets/ (seeded; CPU by default).
 # Work files (slides, cache, checkpoints, logs) go to $(TRAIN); a rerun resumes the data steps.
 TRAIN := build/train
-train: setup
+train: setup ## train both stages on generated slides and write assets/
 	$(PY) -m training.pipeline $(TRAIN) assets
 
 # Training at the real data's scale, measured: cache disk and seconds per slide, peak memory and
@@ -66,7 +73,7 @@ train: setup
 # sizes of rows of the real metadata (a canvas included), loader rates, and the extrapolation
 # to the 1,015-slide set. Slides and caches go to $(SCALE) and are reused by a rerun.
 SCALE := build/train-scale
-train-scale: setup
+train-scale: setup ## training memory, open files and disk at the real data's scale
 	$(PY) -m training.bench.train_scale $(SCALE) --publish training/evaluate/results
 
 # Training throughput of the standard preset on the training device (the GPU when there is one;
@@ -74,13 +81,13 @@ train-scale: setup
 # memory and the real trainer, in samples/s, with the GPU's utilisation. Slides, cache and runs
 # go to $(SPEED); the table to training/evaluate/results/train_speed.md.
 SPEED := build/train-speed
-train-speed: setup
+train-speed: setup ## training throughput per stage (loader, network, trainer)
 	$(PY) -m training.bench.train_speed $(SPEED) --publish training/evaluate/results
 
 # The shipped assets on held-out generated slides (seeds never used in training): the cascade's
 # score beside the detector-only and always-1 scores, and hotspot recall@k of annotated squares.
 EVAL := build/evaluate
-evaluate: setup $(EVAL)/test/submission_format.csv $(EVAL)/train/train_metadata.csv
+evaluate: setup $(EVAL)/test/submission_format.csv $(EVAL)/train/train_metadata.csv ## the shipped assets on held-out slides
 	$(PY) -m training.evaluate --test $(EVAL)/test --train-set $(EVAL)/train --out $(EVAL)/run
 
 $(EVAL)/test/submission_format.csv: | setup
@@ -94,13 +101,13 @@ $(EVAL)/train/train_metadata.csv: | setup
 # are copied to training/evaluate/results and docs/benchmarks.md's table is rewritten. About an
 # hour on the 2-core CPU, a third of it generating the real-size slides (kept for the next run).
 BENCH := build/benchmark
-benchmark: setup
+benchmark: setup ## speed against exhaustive tiling, and the score under time limits
 	$(PY) -m training.bench.benchmark $(BENCH) --limits --publish training/evaluate/results \
 		--docs docs/benchmarks.md
 
 # Slides per hour with 1 and 2 Ray workers on this machine against main.py, on make benchmark's
 # held-out and real-size sets (generated under $(BENCH) if absent, then kept).
-cluster-benchmark: setup
+cluster-benchmark: setup ## slides per hour with 1 and 2 Ray workers
 	$(PY) -m training.bench.scaling $(BENCH) --publish training/evaluate/results
 
 # Does this machine's GPU run the whole product? main.py on the GPU in float16 and float32 against
@@ -108,10 +115,10 @@ cluster-benchmark: setup
 # line per step, the first degraded step fails. Without a usable GPU: "no usable GPU: <reason>",
 # exit status 4. Work files go to $(GPU_SMOKE).
 GPU_SMOKE := build/gpu-smoke
-gpu-smoke: setup
+gpu-smoke: setup ## on a GPU machine: the whole product on the GPU against the CPU
 	$(PY) -m training.bench.gpu_smoke $(GPU_SMOKE)
 
-clean:
+clean: ## remove build/, submission/ and caches
 	rm -rf build submission .pytest_cache .ruff_cache
 
 # --- Submission: pack, run as the runtime does, score (logic: training/pack/; tests: test_package) ---
@@ -125,12 +132,12 @@ TIME_LIMIT ?=
 
 .PHONY: pack-submission test-submission score
 
-pack-submission: setup
+pack-submission: setup ## submission/submission.zip: main.py, stages/, assets/
 	$(PY) -m training.pack.package pack --out $(SUBMISSION)/submission.zip $(if $(FORCE),--force)
 
-test-submission: setup $(if $(filter $(DEMO)/data,$(DATA)),$(DEMO)/data/submission_format.csv)
+test-submission: setup $(if $(filter $(DEMO)/data,$(DATA)),$(DEMO)/data/submission_format.csv) ## run the zip as the runtime does (DATA=dir, TIME_LIMIT=s)
 	$(PY) -m training.pack.package test --zip $(SUBMISSION)/submission.zip --data $(DATA) \
 		--out-dir $(SUBMISSION) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT))
 
-score: setup
+score: setup ## score submission/submission.csv against LABELS
 	$(PY) -m training.pack.package score --submission $(SUBMISSION)/submission.csv --labels $(LABELS)

@@ -19,8 +19,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import main  # noqa: E402
 import stages.cascade  # noqa: E402
+from stages.cli import main  # noqa: E402
 
 HOLD = set(json.loads(os.environ.get("TEST_HOLD", "[]")))
 FORCE = {str(k): int(v) for k, v in json.loads(os.environ.get("TEST_FORCE", "{}")).items()}
@@ -42,4 +42,4 @@ stages.cascade.Cascade.grade_slide = held_grade_slide  # type: ignore[method-ass
 
 if __name__ == "__main__":
     sys.argv[0] = str(REPO / "main.py")
-    sys.exit(main.main(sys.argv[1:]))
+    sys.exit(main(sys.argv[1:], root=REPO))
