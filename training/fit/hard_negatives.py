@@ -1,6 +1,6 @@
 """Hard negatives from stage 1: what the trained detector would send stage 2 on benign slides.
 
-``python -m training.fit.hard_negatives CACHE DATA_DIR DETECTOR_DIR [--per-slide 16] [--device D]``
+``python -m training.fit.hard_negatives DATA_DIR CACHE DETECTOR_DIR [--per-slide 16] [--device D]``
 
 For every cached label-0 slide, the trained detector runs over the cached detector page with
 the cascade's own code (:meth:`training.data.cache.CachedSlide.hotspots`); the top
@@ -97,11 +97,12 @@ def mine_hard_negatives(
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.fit.hard_negatives", __doc__)
-    parser.add_argument("cache", type=Path)
+    # positional arguments in the order of every training command: data, cache, stage outputs
     parser.add_argument("data", type=Path, help="the training folder the cache was built from")
+    parser.add_argument("cache", type=Path)
     parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")
     parser.add_argument("--per-slide", type=int, default=16)
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: GPU if any)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1")
     args = parser.parse_args(argv)
     setup_logging()
     n = mine_hard_negatives(args.cache, args.data, args.detector, args.per_slide, args.device)
