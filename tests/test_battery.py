@@ -291,10 +291,11 @@ def test_huge_mostly_white_canvas_among_small_slides(
 def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_path: Path) -> None:
     """400 slides (single-page, all tissue: no detector pass fits their share, so each takes the
     cheaper path, ~0.1 s here) in a 30 s run, of which start-up takes several seconds (tens on a
-    busy machine): far fewer than 400 fit, so the budget must skip slides (their cheapest path
-    costs more than their share) and cut the run, and the budget, not the watchdog, ends it.
-    (Whether it ends inside the limit is a wall-time figure; the cut at the limit is checked on
-    a fake clock in test_runtime.py.)"""
+    busy machine): far fewer than 400 fit, so the budget must pass slides over (skipped evenly
+    where their cheapest path costs more than their share; not started where the time runs out),
+    and the budget, not the watchdog, ends the run. Which of the two it is depends on the
+    machine's speed. (Whether it ends inside the limit is a wall-time figure; the cut at the
+    limit is checked on a fake clock in test_runtime.py.)"""
     template = write_tiff(tmp_path / "template.tif", stained(31), pyramid=False).read_bytes()
     names = [f"s{i:03d}.tif" for i in range(400)]
     data = make_data(tmp_path, names, dict.fromkeys(names, template))
@@ -304,12 +305,12 @@ def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_p
     problems = check_outcome(outcome, data / "submission_format.csv")
     assert [p for p in problems if "over the time limit" not in p] == [], text
     cut = re.search(r"time limit: (\d+) slides not started get the fallback class (\d)", text)
-    assert cut is not None, f"the budget did not cut the run:\n{text}"
-    started = len(names) - int(cut[1])
-    assert 1 <= started < len(names) and int(cut[2]) == FALLBACK, text
+    started = len(names) - (int(cut[1]) if cut else 0)
+    assert cut is None or int(cut[2]) == FALLBACK, text
     assert "abandoning" not in text  # no slide was still running at the limit
     got = classes(outcome)
     skipped = int(re.search(r"skipped by the budget (\d+)", text)[1])
+    assert skipped + len(names) - started > 0, f"the budget passed no slide over:\n{text}"
     graded = [n for n in names[:started] if f"] {n}: class " in text]
     assert len(graded) + skipped == started and graded, text  # the others were skipped unread
     for name in graded:  # each graded row is its slide's class

@@ -170,7 +170,7 @@ def test_stuck_slide_is_abandoned_at_the_limit(tmp_path: Path, assets: Path) -> 
     out = tmp_path / "submission.csv"
     command, env = held_main(
         ["--data", str(data), "--out", str(out), "--assets", str(assets), "--device", "cpu"]
-        + ["--time-limit", "20"],
+        + ["--time-limit", "60"],
         tmp_path / "marks",
         hold={first},
     )
