@@ -1,7 +1,7 @@
-"""Helper of ``tests/test_cluster.py``: the classifier trainer, unchanged, run under DDP on two CPU
-processes (gloo), each process saving what it ends with.
+"""Helper of ``tests/e2e/test_cluster.py``: the classifier trainer, unchanged, run under DDP on
+two CPU processes (gloo), each process saving what it ends with.
 
-``python tests/ddp_step.py CACHE OUT CONFIG``: Lightning's launcher starts the second process by
+``python tests/e2e/ddp_step.py CACHE OUT CONFIG``: Lightning's launcher starts the second process by
 running this same command again. Each rank writes ``OUT/rank<R>.safetensors`` (its network's
 parameters at the end of fitting) and ``OUT/rank<R>.json`` (world size, steps taken); rank 0
 also writes ``OUT/start.safetensors``, the parameters before the first step.

@@ -1,7 +1,7 @@
 """``main.py`` with :meth:`stages.cascade.Cascade.grade_slide` held on chosen slides: a test hook
-(:func:`conftest.held_main` builds the command).
+(:func:`helpers.start_main` starts it).
 
-``python tests/held_main.py MAIN_ARGS...`` with, in the environment, ``TEST_HOLD`` (a JSON list
+``python tests/e2e/held_main.py MAIN_ARGS...`` with, in the environment, ``TEST_HOLD`` (a JSON list
 of filenames whose ``grade_slide`` writes ``TEST_MARKS/<filename>.held`` and then never returns,
 as a native call that hangs) and ``TEST_FORCE`` (a JSON object filename → class: those slides are
 graded as usual, then given that class, so that a test knows a row the fallback cannot hold).
@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import main  # noqa: E402

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import pyvips
-from conftest import rezip, write_tiff
+from helpers import rezip, tissue, write_format, write_tiff
 
 from stages.decision import decide_slide
 from stages.submission import classes_by_filename, read_table
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.slow
 FALLBACK = decide_slide([], [], TINY.decision).cls
 #: Size of the largest real TissueNet slides (page 0).
 HUGE = (271_950, 294_038)
-ZEROS = {str(c): 0 for c in range(4)}
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +39,6 @@ def submission(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> Path:
     """The zip as ``make pack-submission`` builds it, with tiny random-weight assets."""
     root = tmp_path_factory.mktemp("submission")
     return pack(root / "submission.zip", assets=assets).path
-
-
-def tissue(seed: int, size: tuple[int, int] = (1200, 1600)) -> np.ndarray:
-    """``(H, W, 3)`` uint8: noisy glass with one purple-pink stained ellipse."""
-    rng = np.random.default_rng(seed)
-    h, w = size
-    pixels = rng.integers(230, 245, (h, w, 3), dtype=np.uint8)
-    yy, xx = np.mgrid[0:h, 0:w]
-    blob = ((yy - h / 2) / (h / 3)) ** 2 + ((xx - w / 2) / (w / 3)) ** 2 < 1
-    pixels[blob] = rng.integers(0, 40, (int(blob.sum()), 3)) + np.array([150, 70, 140])
-    return pixels.astype(np.uint8)
-
-
-def stained(seed: int, size: tuple[int, int] = (1800, 2400)) -> np.ndarray:
-    """``(H, W, 3)`` uint8: purple-pink stain over the whole frame, lightly noisy (all tissue:
-    the detector has a window to grade everywhere)."""
-    noise = np.random.default_rng(seed).integers(0, 16, (*size, 3))
-    return (noise + np.array([150, 70, 140])).astype(np.uint8)
 
 
 def make_data(
@@ -75,10 +56,7 @@ def make_data(
             (data / name).write_bytes(content)
         else:
             shutil.move(content, data / name)
-    pd.DataFrame({"filename": listed, **ZEROS}).to_csv(data / "submission_format.csv", index=False)
-    if metadata is None:
-        metadata = pd.DataFrame({"filename": listed, "resolution": 0.25})
-    metadata.to_csv(data / "test_metadata.csv", index=False)
+    write_format(data, listed, 0.25 if metadata is None else metadata)
     return data
 
 
@@ -284,7 +262,9 @@ def test_time_limit_far_too_short_still_writes_every_row(submission: Path, tmp_p
     costs more than their share) and cut the run, and the budget, not the watchdog, ends it.
     (Whether it ends inside the limit is a wall-time figure; the cut at the limit is checked on
     a fake clock in test_runtime.py.)"""
-    template = write_tiff(tmp_path / "template.tif", stained(31), pyramid=False).read_bytes()
+    template = write_tiff(
+        tmp_path / "template.tif", tissue(31, (1800, 2400), whole=True), pyramid=False
+    ).read_bytes()
     names = [f"s{i:03d}.tif" for i in range(400)]
     data = make_data(tmp_path, names, dict.fromkeys(names, template))
     outcome = run(submission, data, time_limit_s=30, grace_s=15)

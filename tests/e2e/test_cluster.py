@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,7 +25,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from conftest import REPO, SHIPPED_ASSETS, TEST_RECIPE
+from helpers import REPO, SHIPPED_ASSETS, TEST_RECIPE, TRAIN_MIX, run_main
 from safetensors.torch import load_file
 
 from stages.cascade import Cascade
@@ -44,7 +45,7 @@ from training.cluster.pool import (
     size_pool,
 )
 from training.data.cache import CacheConfig, build_cache
-from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import generate_dataset
 from training.evaluate.scaling import projection
 from training.fit.common import save_stage
 from training.pack.package import blocked_modules, runtime_distributions, unresolved_imports
@@ -73,14 +74,10 @@ def slides(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = classes_by_filename(read_table(data / "test_labels.csv"))
     assert sorted(labels.values()) == [0, 1, 2, 3]
     main = data.parent / "main"
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "main.py"), "--data", str(data), "--assets", str(ASSETS)]
-        + ["--out", str(main / "submission.csv"), "--save-heatmaps", str(main / "maps")],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code, log = run_main(
+        data, main / "submission.csv", ASSETS, "--save-heatmaps", str(main / "maps")
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert code == 0, log
     return data
 
 
@@ -323,10 +320,9 @@ def test_projection_divides_the_archive_by_the_steady_rates() -> None:
 
 
 @pytest.fixture(scope="module")
-def train_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_data(tmp_path_factory: pytest.TempPathFactory, generated: Callable[..., Path]) -> Path:
     out = tmp_path_factory.mktemp("cluster_train") / "data"
-    mix = SynthConfig(size_range=(3000, 4000), class_mix=(0.5, 0.0, 0.5, 0.0))
-    generate_dataset(out, 4, seed=24, split="train", config=mix)
+    shutil.copytree(generated(4, 24, "train", TRAIN_MIX), out)
     (out / "syn24_0003.tif").write_bytes(b"not a tiff")  # listed, and unreadable
     return out
 
@@ -381,7 +377,7 @@ def test_ddp_step_on_two_cpu_processes_ends_with_equal_weights(
     build_cache(train_data, tmp_path / "cache", TEST_RECIPE, SMALL, folds=2)
     recipe = save_config(TEST_RECIPE, tmp_path / "recipe")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_step.py"), str(tmp_path / "cache")]
+        [sys.executable, str(REPO / "tests" / "e2e" / "ddp_step.py"), str(tmp_path / "cache")]
         + [str(tmp_path / "run"), str(recipe)],
         capture_output=True,
         text=True,

@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import ray
-from conftest import SHIPPED_ASSETS
+from helpers import SHIPPED_ASSETS
 from ray.cluster_utils import Cluster
 
 from stages.submission import read_table, validate
 from training.cluster.grade import GradeOptions, GradeReport, ResultsTable, grade_archive
 from training.cluster.pool import PoolConfig
-from training.data.synthetic import generate_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +36,13 @@ def two_nodes() -> Iterator[tuple[Cluster, list]]:
 
 
 def test_a_lost_node_loses_no_finished_result(
-    two_nodes: tuple[Cluster, list], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    two_nodes: tuple[Cluster, list],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    generated: Callable[..., Path],
 ) -> None:
     cluster, nodes = two_nodes
-    data = tmp_path / "data"
-    generate_dataset(data, 6, seed=33, split="test")
+    data = generated(6, 33)
     names = list(read_table(data / "submission_format.csv")["filename"])
     out = tmp_path / "out"
     marks = tmp_path / "marks"

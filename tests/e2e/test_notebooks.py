@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -15,14 +16,14 @@ import pandas as pd
 import papermill
 import pytest
 import torch
-from conftest import REPO, TEST_RECIPE
+from helpers import REPO, TEST_RECIPE
 
 from stages import runtime
 from stages.config import load_config, save_config
 from stages.metric import confusion_matrix, score
 from stages.submission import classes_by_filename, read_table
 from training.data.dataset import read_training_set
-from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import SynthConfig
 from training.evaluate.cohort import budget_sweep, cohort_table, load_run
 from training.evaluate.inspection import run_table
 from training.fit.classifier import patch_score
@@ -199,17 +200,18 @@ def test_training_notebooks_in_workflow_order(tmp_path: Path) -> None:
     assert f"in-sample: {fitted['fit_score']:.4f}, stage 2 off " in text
 
 
-def graded_run(tmp_path: Path, assets: Path, n_slides: int, seed: int) -> tuple[Path, Path]:
-    """``(data, maps)``: ``n_slides`` generated test-layout slides graded by the runtime with
+def graded_run(tmp_path: Path, assets: Path, data: Path) -> tuple[Path, Path]:
+    """``(data, maps)``: the generated test-layout slides in ``data`` graded by the runtime with
     ``assets``, their results saved as ``main.py --save-heatmaps`` saves them."""
-    data, maps = tmp_path / "data", tmp_path / "maps"
-    generate_dataset(data, n_slides, seed=seed, split="test")
+    maps = tmp_path / "maps"
     assert runtime.run(data, tmp_path / "sub.csv", assets, device="cpu", save_heatmaps=maps) == 0
     return data, maps
 
 
-def test_heatmap_inspection_notebook(tmp_path: Path, assets: Path) -> None:
-    data, maps = graded_run(tmp_path, assets, 2, seed=9)
+def test_heatmap_inspection_notebook(
+    tmp_path: Path, assets: Path, generated: Callable[..., Path]
+) -> None:
+    data, maps = graded_run(tmp_path, assets, generated(2, 9))
     result = execute(
         REPO / "notebooks" / "05_heatmap_inspection.ipynb",
         tmp_path / "05.ipynb",
@@ -235,8 +237,10 @@ def test_heatmap_inspection_notebook(tmp_path: Path, assets: Path) -> None:
     assert f"{table['slide'][0]} | " in printed(result)
 
 
-def test_run_inspection_notebook(tmp_path: Path, assets: Path) -> None:
-    data, maps = graded_run(tmp_path, assets, 2, seed=10)
+def test_run_inspection_notebook(
+    tmp_path: Path, assets: Path, generated: Callable[..., Path]
+) -> None:
+    data, maps = graded_run(tmp_path, assets, generated(2, 9))
     result = execute(
         REPO / "notebooks" / "06_run_inspection.ipynb",
         tmp_path / "06.ipynb",
@@ -253,10 +257,11 @@ def test_run_inspection_notebook(tmp_path: Path, assets: Path) -> None:
     assert images(result) == 2  # one overview per slide, decoded, none blank
 
 
-def test_cohort_review_notebook(tmp_path: Path, assets: Path) -> None:
-    test, maps = graded_run(tmp_path, assets, 3, seed=11)
-    train = tmp_path / "train"
-    generate_dataset(train, 2, seed=12, split="train", config=SynthConfig(class_mix=(0, 0, 1, 0)))
+def test_cohort_review_notebook(
+    tmp_path: Path, assets: Path, generated: Callable[..., Path]
+) -> None:
+    test, maps = graded_run(tmp_path, assets, generated(3, 11))
+    train = generated(2, 12, "train", SynthConfig(class_mix=(0, 0, 1, 0)))
     slides = read_training_set(train)
     run_cascade(
         assets, [s.path for s in slides], [s.mpp for s in slides], tmp_path / "recall",

@@ -14,9 +14,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pandas as pd
 import pytest
-from conftest import REPO
+from helpers import REPO, write_format
 
 from training.pack import package
 from training.pack.package import (
@@ -31,20 +30,12 @@ from training.pack.package import (
     write_guard,
 )
 
-ZEROS = {str(c): 0 for c in range(4)}
 NAMESPACES = package.namespaces_available()
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory, assets: Path) -> package.PackReport:
     return pack(tmp_path_factory.mktemp("pack") / "submission.zip", assets=assets)
-
-
-def write_format(data: Path, names: list[str]) -> Path:
-    data.mkdir(parents=True, exist_ok=True)
-    path = data / "submission_format.csv"
-    pd.DataFrame({"filename": names, **ZEROS}).to_csv(path, index=False)
-    return path
 
 
 def probe_zip(path: Path, main_py: str, extra: dict[str, str] | None = None) -> Path:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FakeClock
+from helpers import FakeClock
 
 from stages.budget import BudgetConfig, CostModel, Ema, RunBudget
 

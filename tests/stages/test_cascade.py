@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FakeClock
+from helpers import FakeClock
 
 import stages.cascade
 from stages.budget import RunBudget, SlideBudget
@@ -68,7 +68,7 @@ def test_small_allotment_keeps_the_last_page_while_it_fits_the_time_left(
     budget, _ = _frozen_run(cascade, 2.0)  # 2 s: the detector may use 1 s (fraction 0.5)
     # estimated 1.7 s on page 5, the slide's coarsest: over the detector's share, within the
     # 2 s left less the 0.2 s kept for min_k patches (and a few ms for its hotspots), so the
-    # pass runs there (escalation between pages: tests/test_budget.py)
+    # pass runs there (escalation between pages: tests/stages/test_budget.py)
     prepared = cascade.prepare(slide_path, None)
     prepared.close()
     assert (prepared.detector_page, len(prepared.slide.pages)) == (5, 6)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_tiff
+from helpers import tissue, write_format, write_tiff
 
 from stages import cascade as cascade_module
 from stages import device as device_module
@@ -152,14 +152,10 @@ def test_is_device_fault() -> None:
 def data_with_slides(root: Path, names: list[str]) -> Path:
     """A ``data/`` folder with small all-tissue slides ``names`` and their format."""
     data = root / "data"
-    data.mkdir()
-    pixels = torch.randint(0, 16, (900, 1200, 3), generator=torch.Generator().manual_seed(0))
-    stain = (pixels + torch.tensor([150, 70, 140])).to(torch.uint8).numpy()
+    write_format(data, names)
+    stain = tissue(0, (900, 1200), whole=True)
     for name in names:
         write_tiff(data / name, stain)
-    (data / "submission_format.csv").write_text(
-        "filename,0,1,2,3\n" + "".join(f"{n},0,0,0,0\n" for n in names)
-    )
     return data
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import rezip, write_tiff
+from helpers import rezip, tissue, write_format, write_tiff
 from safetensors.torch import save_file
 
 from stages.classifier import ClassifierConfig, PatchClassifier, grade
@@ -166,10 +166,8 @@ def test_a_changed_encoder_file_stops_main_with_status_3(
     entry = f"assets/{stage2.encoder_weights}"
     broken = rezip(packed, tmp_path / "broken.zip", replace={entry: bytes(damaged)})
     data = tmp_path / "data"
-    data.mkdir()
-    write_tiff(data / "a.tif", np.full((1200, 1600, 3), (150, 70, 140), np.uint8))
-    (data / "submission_format.csv").write_text("filename,0,1,2,3\na.tif,0,0,0,0\n")
-    (data / "test_metadata.csv").write_text("filename,resolution\na.tif,0.25\n")
+    write_format(data, ["a.tif"], 0.25)
+    write_tiff(data / "a.tif", tissue(0, whole=True))
     outcome = run_local(broken, data, tmp_path / "out")
     assert outcome.returncode == 3, outcome.log_text()
     errors = [x for x in outcome.log_text().splitlines() if " ERROR " in x]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import geojson
@@ -24,7 +25,7 @@ from stages.geometry import Box
 from stages.hotspots import Hotspot
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
-from training.data.synthetic import SynthConfig, generate_dataset, sample_specs
+from training.data.synthetic import SynthConfig, sample_specs
 from training.evaluate.qupath import check_run, export_run
 
 SIZE = (4000, 3000)
@@ -209,20 +210,20 @@ def test_files_are_utf8(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_hotspots_and_annotations_land_where_the_slide_has_them(
-    tmp_path: Path, assets: Path
+    tmp_path: Path, assets: Path, generated: Callable[..., Path]
 ) -> None:
     config = SynthConfig(size_range=(7000, 8000), class_mix=(0.0, 0.0, 1.0, 0.0))
     spec = sample_specs(1, 71, config)[0]
-    generate_dataset(tmp_path / "data", 1, seed=71, split="train", config=config)
-    path = tmp_path / "data" / spec.filename
+    data = generated(1, 71, "train", config)
+    path = data / spec.filename
     cascade = Cascade(load_assets(assets, torch.device("cpu")))
     budget = RunBudget(3600, 1, cascade.config.budget)
     result = cascade.grade_slide(path, None, budget.start_slide(), budget.costs)
     result.save(tmp_path / "run")
     export_run(
         tmp_path / "run",
-        tmp_path / "data" / "train_annotations.csv",
-        tmp_path / "data" / "train_metadata.csv",
+        data / "train_annotations.csv",
+        data / "train_metadata.csv",
     )
     collection = no_nan((tmp_path / "run" / f"{path.stem}.geojson").read_text(encoding="utf-8"))
     features = collection["features"]

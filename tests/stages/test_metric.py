@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REAL_TISSUENET, REPO
+from helpers import REAL_TISSUENET, REPO
 
 from stages.metric import ERROR_MATRIX, confusion_matrix, main, score
 from stages.submission import build_submission, read_table, write_submission

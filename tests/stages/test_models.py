@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tiff
+from helpers import write_tiff
 
 import stages.config as config_module
 from stages.classifier import ClassifierConfig, PatchClassifier, grade, patch_box, read_patches

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import write_format
 
 from stages import runtime
 from stages.budget import BudgetConfig, RunBudget
@@ -21,7 +23,6 @@ from stages.config import load_assets
 from stages.decision import Decision
 from stages.prefetch import NICENESS, NotReadyError, Prefetcher
 from stages.submission import read_table
-from training.data.synthetic import generate_dataset
 
 
 class Item:
@@ -284,7 +285,7 @@ def test_slides_are_prepared_in_turn_below_the_prefetch_threshold() -> None:
 
 @pytest.mark.slow
 def test_the_same_predictions_with_and_without_prefetch(
-    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, generated: Callable[..., Path]
 ) -> None:
     # the first slide is prepared while the networks warm up (it has no slide to overlap)
     preparing, warmed_while_preparing = threading.Event(), []
@@ -300,12 +301,10 @@ def test_the_same_predictions_with_and_without_prefetch(
 
     monkeypatch.setattr(Cascade, "prepare", noted_prepare)
     monkeypatch.setattr(Cascade, "warm_up", noted_warm_up)
-    data = tmp_path / "data"
-    generate_dataset(data, 3, seed=41, split="test")
+    data = shutil.copytree(generated(3, 21), tmp_path / "data")
     (data / "broken.tif").write_bytes(b"II*\x00 not a slide")
-    fmt = read_table(data / "submission_format.csv")
-    fmt.loc[len(fmt)] = ["broken.tif", 0, 0, 0, 0]
-    fmt.to_csv(data / "submission_format.csv", index=False)
+    names = [*read_table(data / "submission_format.csv")["filename"], "broken.tif"]
+    fmt = read_table(write_format(data, names))
     outputs = {}
     for prefetch in (False, True):
         out = tmp_path / f"prefetch-{prefetch}"
@@ -339,9 +338,10 @@ def test_the_same_predictions_with_and_without_prefetch(
 
 
 @pytest.mark.slow
-def test_read_ahead_windows_give_the_same_heatmap(tmp_path: Path, assets: Path) -> None:
-    generate_dataset(tmp_path, 1, seed=42, split="test")
-    path = next(tmp_path.glob("*.tif"))
+def test_read_ahead_windows_give_the_same_heatmap(
+    assets: Path, generated: Callable[..., Path]
+) -> None:
+    path = next(generated(1, 42).glob("*.tif"))
     cascade = Cascade(load_assets(assets, torch.device("cpu")))
     config = replace(cascade.config.budget, min_k=2, max_k=2)
     results = []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DATA
+from helpers import DATA
 
 from stages.geometry import Box
 from stages.slide import Page, Slide, SlideError

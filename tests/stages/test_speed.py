@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FakeClock, held_main, wait_for
+from helpers import FakeClock
 
 from stages import runtime
 from stages.cascade import StageClock
-from stages.config import load_config
-from stages.decision import decide_slide
 from stages.detector import read_windows
 from stages.geometry import Box
 from stages.nets import AssetsError, cpu_has_bf16, pick_precision
 from stages.slide import ReadStats, Slide
-from stages.submission import classes_by_filename, read_table, validate
-from training.data.synthetic import generate_dataset
 
 
 def test_strip_reads_equal_window_reads_and_decode_shared_columns_once(slide_path: Path) -> None:
@@ -103,39 +97,3 @@ def test_checkpoints_are_skipped_only_while_they_would_cost_too_much(
     assert checkpoint.writes == 2 and checkpoint.seconds == pytest.approx(0.02)
     checkpoint.write(quiet=False)  # the final write is never skipped
     assert checkpoint.writes == 3
-
-
-@pytest.mark.slow
-def test_a_run_killed_after_a_slide_keeps_that_slide_row(tmp_path: Path, assets: Path) -> None:
-    data = tmp_path / "data"
-    generate_dataset(data, 3, seed=52, split="test")
-    fmt = read_table(data / "submission_format.csv")
-    names = list(fmt["filename"])
-    fallback = decide_slide([], [], load_config(assets).decision).cls
-    graded = (fallback + 2) % 4  # a class the provisional file cannot hold
-    out = tmp_path / "submission.csv"
-    # the first slide is graded (and given ``graded``); the second is held in flight, and its
-    # marker is written only once the first slide's row has been written
-    command, env = held_main(
-        ["--data", str(data), "--out", str(out), "--assets", str(assets), "--device", "cpu"],
-        tmp_path / "marks",
-        hold={names[1]},
-        force={names[0]: graded},
-    )
-    with (tmp_path / "log.txt").open("w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            wait_for(tmp_path / "marks" / f"{names[1]}.held", process)
-        finally:
-            process.kill()
-            process.wait(60)
-    assert process.returncode == -signal.SIGKILL
-    text = (tmp_path / "log.txt").read_text()
-    assert f"[1/3] {names[0]}: class {graded} from" in text, text
-    submission = read_table(out)
-    validate(submission, fmt)
-    assert classes_by_filename(submission) == {
-        names[0]: graded,  # written after the slide, before the kill
-        names[1]: fallback,  # in flight: the provisional row
-        names[2]: fallback,
-    }, text

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REAL_TISSUENET
+from helpers import REAL_TISSUENET
 
 from stages.submission import (
     SubmissionError,

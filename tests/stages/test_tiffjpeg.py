@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pyvips
-from conftest import DATA, write_tiff
+from helpers import DATA, write_tiff
 
 from stages.slide import Slide
 from stages.tiffjpeg import jpeg_is_ycbcr, ycbcr_mislabelled, ycbcr_to_rgb

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import DATA, write_tiff
+from helpers import DATA, EOSIN, PURPLE, glass, paint_tissue, write_tiff
 
 from stages.slide import Slide, SlideError
 from stages.tissue import (
@@ -26,9 +26,6 @@ LEVEL0_MPP, LEVEL1_MPP = 0.5, 1.0
 #: The cascade's mask resolution (TissueNet page 6) and the synthetic pages' resolution.
 MPP = TissueConfig().target_mpp
 
-GLASS = (242, 242, 240)
-EOSIN = (214, 122, 156)  # mean colours of eosin- and haematoxylin-rich areas of the real tiles
-PURPLE = (170, 111, 158)
 PENS = {"red": (200, 30, 40), "green": (60, 170, 150), "blue": (40, 60, 160), "black": (20, 20, 25)}
 
 
@@ -45,20 +42,6 @@ def _at_mpp(rgb: np.ndarray, mpp: float, target: float | None) -> tuple[np.ndarr
     h, w = rgb.shape[:2]
     size = (round(w * mpp / target), round(h * mpp / target))
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), mpp * w / size[0]
-
-
-def _glass(shape: tuple[int, int] = (160, 200), seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    noise = rng.normal(0, 2.5, (*shape, 3))
-    return np.clip(np.array(GLASS) + noise, 0, 255).astype(np.uint8)
-
-
-def _paint_tissue(img: np.ndarray, where: np.ndarray, seed: int = 1) -> None:
-    """Fill ``where`` with a per-pixel mix of eosin and haematoxylin colours, as H&E at 16 µm/px."""
-    rng = np.random.default_rng(seed)
-    mix = rng.uniform(0, 1, (*img.shape[:2], 1))
-    colours = mix * np.array(EOSIN) + (1 - mix) * np.array(PURPLE) + rng.normal(0, 4, img.shape)
-    img[where] = np.clip(colours, 0, 255).astype(np.uint8)[where]
 
 
 def _disk(shape: tuple[int, int], center: tuple[float, float], radius: float) -> np.ndarray:
@@ -131,7 +114,7 @@ def test_red_pen_over_tissue_is_dropped_and_the_rest_kept(target: float | None) 
     [
         np.full((120, 150, 3), 255, np.uint8),
         np.zeros((120, 150, 3), np.uint8),
-        _glass(),
+        glass(),
         np.random.default_rng(2).integers(0, 30, (120, 150, 3), dtype=np.uint8),  # noisy black
         np.full((1, 1, 3), 128, np.uint8),
     ],
@@ -144,9 +127,9 @@ def test_blank_pages_have_no_tissue(image: np.ndarray) -> None:
 
 
 def test_tissue_blob_is_kept_and_dust_removed() -> None:
-    img = _glass()
+    img = glass()
     blob = _disk(img.shape[:2], (90, 80), 40)
-    _paint_tissue(img, blob)
+    paint_tissue(img, blob)
     specks = [(15, 15), (180, 20), (175, 140), (20, 140)]
     for i, (x, y) in enumerate(specks):  # stained debris, grey and black dust: 4 to 9 px
         colour = (EOSIN, PURPLE, (90, 90, 90), (0, 0, 0))[i]
@@ -163,21 +146,21 @@ def test_pale_tissue_beside_strong_stain_is_kept() -> None:
     img[:, :60] = (225, 195, 210)  # chroma 13.6
     strong = np.zeros(img.shape[:2], bool)
     strong[:, 60:] = True
-    _paint_tissue(img, strong)  # chroma ~35
+    paint_tissue(img, strong)  # chroma ~35
     assert tissue_mask(img, MPP).all()
 
 
 def test_thin_stained_thread_is_not_tissue() -> None:
-    img = _glass()
+    img = glass()
     img[80:82, 10:190] = EOSIN  # lint: 32 µm wide, 2.9 mm long
     assert not tissue_mask(img, MPP).any()
 
 
 def test_black_stripe_across_tissue_is_excluded() -> None:
-    img = _glass()
+    img = glass()
     tissue = np.zeros(img.shape[:2], bool)
     tissue[30:130, 30:170] = True
-    _paint_tissue(img, tissue)
+    paint_tissue(img, tissue)
     img[78:83] = (15, 15, 15)  # a scanner stripe, 80 µm high, across the whole page
     mask = tissue_mask(img, MPP)
     margin = round(TissueConfig().artefact_margin_um / MPP)
@@ -187,7 +170,7 @@ def test_black_stripe_across_tissue_is_excluded() -> None:
 
 @pytest.mark.parametrize("colour", PENS.values(), ids=PENS.keys())
 def test_pen_stroke_on_glass_is_not_tissue(colour: tuple[int, int, int]) -> None:
-    img = _glass()
+    img = glass()
     cv2.line(img, (10, 140), (190, 30), colour, thickness=20)  # a 320 µm marker stroke
     img = cv2.GaussianBlur(img, (0, 0), 1.5)  # ink sits above the focal plane: soft edges
     assert not tissue_mask(img, MPP).any()
@@ -195,10 +178,10 @@ def test_pen_stroke_on_glass_is_not_tissue(colour: tuple[int, int, int]) -> None
 
 @pytest.mark.parametrize("colour", PENS.values(), ids=PENS.keys())
 def test_pen_stroke_over_tissue_is_cut_out(colour: tuple[int, int, int]) -> None:
-    img = _glass()
+    img = glass()
     tissue = np.zeros(img.shape[:2], bool)
     tissue[20:140, 20:180] = True
-    _paint_tissue(img, tissue)
+    paint_tissue(img, tissue)
     stroke = np.zeros(img.shape[:2], np.uint8)
     cv2.line(stroke, (20, 80), (180, 80), 1, thickness=15)
     img[stroke > 0] = colour
@@ -252,8 +235,8 @@ def _write_slide(
 ) -> Slide:
     """A JPEG-tiled TIFF of glass with one round piece of tissue ``(cx, cy, r)`` in page-0 px."""
     w, h = size
-    img = _glass((h, w), seed=3)
-    _paint_tissue(img, _disk((h, w), disk[:2], disk[2]), seed=4)
+    img = glass((h, w), seed=3)
+    paint_tissue(img, _disk((h, w), disk[:2], disk[2]), seed=4)
     return Slide(write_tiff(path, img, mpp=SLIDE_MPP, pyramid=pyramid, tile=256))
 
 

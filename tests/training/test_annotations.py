@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REAL_TISSUENET as REAL
+from helpers import REAL_TISSUENET as REAL
 
 from stages.geometry import Box
 from training.data.annotations import (

@@ -4,12 +4,11 @@ at its probability with plausible colours."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
 import torch
+from helpers import DATA
 
 from stages.nets import IMAGENET_MEAN, IMAGENET_STD, to_input
 from training.data.augment import (
@@ -22,7 +21,7 @@ from training.data.augment import (
     warp,
 )
 
-TILE = Path(__file__).parent / "data/tiles/medium-nuclei-score-level0.png"
+TILE = DATA / "tiles" / "medium-nuclei-score-level0.png"
 MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
 

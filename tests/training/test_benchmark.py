@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from stages.cascade import Cascade
 from stages.config import load_assets, load_config
 from stages.detector import tissue_windows
 from stages.submission import read_table
-from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import SynthConfig
 from training.evaluate.benchmark import (
     ASSET_SETS,
     Mode,
@@ -58,9 +59,10 @@ def test_mode_assets_set_min_score_and_keep_the_rest(assets: Path, tmp_path: Pat
     assert config.budget == shipped.budget and config.classifier == shipped.classifier
 
 
-def test_repeat_set_lists_the_slides_over_and_over_with_their_labels(tmp_path: Path) -> None:
-    source = tmp_path / "source"
-    generate_dataset(source, 3, seed=61, split="test", config=SynthConfig(size_range=(3000, 3000)))
+def test_repeat_set_lists_the_slides_over_and_over_with_their_labels(
+    tmp_path: Path, generated: Callable[..., Path]
+) -> None:
+    source = generated(3, 61, config=SynthConfig(size_range=(3000, 3000)))
     target = repeat_set(source, tmp_path / "repeated", 7)
     fmt = read_table(target / "submission_format.csv")
     labels = read_table(target / "test_labels.csv").set_index("filename")
@@ -86,10 +88,10 @@ def test_replace_block_rewrites_only_between_the_markers(tmp_path: Path) -> None
         replace_block(readme, "x")
 
 
-def test_exhaustive_grades_every_tissue_tile_once(assets: Path, tmp_path: Path) -> None:
-    config = SynthConfig(size_range=(5000, 6000))
-    generate_dataset(tmp_path, 1, seed=62, split="test", config=config)
-    path = next(tmp_path.glob("*.tif"))
+def test_exhaustive_grades_every_tissue_tile_once(
+    assets: Path, generated: Callable[..., Path]
+) -> None:
+    path = next(generated(1, 62, config=SynthConfig(size_range=(5000, 6000))).glob("*.tif"))
     cascade = Cascade(load_assets(assets, torch.device("cpu")))
     result = grade_exhaustively(cascade, path, None)
     prepared = cascade.prepare(path, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import DATA, TEST_RECIPE, write_tiff
+from helpers import DATA, TEST_RECIPE, write_tiff
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -36,7 +37,7 @@ from training.data.cache import (
     tissue_fragments,
     write_index,
 )
-from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import SynthConfig
 from training.fit import classifier, detector
 from training.fit.common import TrainOptions, learning_curves, make_loader
 
@@ -206,12 +207,11 @@ def _fd_targets(root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def many(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def many(tmp_path_factory: pytest.TempPathFactory, generated: Callable[..., Path]) -> Path:
     """A cache of 12 slides: 4 generated ones, each also cached under two more names."""
     root = tmp_path_factory.mktemp("many")
     mix = SynthConfig(size_range=(2500, 3200), class_mix=(0.5, 0.0, 0.5, 0.0))
-    generate_dataset(root / "data", 4, seed=31, split="train", config=mix)
-    build_cache(root / "data", root / "cache", TEST_RECIPE, SMALL, folds=2)
+    build_cache(generated(4, 31, "train", mix), root / "cache", TEST_RECIPE, SMALL, folds=2)
     cache = root / "cache"
     for done in sorted(cache.glob("*/slide.json")):
         for copy in (1, 2):

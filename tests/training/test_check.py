@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from itertools import combinations
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import pyvips
-from conftest import REAL_TISSUENET as REAL
+from helpers import REAL_TISSUENET as REAL
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -35,7 +36,6 @@ from training.data.synthetic import (
     Lesion,
     SlideSpec,
     SynthConfig,
-    generate_dataset,
     layout_specs,
     render_maps,
     sample_specs,
@@ -164,10 +164,8 @@ def test_image_features_are_exact_on_a_checkerboard() -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny")
-    generate_dataset(out, 8, seed=4, split="train", config=TINY)
-    return out
+def tiny_train(generated: Callable[..., Path]) -> Path:
+    return generated(8, 4, "train", TINY)
 
 
 # a tiny folder's slide-grouped folds can miss a class: scikit-learn warns, the check still runs

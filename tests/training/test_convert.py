@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, tiff_tags, write_tiff
+import tifffile
+from helpers import DATA, REPO, tiff_tags, write_tiff
 from PIL import Image
 
 from stages.slide import Slide
@@ -25,7 +26,7 @@ J2K = DATA / "tcga-cr-7395-01a-01-ts1.svs"
 # TIFF tags read from the output file itself.
 IMAGE_WIDTH, IMAGE_LENGTH, COMPRESSION, IMAGE_DESCRIPTION = 256, 257, 259, 270
 X_RESOLUTION, RESOLUTION_UNIT, TILE_WIDTH, TILE_LENGTH = 282, 296, 322, 323
-JPEG, CENTIMETRE = 7, 3
+JPEG, CENTIMETRE = tifffile.COMPRESSION.JPEG, tifffile.RESUNIT.CENTIMETER
 
 
 @pytest.mark.parametrize(
@@ -58,13 +59,13 @@ def test_converts_to_competition_format(
     assert "image-description" not in image.get_fields()
     assert (image.get("tile-width"), image.get("tile-height")) == (512, 512)
     pages = tiff_tags(dst)
-    assert [(*t[IMAGE_WIDTH], *t[IMAGE_LENGTH]) for t in pages] == sizes
+    assert [(t[IMAGE_WIDTH], t[IMAGE_LENGTH]) for t in pages] == sizes
     for tags in pages:
         assert IMAGE_DESCRIPTION not in tags
-        assert (tags[COMPRESSION], tags[TILE_WIDTH], tags[TILE_LENGTH]) == ((JPEG,), (512,), (512,))
-        assert tags[RESOLUTION_UNIT] == (CENTIMETRE,)
+        assert (tags[COMPRESSION], tags[TILE_WIDTH], tags[TILE_LENGTH]) == (JPEG, 512, 512)
+        assert tags[RESOLUTION_UNIT] == CENTIMETRE
         # µm/px in the tags: pixels per centimetre, 10,000 / µm/px
-        ((numerator, denominator),) = tags[X_RESOLUTION]
+        numerator, denominator = tags[X_RESOLUTION]
         assert 1e4 / (numerator / denominator) == pytest.approx(mpp, abs=1e-5)
 
     # JPEG Q75 of H&E: measured mean |difference| 3.3 (svs) and 4.8 (ome-tiff) grey levels

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 #: A plugin that makes torch report two GPUs, as on a GPU machine.
 SIMULATED_GPU = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -18,7 +19,7 @@ from stages.config import load_assets
 from stages.detector import Heatmap
 from stages.geometry import Box
 from stages.slide import Slide
-from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic import SynthConfig
 from training.evaluate import figures, inspection
 from training.evaluate.report import (
     build_report,
@@ -84,9 +85,10 @@ def test_every_figure_is_a_non_blank_image_of_its_size(make) -> None:
 
 
 @pytest.mark.slow
-def test_the_report_renders_in_headless_chromium(tmp_path: Path, assets: Path) -> None:
-    data = tmp_path / "data"
-    generate_dataset(data, 3, seed=81, split="test")
+def test_the_report_renders_in_headless_chromium(
+    tmp_path: Path, assets: Path, generated: Callable[..., Path]
+) -> None:
+    data = generated(3, 21)
     maps = tmp_path / "maps"
     code = runtime.run(
         data, tmp_path / "submission.csv", assets, device="cpu",
@@ -108,13 +110,11 @@ def test_the_report_renders_in_headless_chromium(tmp_path: Path, assets: Path) -
 
 
 def test_the_inspection_figures_on_a_graded_slide_are_non_blank(
-    tmp_path: Path, assets: Path
+    assets: Path, generated: Callable[..., Path]
 ) -> None:
     """``training.evaluate.inspection``'s figures, on a slide the cascade graded, and the
     training curves and windows figures."""
-    config = SynthConfig(size_range=(6000, 7000))
-    generate_dataset(tmp_path, 1, seed=82, split="test", config=config)
-    path = next(tmp_path.glob("*.tif"))
+    path = next(generated(1, 82, config=SynthConfig(size_range=(6000, 7000))).glob("*.tif"))
     cascade = Cascade(load_assets(assets, torch.device("cpu")))
     budget = RunBudget(600, 1, cascade.config.budget)
     graded = cascade.grade_slide(path, None, budget.start_slide(), budget.costs)

@@ -6,6 +6,7 @@ Slides here are small (1–4k px) so that the module runs in seconds.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -14,8 +15,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REAL_TISSUENET as REAL
-from conftest import tiff_tags
+import tifffile
+from helpers import REAL_TISSUENET as REAL
+from helpers import tiff_tags
 
 from stages.geometry import Box
 from stages.slide import Slide
@@ -48,10 +50,8 @@ ONE_HOT = ["filename", "0", "1", "2", "3"]
 
 
 @pytest.fixture(scope="module")
-def train_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("train")
-    generate_dataset(out, 4, seed=11, split="train", config=SMALL)
-    return out
+def train_dir(generated: Callable[..., Path]) -> Path:
+    return generated(4, 11, "train", SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +62,14 @@ def train_specs() -> list[SlideSpec]:
 def test_pages_are_the_competition_pyramid(train_dir: Path) -> None:
     for name in pd.read_csv(train_dir / "train_metadata.csv")["filename"]:
         pages = tiff_tags(train_dir / name)
-        sizes = [(p[256][0], p[257][0]) for p in pages]
+        sizes = [(p[256], p[257]) for p in pages]
         assert sizes == pyramid_sizes(*sizes[0])
         assert all(w == w0 // 2 and h == h0 // 2 for (w0, h0), (w, h) in pairwise(sizes))
         assert max(sizes[-1]) <= 512 < max(sizes[-2])  # halved until a page fits one tile
         for i, page in enumerate(pages):
-            assert page[259] == (7,)  # JPEG
-            assert page[322] == (512,) and page[323] == (512,)
-            assert page.get(254, (0,)) == ((1,) if i else (0,))  # reduced-resolution pages
+            assert page[259] == tifffile.COMPRESSION.JPEG
+            assert page[322] == 512 and page[323] == 512
+            assert page.get(254, 0) == (tifffile.FILETYPE.REDUCEDIMAGE if i else 0)  # reduced pages
         slide = Slide(train_dir / name)
         assert [(p.width, p.height) for p in slide.pages] == sizes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REAL_TISSUENET, TEST_RECIPE
+from helpers import REAL_TISSUENET, TEST_RECIPE, TRAIN_MIX
 from torch.utils.data import default_collate
 
 from stages.cascade import SlideResult
@@ -33,7 +34,6 @@ from training.data.augment import BatchAugment
 from training.data.cache import Cache, CacheConfig, CachedSlide, build_cache, crop_size
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.hard_negatives import mine_hard_negatives
-from training.data.synthetic import SynthConfig, generate_dataset
 from training.fit import classifier, decision, detector, head
 from training.fit.classifier import ClassifierModule, fit_temperature, freeze_encoder
 from training.fit.common import (
@@ -57,24 +57,27 @@ SMALL = CacheConfig(square_patches=3, benign_patches=6, hard_negatives=4)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("train") / "data"
-    mix = SynthConfig(size_range=(3000, 4000), class_mix=(0.5, 0.0, 0.5, 0.0))
-    generate_dataset(out, 4, seed=24, split="train", config=mix)
+def data(generated: Callable[..., Path]) -> Path:
+    out = generated(4, 24, "train", TRAIN_MIX)
     assert sorted(s.label for s in read_training_set(out)) == [0, 0, 2, 2]
     return out
 
 
 @pytest.fixture(scope="module")
-def cache(data: Path) -> Cache:
-    build_cache(data, data.parent / "cache", RECIPE, SMALL, folds=2)
-    return Cache.open(data.parent / "cache")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The module's work folder: the cache of :func:`data`, then the trained stages."""
+    return tmp_path_factory.mktemp("train")
 
 
 @pytest.fixture(scope="module")
-def trained(data: Path, cache: Cache) -> Path:
+def cache(data: Path, work: Path) -> Cache:
+    build_cache(data, work / "cache", RECIPE, SMALL, folds=2)
+    return Cache.open(work / "cache")
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, cache: Cache, work: Path) -> Path:
     """A work folder with every stage trained for one short epoch."""
-    work = data.parent
     detector.train_detector(cache.root, work / "detector", RECIPE, FAST)
     mine_hard_negatives(cache.root, data, work / "detector", per_slide=SMALL.hard_negatives)
     classifier.train_classifier(cache.root, work / "classifier", RECIPE, FAST)
