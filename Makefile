@@ -9,8 +9,8 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
-	evaluate gpu-smoke clean
+.PHONY: setup test test-fast lint format demo report benchmark cluster-benchmark train train-scale \
+	train-speed evaluate gpu-smoke clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): $(REQUIREMENTS)
 
 test: setup
 	$(PY) -m pytest
+
+# The fast tier: every test not marked slow (main.py, the packed zip, notebooks, trainers, Ray).
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -174,6 +174,7 @@ def fail_loading_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "load_assets", load_assets)
 
 
+@pytest.mark.slow
 def test_a_gpu_out_of_memory_at_load_falls_back_to_the_cpu(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -191,6 +192,7 @@ def test_a_gpu_out_of_memory_at_load_falls_back_to_the_cpu(
     assert set(classes_by_filename(read_table(out))) == set(names)
 
 
+@pytest.mark.slow
 def test_a_gpu_asked_for_that_fails_at_load_exits_with_every_row_written(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -209,6 +211,7 @@ def test_a_gpu_asked_for_that_fails_at_load_exits_with_every_row_written(
     assert "] a.tif" not in caplog.text  # no slide was graded
 
 
+@pytest.mark.slow
 def test_networks_that_fail_at_warm_up_stop_the_run(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -252,6 +255,7 @@ class FaultingCascade:
         return SlideResult(path.name, 3, (0.0, 0.0, 0.0, 1.0), "patches")
 
 
+@pytest.mark.slow
 def test_a_gpu_that_breaks_during_the_run_hands_the_slides_to_the_cpu(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

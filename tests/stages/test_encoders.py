@@ -155,6 +155,7 @@ def test_the_recipes_build_the_model_cards_networks() -> None:
             assert timm.is_model(recipe.model), name
 
 
+@pytest.mark.slow
 def test_a_changed_encoder_file_stops_main_with_status_3(
     vit_assets: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -259,6 +259,7 @@ def test_windows_are_drawn_on_the_slides_tissue(many: Path) -> None:
 # -- checkpoints follow recall, not loss -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_detector_checkpoint_follows_recall_not_loss(
     many: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -236,6 +236,7 @@ def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
     assert losses[-1] < 0.3 * losses[0]
 
 
+@pytest.mark.slow
 def test_a_head_trains_on_features_cached_once(
     cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -274,6 +275,7 @@ def test_a_head_trains_on_features_cached_once(
     assert info["frozen_encoder"] and len(info["history"]) == 2
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_only_the_last_blocks(cache: Cache, tmp_path: Path) -> None:
     vit = PatchClassifier(
         replace(RECIPE.classifier, encoder="vit_tiny_patch16_224", source="timm",
@@ -306,6 +308,7 @@ class Interrupt(pl.Callback):
         trainer.should_stop = True
 
 
+@pytest.mark.slow
 def test_resuming_from_a_checkpoint_continues_the_same_run(cache: Cache, tmp_path: Path) -> None:
     two = replace(FAST, epochs=2)
     classifier.train_classifier(cache.root, tmp_path / "straight", RECIPE, two)
@@ -334,6 +337,7 @@ class EndOnSimulatedGpu(pl.Callback):
         trainer.strategy._root_device = torch.device("cuda", 0)
 
 
+@pytest.mark.slow
 def test_the_temperatures_logits_are_computed_on_the_fits_device(
     cache: Cache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,6 +444,7 @@ def test_the_decision_fit_improves_the_score_on_a_constructed_case() -> None:
 # -- export ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_export_then_load_assets_round_trips(trained: Path, tmp_path: Path) -> None:
     out = export(trained, tmp_path / "assets", "test export", "four generated slides")
     loaded = load_assets(out, torch.device("cpu"))
@@ -465,6 +470,7 @@ def test_export_then_load_assets_round_trips(trained: Path, tmp_path: Path) -> N
     assert {SlideResult.load(p).filename for p in results} == val
 
 
+@pytest.mark.slow
 def test_a_fit_on_a_gpu_ships_cost_priors_measured_on_the_cpu(
     data: Path, cache: Cache, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -493,6 +499,7 @@ def test_a_fit_on_a_gpu_ships_cost_priors_measured_on_the_cpu(
     assert info["costs_measured_on"]["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_train_speed_times_each_stage_three_ways(cache: Cache, tmp_path: Path) -> None:
     from training.evaluate import train_speed
     from training.pipeline import Recipe
