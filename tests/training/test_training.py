@@ -218,6 +218,7 @@ def test_hard_negatives_are_stage_one_top_hotspots_on_benign_slides(
     np.testing.assert_array_equal(Cache.open(cache.root).array(row["stem"], "hard")[0], first)
 
 
+@pytest.mark.slow
 def test_the_classifier_overfits_a_tiny_fixed_batch(cache: Cache) -> None:
     torch.manual_seed(0)
     rows = cache.patches.query("source == 'patches'").groupby("cls").head(4)
@@ -419,6 +420,7 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     assert fit_temperature(np.zeros((0, 4)), np.zeros(0, np.int64)) == 1.0
 
 
+@pytest.mark.slow
 def test_the_decision_fit_improves_the_score_on_a_constructed_case() -> None:
     # Benign slides show 24 patches that each look mildly suspicious (p0 = 0.7): their product
     # makes the default pooling call every benign slide a lesion. Lesion slides of grade g show

@@ -8,6 +8,8 @@ import os
 import pytest
 from helpers import REPO
 
+pytestmark = pytest.mark.slow  # each test runs a pytest session of its own
+
 #: A plugin that makes torch report two GPUs, as on a GPU machine.
 SIMULATED_GPU = """
 import torch
