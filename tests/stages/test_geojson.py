@@ -243,7 +243,7 @@ def test_hotspots_and_annotations_land_where_the_slide_has_them(
     squares = [f for f in features if f["properties"]["name"].startswith("Annotation")]
     lesions = [lesion for lesion in spec.lesions if lesion.annotated]
     truth = parse_annotations(
-        tmp_path / "data" / "train_annotations.csv", tmp_path / "data" / "train_metadata.csv"
+        data / "train_annotations.csv", data / "train_metadata.csv"
     )
     assert len(squares) == len(truth) == len(lesions) > 0
     for feature, lesion in zip(squares, lesions, strict=True):
