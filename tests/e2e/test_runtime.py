@@ -24,8 +24,9 @@ from stages.submission import classes_by_filename, read_table, validate
 from training.data.synthetic import SynthConfig
 from training.evaluate.benchmark import STARTUP_S, startup_s
 
+pytestmark = pytest.mark.slow
 
-@pytest.mark.slow
+
 def test_generated_slides_give_a_valid_submission_and_heatmaps(
     tmp_path: Path, assets: Path, generated: Callable[..., Path]
 ) -> None:
@@ -142,7 +143,6 @@ def test_slides_the_time_cannot_pay_for_are_skipped_evenly(
     assert "skipped by the budget 5, not started 0" in caplog.text
 
 
-@pytest.mark.slow
 def test_stuck_slide_is_abandoned_at_the_limit(
     tmp_path: Path, assets: Path, generated: Callable[..., Path]
 ) -> None:
@@ -172,7 +172,6 @@ def test_stuck_slide_is_abandoned_at_the_limit(
     assert set(classes_by_filename(submission).values()) == {fallback}
 
 
-@pytest.mark.slow
 def test_a_run_killed_after_a_slide_keeps_that_slide_row(
     tmp_path: Path, assets: Path, generated: Callable[..., Path]
 ) -> None:
@@ -211,7 +210,6 @@ def test_a_run_killed_after_a_slide_keeps_that_slide_row(
     }, text
 
 
-@pytest.mark.slow
 def test_the_shipped_assets_beat_always_1(tmp_path: Path, generated: Callable[..., Path]) -> None:
     """The committed ``assets/`` through main.py on 12 generated slides of a seed no training
     step used: clearly better than answering class 1 everywhere (they scored 1.0 against 0.73

@@ -242,9 +242,7 @@ def test_hotspots_and_annotations_land_where_the_slide_has_them(
     # each annotated square is the generator's lesion, with the CSV's y axis flipped back
     squares = [f for f in features if f["properties"]["name"].startswith("Annotation")]
     lesions = [lesion for lesion in spec.lesions if lesion.annotated]
-    truth = parse_annotations(
-        data / "train_annotations.csv", data / "train_metadata.csv"
-    )
+    truth = parse_annotations(data / "train_annotations.csv", data / "train_metadata.csv")
     assert len(squares) == len(truth) == len(lesions) > 0
     for feature, lesion in zip(squares, lesions, strict=True):
         xy = np.array(rings(feature)[0])

@@ -299,6 +299,7 @@ def test_loader_workers_follow_the_cpus_and_the_gpus() -> None:
     assert loader.persistent_workers and loader.prefetch_factor == 3 and loader.drop_last
 
 
+@pytest.mark.slow  # starts the loader worker processes of two epochs
 def test_persistent_workers_draw_each_epochs_items(many: Path) -> None:
     """The epoch reaches loader workers that outlive it: epoch 1's items differ from epoch 0's
     and equal what the training process itself draws for epoch 1."""
