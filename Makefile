@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed-$(shell cat $(REQUIREMENTS) | cksum | cut -d' ' -f1)
 DEMO := build/demo
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: help setup test lint format demo report benchmark cluster-benchmark train train-scale train-speed \
-	evaluate gpu-smoke clean
+.PHONY: help setup test test-fast lint format demo report benchmark cluster-benchmark train \
+	train-scale train-speed evaluate gpu-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/\1\t\2/' | \
@@ -33,6 +33,10 @@ $(STAMP): $(REQUIREMENTS)
 
 test: setup ## the whole suite (what .ci/run calls)
 	$(PY) -m pytest
+
+# The fast tier: every test not marked slow (main.py, the packed zip, notebooks, trainers, Ray).
+test-fast: setup ## the tests not marked slow (about 2 1/4 min on 2 idle cores)
+	$(PY) -m pytest -m "not slow"
 
 lint: setup ## ruff check and format check, and the import layers (import-linter)
 	$(VENV)/bin/ruff check .
