@@ -180,7 +180,8 @@ def run_local(
         root.mkdir()
         home.mkdir()
         _unpack(zip_path, root)
-        blocked = blocked_modules(runtime_distributions())
+        packed = frozenset(path.name.removesuffix(".py") for path in root.iterdir())
+        blocked = blocked_modules(runtime_distributions(), packed)
         guard = write_guard(work / "guard", blocked, no_network=not isolate)
         if isolate:
             (root / "data").mkdir()
