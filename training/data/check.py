@@ -16,9 +16,9 @@ or only at high resolution (128 px windows of the page nearest 0.5 µm/px, stage
 forest on generic colour / gradient / texture statistics, cross-validated by slide.
 
 CLI: ``python -m training.data.check DIR [--config tiny] [--out DIR] [--seed S --slides N
---class-mix ... --size-range MIN MAX]`` (``--config``: the cascade preset or config file whose
-tissue mask measures coverage; ``--out``: also write the geometry tables as CSV; the rest are
-the generator's options, to rebuild a generated folder's specs).
+--cohort realistic --class-mix ... --size-range MIN MAX]`` (``--config``: the cascade preset or
+config file whose tissue mask measures coverage; ``--out``: also write the geometry tables as
+CSV; the rest are the generator's options, to rebuild a generated folder's specs).
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ from stages.slide import Slide, SlideError
 from stages.tissue import TissueConfig, mask_for_slide
 from training.data.annotations import Y_FLIPS, Annotation, parse_annotations
 from training.data.synthetic.maps import render_maps
-from training.data.synthetic.sampling import SynthConfig, add_generator_options, sample_specs
+from training.data.synthetic.sampling import (
+    SynthConfig,
+    add_generator_options,
+    config_from_args,
+    sample_specs,
+)
 from training.data.synthetic.spec import LESION_TISSUE, SlideSpec, Tissue, slide_annotations
 
 log = logging.getLogger(__name__)
@@ -553,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = int(match.group(1))
     slides = args.slides if args.slides is not None else len(metadata)
     try:
-        config = SynthConfig(class_mix=args.class_mix, size_range=tuple(args.size_range))
+        config = config_from_args(args)
         specs = folder_specs(args.data_dir, seed, slides, config)
     except ValueError as exc:
         parser.error(str(exc))

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +30,9 @@ from training.data.synthetic.spec import (
     SlideSpec,
 )
 
+if TYPE_CHECKING:
+    from training.data.synthetic.cohort import Realism
+
 # -- random and layout slide descriptions ------------------------------------------------------
 
 PEN_COLOURS = ((40, 130, 70), (40, 60, 150), (35, 35, 45), (170, 40, 60))
@@ -44,6 +48,9 @@ class SynthConfig:
     annotate_p: float = 0.5  # each lesion after the first is annotated with this chance
     lookalike_p: float = 0.7  # a slide has dense inflammation with this chance
     artefact_p: float = 0.4  # pen marks and folds per fragment (/ 2), blur (/ 6), stripes (/ 3)
+    #: the ``realistic`` cohort's settings (:mod:`.cohort`; its centres set the µm/px, so
+    #: ``mpp_range`` is unused), None for the default slides
+    realism: Realism | None = None
 
     def __post_init__(self) -> None:
         mix = np.asarray(self.class_mix, dtype=float)
@@ -302,11 +309,19 @@ def random_spec(
     )  # fmt: skip
 
 
-def sample_specs(n_slides: int, seed: int, config: SynthConfig = SynthConfig()) -> list[SlideSpec]:
-    """``n_slides`` random slides (``syn{seed}_{i:04d}.tif``), classes drawn from the mix.
+def sample_specs(
+    n_slides: int, seed: int, config: SynthConfig = SynthConfig(), split: str = "train"
+) -> list[SlideSpec]:
+    """``n_slides`` random slides (``syn{seed}_{i:04d}.tif``), classes drawn from the mix; with
+    ``config.realism`` the ``realistic`` cohort's slides of ``split``
+    (:func:`~training.data.synthetic.cohort.realistic_specs`; the default slides ignore it).
 
     Slide ``i`` depends only on ``(seed, i)`` and its drawn class, so a longer run extends a
     shorter one."""
+    if config.realism is not None:
+        from training.data.synthetic.cohort import realistic_specs  # imports this module
+
+        return realistic_specs(n_slides, seed, config, split)
     rng = np.random.default_rng(seed)
     labels = rng.choice(4, size=n_slides, p=config.class_mix)
     specs = []
@@ -431,8 +446,18 @@ def class_mix_arg(text: str) -> tuple[float, float, float, float]:
 
 
 def add_generator_options(parser: argparse.ArgumentParser) -> None:
-    """``--class-mix`` and ``--size-range``, the random slides' options (also what
-    :mod:`training.data.check` needs to rebuild a folder's slide descriptions)."""
+    """``--cohort``, ``--class-mix`` and ``--size-range``, the random slides' options (also what
+    :mod:`training.data.check` needs to rebuild a folder's slide descriptions); read them back
+    with :func:`config_from_args`."""
+    from training.data.synthetic.cohort import COHORTS  # imports this module
+
+    parser.add_argument(
+        "--cohort",
+        choices=sorted(COHORTS),
+        default="default",
+        help="default: today's fast slides; realistic: small worst lesions graded by depth, "
+        "centres (one held out of --split train), unannotated lesions, noisy labels",
+    )
     parser.add_argument(
         "--class-mix",
         type=class_mix_arg,
@@ -447,4 +472,14 @@ def add_generator_options(parser: argparse.ArgumentParser) -> None:
         metavar=("MIN", "MAX"),
         default=SynthConfig().size_range,
         help="page-0 width/height range, px",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> SynthConfig:
+    """The :class:`SynthConfig` of :func:`add_generator_options`' parsed options (ValueError
+    when they are inconsistent)."""
+    from training.data.synthetic.cohort import COHORTS  # imports this module
+
+    return replace(
+        COHORTS[args.cohort], class_mix=args.class_mix, size_range=tuple(args.size_range)
     )
