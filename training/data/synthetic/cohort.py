@@ -173,7 +173,8 @@ def _column_site(
     invasion_um: float,
 ) -> tuple[float, float, float, Layers] | None:
     """A column on the epithelium arc of a fragment chosen by area: page-0 centre ``(x, y)``,
-    its width (``size_um`` capped at 0.8 x the fragment's length) and its :class:`Layers`; None
+    its width (``size_um`` capped at 0.8 x the fragment's length) and its :class:`Layers`
+    (``invasion_um`` capped so that the centre lies in the fragment's half-width); None
     where the outline curves so much that the centre is nearer another part of it than the
     surface point it hangs from (the label map's depth is measured to the nearest glass)."""
     areas = np.array([f.length_um * f.width_um for f in fragments])
@@ -183,7 +184,11 @@ def _column_site(
     x1, y1 = fragment_point(fragment, mpp, t, 1.0)
     normal = math.degrees(math.atan2(y1 - y0, x1 - x0))
     layers = Layers(fill, normal, fragment.epi_um, invasion_um)
-    depth = min(column_centre_depth_um(layers), 0.45 * fragment.width_um)
+    limit = 0.45 * fragment.width_um  # the deepest point fragment_point gives
+    if column_centre_depth_um(layers) > limit:  # invasion as deep as the fragment allows
+        invasion = 2 * limit - fragment.epi_um * (2 - fill)  # epi_um <= 0.3 x width: positive
+        layers = replace(layers, invasion_um=max(invasion, 0.0))
+    depth = column_centre_depth_um(layers)
     x, y = fragment_point(fragment, mpp, t, depth)
     nearest = np.hypot(*(fragment_outline(fragment, mpp) - (x, y)).T).min() * mpp
     if nearest < STRAIGHT_SHARE * depth:
