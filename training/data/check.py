@@ -12,9 +12,10 @@ On a generated folder (``synNNNN_NNNN.tif`` names, or ``--seed``) it also runs t
 against the generator's ground truth (:mod:`training.data.synthetic.truth`).
 
 CLI: ``python -m training.data.check DIR [--preset tiny] [--out DIR] [--seed S --slides N
---class-mix ... --size-range MIN MAX]`` (``--preset``: the preset name or JSON file whose
-tissue mask measures coverage; ``--out``: also write the geometry tables as CSV; the rest are
-the generator's options, to rebuild a generated folder's specs).
+--cohort realistic --class-mix ... --size-range MIN MAX]`` (``--preset``: the preset name or JSON
+file whose tissue mask measures coverage; ``--out``: also write the geometry tables as CSV; the
+rest are the generator's options, to rebuild a generated folder's specs; a ``realistic`` folder's
+``C01_B5_S0000.tif`` names need ``--seed``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from stages.geometry import Box
 from stages.slide import Slide, SlideError
 from stages.tissue import TissueConfig, mask_for_slide
 from training.data.annotations import Y_FLIPS, Annotation, parse_annotations
-from training.data.synthetic.sampling import SynthConfig, add_generator_options
+from training.data.synthetic.options import add_generator_options, config_from_args
 from training.data.synthetic.truth import (
     CLEAN_SHARE,
     coverage_summary,
@@ -317,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed = int(match.group(1))
     slides = args.slides if args.slides is not None else len(metadata)
     try:
-        config = SynthConfig(class_mix=args.class_mix, size_range=tuple(args.size_range))
+        config = config_from_args(args)
         specs = folder_specs(args.data_dir, seed, slides, config)
     except ValueError as exc:
         parser.error(str(exc))

@@ -109,27 +109,31 @@ def _save(image: pyvips.Image, dst: Path, mpp: float) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_competition_tiff(image: pyvips.Image, path: str | Path, mpp: float) -> None:
-    """Write RGB uint8 ``image`` in the competition's format: pyramidal, 512 x 512 JPEG Q75 tiles,
-    each page half the previous (libvips rounds down) until it fits one tile, µm/pixel in the
-    resolution tags (xres = yres = 1000 / mpp px/mm, stored per cm); BigTIFF when it must be."""
+def save_competition_tiff(
+    image: pyvips.Image, path: str | Path, mpp: float, quality: int = JPEG_QUALITY
+) -> None:
+    """Write RGB uint8 ``image`` in the competition's format: pyramidal, 512 x 512 JPEG Q75 tiles
+    (``quality``: another JPEG quality, as another scanner's), each page half the previous
+    (libvips rounds down) until it fits one tile, µm/pixel in the resolution tags (xres = yres =
+    1000 / mpp px/mm, stored per cm); BigTIFF when it must be."""
     image.tiffsave(
         str(path),
         pyramid=True,
         bigtiff=image.width * image.height > BIGTIFF_ABOVE_PIXELS,
-        **tile_options(mpp),
+        **tile_options(mpp, quality),
     )
 
 
-def tile_options(mpp: float) -> dict[str, object]:
-    """libvips ``tiffsave`` options of one competition page: 512 x 512 JPEG Q75 tiles and the
-    µm/pixel as resolution tags (libvips takes px/mm and stores px/cm)."""
+def tile_options(mpp: float, quality: int = JPEG_QUALITY) -> dict[str, object]:
+    """libvips ``tiffsave`` options of one competition page: 512 x 512 JPEG tiles of
+    ``quality`` (Q75 by default) and the µm/pixel as resolution tags (libvips takes px/mm and
+    stores px/cm)."""
     return {
         "tile": True,
         "tile_width": TILE_SIZE,
         "tile_height": TILE_SIZE,
         "compression": "jpeg",
-        "Q": JPEG_QUALITY,
+        "Q": quality,
         "xres": 1000.0 / mpp,
         "yres": 1000.0 / mpp,
         "resunit": "cm",

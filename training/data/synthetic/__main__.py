@@ -1,4 +1,5 @@
-"""CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}``."""
+"""CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}
+[--cohort realistic]``."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.synthetic.cohort import sample_specs
 from training.data.synthetic.dataset import SPLITS, write_dataset
-from training.data.synthetic.sampling import (
-    SynthConfig,
-    add_generator_options,
-    layout_specs,
-    sample_specs,
-)
+from training.data.synthetic.options import add_generator_options, config_from_args
+from training.data.synthetic.sampling import layout_specs
 
 # -- command line -------------------------------------------------------------------------------
 
@@ -60,10 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        config = SynthConfig(class_mix=args.class_mix, size_range=tuple(args.size_range))
+        config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
     if args.layout:
+        if config.realism is not None:
+            parser.error("--layout reproduces real slides' boxes; --cohort realistic draws its own")
         if args.sparse_canvas:
             parser.error("--sparse-canvas works with random slides, not --layout")
         specs = layout_specs(*args.layout, scale=args.scale, seed=args.seed, config=config)
@@ -71,9 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.slides is None or args.slides < 1:
         parser.error("--slides N (N >= 1) is required without --layout")
     else:
-        specs = sample_specs(args.slides, args.seed, config)
+        specs = sample_specs(args.slides, args.seed, config, args.split)
     canvas = tuple(args.sparse_canvas) if args.sparse_canvas else None
-    metadata = write_dataset(args.out_dir, specs, args.split, canvas, workers=args.workers)
+    metadata = write_dataset(
+        args.out_dir, specs, args.split, canvas, workers=args.workers, truth=True
+    )
     megapixels = metadata["width"] * metadata["height"] / 1e6
     if args.benchmark:
         for row, mpx in zip(metadata.itertuples(index=False), megapixels, strict=True):

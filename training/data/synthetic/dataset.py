@@ -15,9 +15,11 @@ import pandas as pd
 
 from training.data.annotations import annotations_frame
 from training.data.synthetic.canvas import place, write_sparse_canvas
+from training.data.synthetic.cohort import sample_specs
 from training.data.synthetic.render import write_slide
-from training.data.synthetic.sampling import SynthConfig, sample_specs
+from training.data.synthetic.sampling import SynthConfig
 from training.data.synthetic.spec import SlideSpec, slide_annotations
+from training.data.synthetic.truth_tables import lesion_truth, slide_truth
 
 SPLITS = ("train", "test")
 
@@ -34,7 +36,9 @@ def posix_cksum(path: str | Path) -> int:
 
 
 def _one_hot(specs: Sequence[SlideSpec], zeros: bool = False) -> pd.DataFrame:
-    rows = [[s.filename] + [int(not zeros and s.label == k) for k in range(4)] for s in specs]
+    rows = [
+        [s.filename] + [int(not zeros and s.label_as_written == k) for k in range(4)] for s in specs
+    ]
     return pd.DataFrame(rows, columns=["filename", "0", "1", "2", "3"])
 
 
@@ -77,6 +81,7 @@ def write_dataset(
     canvas: tuple[int, int] | None = None,
     resume: bool = False,
     workers: int = 1,
+    truth: bool = False,
 ) -> pd.DataFrame:
     """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``;
     ``resume`` keeps the TIFs already there (slides are written whole or not at all).
@@ -88,8 +93,10 @@ def write_dataset(
     canvas (:func:`write_sparse_canvas`) holding its spec at a random place. ``workers`` > 1
     writes that many slides at once, each in a process of its own (a slide's pixels depend on
     its spec alone, so the files are the same; a real-size slide's render holds ~1.6 GB).
-    Returns the metadata table with a ``seconds`` column (time to render and write each TIF)
-    the CSV does not have.
+    The labels CSVs hold each slide's label as written (:attr:`SlideSpec.label_as_written`);
+    ``truth`` also writes the generator's ground truth, ``truth_lesions.csv`` and
+    ``truth_slides.csv`` (:mod:`.truth_tables`). Returns the metadata table with a ``seconds``
+    column (time to render and write each TIF) the CSV does not have.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -115,6 +122,9 @@ def write_dataset(
         annotations = [a for slide in written for a in slide_annotations(slide)]
         heights = {slide.filename: slide.height for slide in written}
         annotations_frame(annotations, heights).to_csv(out / "train_annotations.csv", index=False)
+    if truth:
+        lesion_truth(written).to_csv(out / "truth_lesions.csv", index=False)
+        slide_truth(written).to_csv(out / "truth_slides.csv", index=False)
     return metadata
 
 
@@ -125,6 +135,7 @@ def generate_dataset(
     split: str = "train",
     config: SynthConfig | None = None,
 ) -> pd.DataFrame:
-    """``n_slides`` random slides of ``seed`` written as a ``split`` directory; see
-    :func:`write_dataset`."""
-    return write_dataset(out_dir, sample_specs(n_slides, seed, config or SynthConfig()), split)
+    """``n_slides`` random slides of ``seed`` written as a ``split`` directory with the ground
+    truth (e.g. ``config=COHORTS["realistic"]``); see :func:`write_dataset`."""
+    specs = sample_specs(n_slides, seed, config or SynthConfig(), split)
+    return write_dataset(out_dir, specs, split, truth=True)

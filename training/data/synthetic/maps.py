@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from training.data.synthetic.depth import column_reach_um, paint_column
 from training.data.synthetic.shapes import MAX_REACH, fragment_outline, irregular_outlines
 from training.data.synthetic.spec import (
     ANNOTATION_UM,
@@ -49,6 +50,9 @@ class Maps:
     art_colour: np.ndarray  # (h, w, 3) artefact RGB
     art_alpha: np.ndarray  # (h, w) artefact opacity
     blur: np.ndarray  # (h, w) 255 inside out-of-focus patches
+    #: (h, w) float32 height above the basement membrane in epithelium thicknesses (0 membrane,
+    #: 1 surface, < 0 stroma below; NaN where no epithelium lies above): see :mod:`.depth`
+    level: np.ndarray | None = None
 
 
 def label_zoom(width: int, height: int, mpp: float) -> int:
@@ -126,6 +130,8 @@ def site_reach_um(site: Lesion) -> float:
     half-diagonal when that is larger. Sites of different grades further apart than the sum of
     their reaches never overlap."""
     square = ANNOTATION_UM / math.sqrt(2) if site.annotated else 0.0
+    if site.layers is not None:
+        return max(column_reach_um(site.size_um, site.layers), square)
     return max(MAX_REACH * site.size_um / 2, square)
 
 
@@ -177,6 +183,7 @@ def render_maps(spec: SlideSpec) -> Maps:
     labels[tissue > 0] = Tissue.STROMA
     depth = cv2.distanceTransform(tissue, cv2.DIST_L2, 5) * um  # µm from the glass
     ridges = _smooth_noise(rng, shape, 25 / um)  # rete ridges: wavy basal boundary
+    level = np.full(shape, np.nan, np.float32)
     for fragment in spec.fragments:
         box, t = _fragment_angles(fragment, spec.mpp, zoom, shape)
         arc = np.mod(t - math.radians(fragment.epi_from_deg), 2 * math.pi)
@@ -186,13 +193,23 @@ def render_maps(spec: SlideSpec) -> Maps:
         upper = epithelium & (depth[box] < 0.6 * thickness)
         labels[box][epithelium] = Tissue.EPI_BASAL
         labels[box][upper] = Tissue.EPI_UPPER
+        level[box][inside] = (1 - depth[box] / thickness)[inside]
     for lookalike in spec.lookalikes:
+        if lookalike.layers is not None:  # reactive epithelium across the whole thickness
+            centre = (lookalike.cx, lookalike.cy)
+            paint_column(labels, level, zoom, spec.mpp, centre, lookalike.size_um,
+                         lookalike.layers, Tissue.REACTIVE, None, rng)  # fmt: skip
+            continue
         box, blob = _blob_mask(
             rng, lookalike.cx, lookalike.cy, lookalike.size_um, spec, zoom, shape
         )
         view = labels[box]
         view[blob & (view == Tissue.STROMA)] = Tissue.INFLAMMATION
     for site in sorted(spec.lesions, key=lambda lesion: lesion.grade):
+        if site.layers is not None and site.grade:  # graded by depth (:mod:`.depth`)
+            paint_column(labels, level, zoom, spec.mpp, (site.cx, site.cy), site.size_um,
+                         site.layers, LESION_TISSUE[site.grade], Tissue.REACTIVE, rng)  # fmt: skip
+            continue
         box, blob = _blob_mask(rng, site.cx, site.cy, site.size_um, spec, zoom, shape)
         if not blob.size:
             continue
@@ -210,7 +227,7 @@ def render_maps(spec: SlideSpec) -> Maps:
     edge = cv2.GaussianBlur(tissue.astype(np.float32), (0, 0), 0.7)
     tissue_alpha = np.round(255 * edge * pale).astype(np.uint8)
     art_colour, art_alpha, blur = _artefact_maps(spec, zoom, shape, tissue, rng)
-    return Maps(zoom, labels, tissue_alpha, art_colour, art_alpha, blur)
+    return Maps(zoom, labels, tissue_alpha, art_colour, art_alpha, blur, level)
 
 
 def _artefact_maps(

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pyvips
 
-from training.data.convert import save_competition_tiff
+from training.data.convert import JPEG_QUALITY, save_competition_tiff
 from training.data.synthetic.maps import render_maps
 from training.data.synthetic.spec import SlideSpec, Tissue
 from training.data.synthetic.textures import texture_bank
@@ -98,6 +98,8 @@ def compose(spec: SlideSpec) -> pyvips.Image:
         colour = _vips(maps.art_colour).zoom(zoom, zoom).crop(0, 0, w, h)
         art = _upsample(maps.art_alpha, zoom, w, h)
         image = art.ifthenelse(colour, image, blend=True)
+    if spec.centre is not None and spec.centre.blur_um > 0:  # the centre's scanner optics
+        image = image.gaussblur(spec.centre.blur_um / spec.mpp, precision="integer")
     return image
 
 
@@ -107,7 +109,8 @@ def write_slide(path: str | Path, spec: SlideSpec) -> Path:
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
-        save_competition_tiff(compose(spec), partial, spec.mpp)
+        quality = JPEG_QUALITY if spec.centre is None else spec.centre.jpeg_quality
+        save_competition_tiff(compose(spec), partial, spec.mpp, quality)
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)

@@ -1,16 +1,18 @@
 """Random and layout-driven slide descriptions (:class:`SlideSpec`), deterministic per seed.
 
-:func:`sample_specs` draws random slides with a configurable class mix; :func:`layout_specs`
-reproduces real slides' sizes, resolutions and annotated boxes from the competition's CSVs.
+:func:`default_specs` draws the default cohort's random slides with a configurable class mix
+(:mod:`.cohort` builds the ``realistic`` one on its helpers and picks the cohort);
+:func:`layout_specs` reproduces real slides' sizes, resolutions and annotated boxes from the
+competition's CSVs.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -29,6 +31,9 @@ from training.data.synthetic.spec import (
     SlideSpec,
 )
 
+if TYPE_CHECKING:
+    from training.data.synthetic.cohort import Realism
+
 # -- random and layout slide descriptions ------------------------------------------------------
 
 PEN_COLOURS = ((40, 130, 70), (40, 60, 150), (35, 35, 45), (170, 40, 60))
@@ -44,6 +49,9 @@ class SynthConfig:
     annotate_p: float = 0.5  # each lesion after the first is annotated with this chance
     lookalike_p: float = 0.7  # a slide has dense inflammation with this chance
     artefact_p: float = 0.4  # pen marks and folds per fragment (/ 2), blur (/ 6), stripes (/ 3)
+    #: the ``realistic`` cohort's settings (:mod:`.cohort`; its centres set the µm/px, so
+    #: ``mpp_range`` is unused), None for the default slides
+    realism: Realism | None = None
 
     def __post_init__(self) -> None:
         mix = np.asarray(self.class_mix, dtype=float)
@@ -59,11 +67,12 @@ class SynthConfig:
                 raise ValueError(f"{name} must be in [0, 1]")
 
 
-def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
+def uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    """One draw of ``rng``, uniform in [low, high), as a Python float."""
     return float(rng.uniform(low, high))
 
 
-def _random_fragments(
+def random_fragments(
     rng: np.random.Generator, width: int, height: int, mpp: float
 ) -> tuple[Fragment, ...]:
     """2–5 fragments per 100 mm² (16 at most), each in its own cell of a grid over the slide,
@@ -76,20 +85,20 @@ def _random_fragments(
     fragments = []
     for cell in rng.permutation(cols * rows)[:n]:
         row, col = divmod(int(cell), cols)
-        length = min(max(cw, ch) * _uniform(rng, 0.55, 0.85), _uniform(rng, 2500, 6000))
-        breadth = min(length * _uniform(rng, 0.3, 0.6), min(cw, ch) * 0.75)
+        length = min(max(cw, ch) * uniform(rng, 0.55, 0.85), uniform(rng, 2500, 6000))
+        breadth = min(length * uniform(rng, 0.3, 0.6), min(cw, ch) * 0.75)
         angle = (0.0 if cw >= ch else 90.0) + float(rng.normal(0, 12))
         c, s = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
         ex = 0.65 * math.hypot(length * c, breadth * s)  # half extents with 1.3 x bulges
         ey = 0.65 * math.hypot(length * s, breadth * c)
         k = min(1.0, 0.95 * cw / 2 / ex, 0.95 * ch / 2 / ey)
-        cx = (col + 0.5) * cw + _uniform(rng, -1, 1) * max(0.0, cw / 2 - ex * k)
-        cy = (row + 0.5) * ch + _uniform(rng, -1, 1) * max(0.0, ch / 2 - ey * k)
+        cx = (col + 0.5) * cw + uniform(rng, -1, 1) * max(0.0, cw / 2 - ex * k)
+        cy = (row + 0.5) * ch + uniform(rng, -1, 1) * max(0.0, ch / 2 - ey * k)
         fragment = Fragment(
             cx=cx / mpp, cy=cy / mpp, length_um=length * k, width_um=breadth * k, angle_deg=angle,
-            shape=random_shape(rng, 0.12), epi_from_deg=_uniform(rng, 0, 360),
-            epi_extent_deg=_uniform(rng, 120, 260),
-            epi_um=min(_uniform(rng, 150, 400), 0.3 * breadth * k),
+            shape=random_shape(rng, 0.12), epi_from_deg=uniform(rng, 0, 360),
+            epi_extent_deg=uniform(rng, 120, 260),
+            epi_um=min(uniform(rng, 150, 400), 0.3 * breadth * k),
         )  # fmt: skip
         fragments.append(fragment)
     return tuple(fragments)
@@ -115,12 +124,12 @@ def _epithelium_site(
     the epithelium arc of a fragment chosen with probability proportional to its area."""
     areas = np.array([f.length_um * f.width_um for f in fragments])
     fragment = fragments[int(rng.choice(len(fragments), p=areas / areas.sum()))]
-    t = math.radians(fragment.epi_from_deg + _uniform(rng, 0.15, 0.85) * fragment.epi_extent_deg)
+    t = math.radians(fragment.epi_from_deg + uniform(rng, 0.15, 0.85) * fragment.epi_extent_deg)
     x, y = fragment_point(fragment, mpp, t, depth_um + epi_depth * fragment.epi_um)
     return x, y, fragment
 
 
-def _clear(site: Lesion, sites: Sequence[Lesion], mpp: float) -> bool:
+def clear_of(site: Lesion, sites: Sequence[Lesion], mpp: float) -> bool:
     """True when ``site`` and every site of another grade are further apart than the sum of
     their reaches (:func:`site_reach_um`: their blobs and squares cannot overlap), and an
     annotated ``site``'s square overlaps no other annotated square."""
@@ -148,7 +157,7 @@ def _square_on_tissue(site: Lesion, fragment: Fragment, mpp: float) -> float:
     return float(np.mean(inside))
 
 
-def _place_site(
+def place_site(
     rng: np.random.Generator,
     fragments: Sequence[Fragment],
     mpp: float,
@@ -158,15 +167,15 @@ def _place_site(
     annotated: bool,
 ) -> Lesion | None:
     """A site of ``grade`` (diameter uniform in ``size_um``, capped at 0.8 x its fragment's
-    length) that is :func:`_clear` of ``sites``, or None when :data:`PLACEMENT_TRIES` tries find
-    none. An annotated site takes the first try whose square lies 90 % on its fragment, else
+    length) clear of ``sites`` (:func:`clear_of`), or None when :data:`PLACEMENT_TRIES` tries
+    find none. An annotated site takes the first try whose square lies 90 % on its fragment, else
     the try with the most tissue in its square."""
     best, best_share = None, -1.0
     for _ in range(PLACEMENT_TRIES):
         x, y, fragment = _epithelium_site(rng, fragments, mpp, SITE_DEPTH_UM)
-        size = min(_uniform(rng, *size_um), max(0.8 * fragment.length_um, size_um[0]))
+        size = min(uniform(rng, *size_um), max(0.8 * fragment.length_um, size_um[0]))
         site = Lesion(cx=x, cy=y, grade=grade, size_um=size, annotated=annotated)
-        if not _clear(site, sites, mpp):
+        if not clear_of(site, sites, mpp):
             continue
         share = _square_on_tissue(site, fragment, mpp) if annotated else 1.0
         if share >= 0.9:
@@ -193,12 +202,12 @@ def _random_lesions(
         grades = [label] + [int(rng.integers(1, label + 1)) for _ in range(rng.integers(0, 4))]
         for k, grade in enumerate(grades):
             annotated = k == 0 or bool(rng.random() < annotate_p)
-            site = _place_site(rng, fragments, mpp, lesions, grade, LESION_UM, annotated)
+            site = place_site(rng, fragments, mpp, lesions, grade, LESION_UM, annotated)
             if site is not None:
                 lesions.append(site)
     normal = (1.2 * ANNOTATION_UM, 2.0 * ANNOTATION_UM)
     for _ in range(int(rng.integers(2, 6)) if label == 0 else int(rng.integers(0, 3))):
-        site = _place_site(rng, fragments, mpp, lesions, 0, normal, True)
+        site = place_site(rng, fragments, mpp, lesions, 0, normal, True)
         if site is not None:
             lesions.append(site)
     return lesions
@@ -212,8 +221,8 @@ def _random_lookalikes(
         return ()
     out = []
     for _ in range(int(rng.integers(1, 4))):
-        size = _uniform(rng, 200, 800)
-        x, y, _ = _epithelium_site(rng, fragments, mpp, _uniform(rng, 0.2, 0.6) * size, 1.0)
+        size = uniform(rng, 200, 800)
+        x, y, _ = _epithelium_site(rng, fragments, mpp, uniform(rng, 0.2, 0.6) * size, 1.0)
         out.append(LookAlike(cx=x, cy=y, size_um=size))
     return tuple(out)
 
@@ -230,25 +239,25 @@ def _random_artefacts(
     out: list[Artefact] = []
     for f in fragments:
         if rng.random() < chance / 2:  # pen arc around the fragment
-            radius = (f.length_um / 2 + _uniform(rng, 200, 800)) / mpp
-            t = _uniform(rng, 0, 2 * math.pi) + np.linspace(0, _uniform(rng, 1, 3.5), 24)
-            wobble = 1 + 0.05 * np.sin(3 * t + _uniform(rng, 0, 6))
+            radius = (f.length_um / 2 + uniform(rng, 200, 800)) / mpp
+            t = uniform(rng, 0, 2 * math.pi) + np.linspace(0, uniform(rng, 1, 3.5), 24)
+            wobble = 1 + 0.05 * np.sin(3 * t + uniform(rng, 0, 6))
             xs = np.clip(f.cx + radius * wobble * np.cos(t), 0, width - 1).tolist()
             ys = np.clip(f.cy + 0.7 * radius * wobble * np.sin(t), 0, height - 1).tolist()
             colour = PEN_COLOURS[int(rng.integers(len(PEN_COLOURS)))]
             out.append(Artefact(
                 kind="pen", points=tuple(zip(xs, ys, strict=True)),
-                width_um=_uniform(rng, 150, 500), colour=colour, alpha=int(rng.integers(110, 180)),
+                width_um=uniform(rng, 150, 500), colour=colour, alpha=int(rng.integers(110, 180)),
             ))  # fmt: skip
         if rng.random() < chance / 2:  # fold: a dark band across the fragment
-            half = f.width_um * _uniform(rng, 0.4, 0.8) / mpp
-            t = _uniform(rng, 0, math.pi)
+            half = f.width_um * uniform(rng, 0.4, 0.8) / mpp
+            t = uniform(rng, 0, math.pi)
             dx, dy = half * math.cos(t), half * math.sin(t)
             cx = f.cx + float(rng.normal(0, 0.15 * f.width_um / mpp))
             cy = f.cy + float(rng.normal(0, 0.15 * f.width_um / mpp))
             out.append(Artefact(
                 kind="fold", points=((cx - dx, cy - dy), (cx + dx, cy + dy)),
-                width_um=_uniform(rng, 40, 200), colour=(110, 50, 120),
+                width_um=uniform(rng, 40, 200), colour=(110, 50, 120),
                 alpha=int(rng.integers(90, 150)),
             ))  # fmt: skip
         # out-of-focus square, rarer than the others: over a lesion it leaves the grade
@@ -256,22 +265,22 @@ def _random_artefacts(
         if rng.random() < chance / 6:
             cx = f.cx + float(rng.normal(0, 0.25 * f.width_um / mpp))
             cy = f.cy + float(rng.normal(0, 0.25 * f.width_um / mpp))
-            out.append(Artefact(kind="blur", points=((cx, cy),), width_um=_uniform(rng, 300, 1200)))
+            out.append(Artefact(kind="blur", points=((cx, cy),), width_um=uniform(rng, 300, 1200)))
     for _ in range(int(rng.poisson(3))):
-        xy = (_uniform(rng, 0, width), _uniform(rng, 0, height))
+        xy = (uniform(rng, 0, width), uniform(rng, 0, height))
         out.append(Artefact(
-            kind="dust", points=(xy,), width_um=_uniform(rng, 8, 60), colour=(60, 55, 50),
+            kind="dust", points=(xy,), width_um=uniform(rng, 8, 60), colour=(60, 55, 50),
             alpha=int(rng.integers(180, 240)),
         ))  # fmt: skip
     if rng.random() < chance / 3:  # a faint scanner stripe across the slide
         if rng.random() < 0.5:
-            y = _uniform(rng, 0, height)
+            y = uniform(rng, 0, height)
             points = ((0.0, y), (float(width), y))
         else:
-            x = _uniform(rng, 0, width)
+            x = uniform(rng, 0, width)
             points = ((x, 0.0), (x, float(height)))
         out.append(Artefact(
-            kind="stripe", points=points, width_um=_uniform(rng, 20, 100), colour=(80, 80, 80),
+            kind="stripe", points=points, width_um=uniform(rng, 20, 100), colour=(80, 80, 80),
             alpha=int(rng.integers(25, 50)),
         ))  # fmt: skip
     return tuple(out)
@@ -290,7 +299,7 @@ def random_spec(
 ) -> SlideSpec:
     """A random slide of class ``label``; ``fragments`` / ``lesions`` replace the random ones."""
     if fragments is None:
-        fragments = _random_fragments(rng, width, height, mpp)
+        fragments = random_fragments(rng, width, height, mpp)
     if lesions is None:
         lesions = _random_lesions(rng, fragments, mpp, label, config.annotate_p)
     return SlideSpec(
@@ -302,8 +311,10 @@ def random_spec(
     )  # fmt: skip
 
 
-def sample_specs(n_slides: int, seed: int, config: SynthConfig = SynthConfig()) -> list[SlideSpec]:
-    """``n_slides`` random slides (``syn{seed}_{i:04d}.tif``), classes drawn from the mix.
+def default_specs(n_slides: int, seed: int, config: SynthConfig = SynthConfig()) -> list[SlideSpec]:
+    """``n_slides`` random slides of the default cohort (``syn{seed}_{i:04d}.tif``), classes
+    drawn from the mix; ``config.realism`` is ignored
+    (:func:`~training.data.synthetic.cohort.sample_specs` picks the cohort).
 
     Slide ``i`` depends only on ``(seed, i)`` and its drawn class, so a longer run extends a
     shorter one."""
@@ -313,7 +324,7 @@ def sample_specs(n_slides: int, seed: int, config: SynthConfig = SynthConfig()) 
     for i, label in enumerate(labels):
         slide_rng = np.random.default_rng([seed, i])
         width, height = (int(v) for v in slide_rng.integers(*config.size_range, 2, endpoint=True))
-        mpp = _uniform(slide_rng, *config.mpp_range)
+        mpp = uniform(slide_rng, *config.mpp_range)
         name = f"syn{seed}_{i:04d}.tif"
         specs.append(random_spec(slide_rng, name, int(label), width, height, mpp, config))
     return specs
@@ -352,7 +363,7 @@ def layout_specs(
         mpp = float(row.resolution) * scale
         sites = [
             Lesion(cx=a.box.center[0] / scale, cy=a.box.center[1] / scale,
-                   grade=a.annotation_class, size_um=ANNOTATION_UM * _uniform(rng, 1.5, 3.0),
+                   grade=a.annotation_class, size_um=ANNOTATION_UM * uniform(rng, 1.5, 3.0),
                    annotated=True)
             for a in boxes.get(row.filename, [])
         ]  # fmt: skip
@@ -363,7 +374,7 @@ def layout_specs(
             fragments += _free_fragments(rng, fragments, width, height, mpp)
             if label and rng.random() < 0.5:
                 grade = int(rng.integers(1, label + 1))
-                site = _place_site(rng, fragments, mpp, sites, grade, (500.0, 1000.0), False)
+                site = place_site(rng, fragments, mpp, sites, grade, (500.0, 1000.0), False)
                 sites += [site] if site is not None else []
             lesions = sites
         spec = random_spec(rng, row.filename, label, width, height, mpp, config, fragments, lesions)
@@ -396,8 +407,8 @@ def _fragments_around(
         fragment = Fragment(
             cx=cx, cy=cy, length_um=2 * max(half_w, half_h) * mpp, width_um=breadth,
             angle_deg=0.0 if half_w >= half_h else 90.0, shape=random_shape(rng, 0.04),
-            epi_from_deg=_uniform(rng, 0, 360), epi_extent_deg=_uniform(rng, 120, 260),
-            epi_um=min(_uniform(rng, 150, 400), 0.3 * breadth),
+            epi_from_deg=uniform(rng, 0, 360), epi_extent_deg=uniform(rng, 120, 260),
+            epi_um=min(uniform(rng, 150, 400), 0.3 * breadth),
         )  # fmt: skip
         fragments.append(fragment)
     return tuple(fragments)
@@ -411,40 +422,5 @@ def _free_fragments(
     def apart(a: Fragment, b: Fragment) -> bool:
         return math.hypot(a.cx - b.cx, a.cy - b.cy) * mpp > 0.65 * (a.length_um + b.length_um)
 
-    candidates = _random_fragments(rng, width, height, mpp)
+    candidates = random_fragments(rng, width, height, mpp)
     return tuple(f for f in candidates if all(apart(f, t) for t in taken))
-
-
-# -- command-line options ---------------------------------------------------------------------
-
-
-def class_mix_arg(text: str) -> tuple[float, float, float, float]:
-    """``--class-mix`` value: 4 comma-separated non-negative numbers, normalised to sum to 1."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"--class-mix wants 4 numbers, got {text!r}") from exc
-    if len(values) != 4 or min(values) < 0 or sum(values) <= 0:
-        raise argparse.ArgumentTypeError(f"--class-mix wants 4 non-negative numbers: {text!r}")
-    total = sum(values)
-    return tuple(v / total for v in values)  # type: ignore[return-value]
-
-
-def add_generator_options(parser: argparse.ArgumentParser) -> None:
-    """``--class-mix`` and ``--size-range``, the random slides' options (also what
-    :mod:`training.data.synthetic.truth` needs to rebuild a folder's slide descriptions)."""
-    parser.add_argument(
-        "--class-mix",
-        type=class_mix_arg,
-        default=SynthConfig().class_mix,
-        metavar="P0,P1,P2,P3",
-        help="class shares (normalised)",
-    )
-    parser.add_argument(
-        "--size-range",
-        type=int,
-        nargs=2,
-        metavar=("MIN", "MAX"),
-        default=SynthConfig().size_range,
-        help="page-0 width/height range, px",
-    )

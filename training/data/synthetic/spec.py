@@ -10,9 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
 from stages.geometry import Box
 from training.data.annotations import Annotation
+
+if TYPE_CHECKING:
+    from training.data.synthetic.cohort import Centre
 
 #: Side of an annotation square, µm.
 ANNOTATION_UM = 300.0
@@ -31,9 +35,14 @@ class Tissue(IntEnum):
     HSIL = 5
     INVASIVE = 6
     INFLAMMATION = 7
+    #: benign epithelium that looks like a lesion at low magnification: reactive or metaplastic
+    #: change, and the maturing layers above a layered lesion's atypical zone
+    REACTIVE = 8
 
 
-EPITHELIAL = (Tissue.EPI_BASAL, Tissue.EPI_UPPER, Tissue.LSIL, Tissue.HSIL, Tissue.INVASIVE)
+EPITHELIAL = (
+    Tissue.EPI_BASAL, Tissue.EPI_UPPER, Tissue.LSIL, Tissue.HSIL, Tissue.INVASIVE, Tissue.REACTIVE,
+)  # fmt: skip
 #: The tissue type a lesion of each grade paints.
 LESION_TISSUE = {1: Tissue.LSIL, 2: Tissue.HSIL, 3: Tissue.INVASIVE}
 
@@ -68,12 +77,38 @@ class Fragment:
 
 
 @dataclass(frozen=True)
+class Layers:
+    """A column across the epithelium (:mod:`~training.data.synthetic.depth`): its axis is the
+    inward surface normal ``normal_deg`` (degrees, page-0 x right, y down), the epithelium there
+    is nominally ``epi_um`` thick; the lower ``fill`` of that thickness (from the basement
+    membrane up, in (0, 1]) holds the atypical cells, the rest up to the surface maturing
+    (``Tissue.REACTIVE``) cells, and nests of atypical cells reach ``invasion_um`` below the
+    membrane (grade 3; 0 otherwise)."""
+
+    fill: float
+    normal_deg: float
+    epi_um: float
+    invasion_um: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.fill <= 1 and self.epi_um > 0 and self.invasion_um >= 0):
+            raise ValueError(f"bad layers: {self}")
+
+    @property
+    def band_um(self) -> float:
+        """Depth of the lesion proper along the normal: atypical epithelium plus invasion, µm."""
+        return self.fill * self.epi_um + self.invasion_um
+
+
+@dataclass(frozen=True)
 class Lesion:
     """A lesion of ``grade`` 1–3 centred on page-0 ``(cx, cy)``, ``size_um`` across.
 
     Grade 0 is a normal-epithelium site: it renders nothing and exists to carry a class-0
     annotation (the real file annotates normal areas too). ``annotated`` sites get one 300 µm
-    square in ``train_annotations.csv``.
+    square in ``train_annotations.csv``. Without ``layers`` a lesion replaces a blob of tissue
+    whatever its grade; with ``layers`` it is a column across the epithelium graded by depth,
+    ``size_um`` wide along the surface, centred on the middle of its :attr:`Layers.band_um`.
     """
 
     cx: float
@@ -81,6 +116,7 @@ class Lesion:
     grade: int
     size_um: float
     annotated: bool
+    layers: Layers | None = None
 
     def __post_init__(self) -> None:
         if self.grade not in (0, 1, 2, 3) or self.size_um <= 0:
@@ -89,11 +125,13 @@ class Lesion:
 
 @dataclass(frozen=True)
 class LookAlike:
-    """A benign look-alike (dense inflammation in the stroma) centred on page-0 ``(cx, cy)``."""
+    """A benign look-alike centred on page-0 ``(cx, cy)``: dense inflammation in the stroma, or
+    with ``layers`` (``fill`` 1) reactive epithelium across the whole thickness."""
 
     cx: float
     cy: float
     size_um: float
+    layers: Layers | None = None
 
 
 ARTEFACT_KINDS = ("pen", "fold", "dust", "blur", "stripe")
@@ -135,6 +173,10 @@ class SlideSpec:
     lesions: tuple[Lesion, ...] = ()
     lookalikes: tuple[LookAlike, ...] = ()
     artefacts: tuple[Artefact, ...] = ()
+    #: the synthetic centre (stain, scanner, JPEG quality) of a ``realistic`` slide, else None
+    centre: Centre | None = None
+    #: the label as the pathologist wrote it when it differs from :attr:`label` (label noise)
+    written_label: int | None = None
 
     def __post_init__(self) -> None:
         if not self.filename.endswith(".tif"):
@@ -145,6 +187,8 @@ class SlideSpec:
             )
         if self.magnification not in (20, 40):
             raise ValueError(f"{self.filename}: magnification must be 20 or 40")
+        if self.written_label not in (None, 0, 1, 2, 3):
+            raise ValueError(f"{self.filename}: written_label must be 0-3 or None")
 
     @property
     def stem(self) -> str:
@@ -154,6 +198,11 @@ class SlideSpec:
     def label(self) -> int:
         """Slide class: the most severe lesion present (0 without lesions)."""
         return max((lesion.grade for lesion in self.lesions), default=0)
+
+    @property
+    def label_as_written(self) -> int:
+        """The slide label in the labels CSV: :attr:`written_label`, else the true label."""
+        return self.label if self.written_label is None else self.written_label
 
 
 def annotation_box(lesion: Lesion, spec: SlideSpec) -> Box:

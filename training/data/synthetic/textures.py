@@ -124,9 +124,16 @@ CELL_STYLES: dict[Tissue, CellStyle] = {
         aspect=1.05, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.03, stain=1.4, chromatin=0.05,
         cytoplasm=0.28, fibres=0.3,
     ),
+    # benign mimic and a layered lesion's maturing upper layers: uniform small round nuclei
+    # with smooth contours and fine even chromatin, clear cytoplasm, crisp cell borders
+    Tissue.REACTIVE: CellStyle(
+        spacing_um=SHARED_SPACING_UM, jitter=SHARED_JITTER, nucleus_um=6.0, size_cv=0.05,
+        aspect=1.25, angle_sd_deg=SHARED_ANGLE_SD, irregular=0.03, stain=0.9, chromatin=0.05,
+        cytoplasm=0.3, border=0.3, nucleolus=0.5,
+    ),
 }
 # fmt: on
-BALANCED = (Tissue.LSIL, Tissue.HSIL, Tissue.INVASIVE, Tissue.INFLAMMATION)
+BALANCED = (Tissue.LSIL, Tissue.HSIL, Tissue.INVASIVE, Tissue.INFLAMMATION, Tissue.REACTIVE)
 
 
 @dataclass(frozen=True)
@@ -388,7 +395,8 @@ def texture_bank(spec: SlideSpec) -> dict[Tissue, np.ndarray]:
     side ``s`` is about :data:`TEXTURE_UM` µm, a multiple of 8, different for every type but
     shared by the :data:`BALANCED` types, which share one :class:`CellLayout` and, above
     :data:`EQUALISE_UM`, one texture (:func:`_equalise`)."""
-    stain = Stain.sample(np.random.default_rng([spec.seed, 0]))
+    stain_rng = np.random.default_rng([spec.seed, 0])
+    stain = Stain.sample(stain_rng) if spec.centre is None else spec.centre.stain(stain_rng)
     base = 8 * max(8, round(TEXTURE_UM / spec.mpp / 8))
     shared = base + 8 * int(BALANCED[0])
     layout = cell_layout(np.random.default_rng([spec.seed, 7]), shared, spec.mpp)

@@ -25,8 +25,9 @@ import pandas as pd
 from stages.geometry import Box
 from stages.slide import Slide
 from training.data.annotations import parse_annotations
+from training.data.synthetic.cohort import sample_specs
 from training.data.synthetic.maps import render_maps
-from training.data.synthetic.sampling import SynthConfig, sample_specs
+from training.data.synthetic.sampling import SynthConfig
 from training.data.synthetic.spec import LESION_TISSUE, SlideSpec, Tissue, slide_annotations
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ def folder_specs(
         if same:
             return specs
     raise ValueError(
-        f"{data_dir}: the folder does not match seed {seed}, {slides} slides, class mix "
+        f"{data_dir}: the folder does not match seed {seed}, {slides} slides, cohort "
+        f"{'default' if config.realism is None else 'realistic'}, class mix "
         f"{config.class_mix}, size range {config.size_range} (pass the generator's options)"
     )
