@@ -36,9 +36,9 @@ from training.data.synthetic.depth import column_centre_depth_um
 from training.data.synthetic.sampling import (
     PLACEMENT_TRIES,
     SynthConfig,
+    add_normal_sites,
     clear_of,
     default_specs,
-    place_site,
     random_fragments,
     random_spec,
     uniform,
@@ -268,12 +268,7 @@ def realistic_lesions(
             others = [s for i, s in enumerate(lesions) if i != largest]
             if clear_of(annotated, others, mpp):  # its square may overlap no other square
                 lesions[largest] = annotated
-    normal = (1.2 * ANNOTATION_UM, 2.0 * ANNOTATION_UM)
-    for _ in range(int(rng.integers(2, 6)) if label == 0 else int(rng.integers(0, 3))):
-        site = place_site(rng, fragments, mpp, lesions, 0, normal, True)
-        if site is not None:
-            lesions.append(site)
-    return lesions
+    return add_normal_sites(rng, fragments, mpp, lesions, label)
 
 
 def _reactive_mimics(

@@ -205,6 +205,18 @@ def _random_lesions(
             site = place_site(rng, fragments, mpp, lesions, grade, LESION_UM, annotated)
             if site is not None:
                 lesions.append(site)
+    return add_normal_sites(rng, fragments, mpp, lesions, label)
+
+
+def add_normal_sites(
+    rng: np.random.Generator,
+    fragments: Sequence[Fragment],
+    mpp: float,
+    lesions: list[Lesion],
+    label: int,
+) -> list[Lesion]:
+    """``lesions`` with annotated squares of normal epithelium (grade 0) added where they fit:
+    2–5 on a benign slide, 0–2 on the others; returns the list (extended in place)."""
     normal = (1.2 * ANNOTATION_UM, 2.0 * ANNOTATION_UM)
     for _ in range(int(rng.integers(2, 6)) if label == 0 else int(rng.integers(0, 3))):
         site = place_site(rng, fragments, mpp, lesions, 0, normal, True)
