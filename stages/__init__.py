@@ -2,7 +2,9 @@
 ``submission.csv``. It imports nothing from ``training/`` (the submission ships ``main.py``,
 ``stages/`` and ``assets/`` only). Modules, roughly from the run down to the pixels:
 
+- ``cli``: ``main.py``'s options (``python main.py --help``; ``tissuenet grade``).
 - ``runtime``: the runtime job: every slide of ``data/`` through the cascade into the submission.
+- ``record``: what a run keeps and writes: outcomes, the checkpointed submission, log lines.
 - ``budget``: one global time limit shared over the slides of a run, and the per-slide budget.
 - ``prefetch``: reading the next slide while the networks work on this one.
 - ``device``: choosing the device the networks run on, and why a GPU cannot be used.

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import write_format
 
-from stages import runtime
+from stages import record, runtime
 from stages.budget import BudgetConfig, RunBudget
 from stages.cascade import Cascade
 from stages.config import load_assets
@@ -197,14 +197,14 @@ class FakeCascade:
 
 def grade_all(
     cascade: FakeCascade, names: list[str], time_limit_s: float, **config: float
-) -> runtime.RunReport:
+) -> record.RunReport:
     clock = [0.0]
     cascade.clock = clock
     budget = RunBudget(
         time_limit_s, len(names), BudgetConfig(reserve_s=0.0, **config), clock=lambda: clock[0]
     )
-    report = runtime.RunReport()
-    checkpoint = runtime.Checkpoint(lambda quiet: None, Path("unused"))
+    report = record.RunReport()
+    checkpoint = record.Checkpoint(lambda quiet: None, Path("unused"))
     checkpoint.maybe_write = lambda: None  # type: ignore[method-assign]
     mpps: dict[str, float | None] = dict.fromkeys(names)
     ahead = runtime.start_prefetch(cascade, Path("data"), names, mpps, budget)  # type: ignore[arg-type]

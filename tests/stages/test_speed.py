@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import FakeClock
 
-from stages import runtime
+from stages import record
 from stages.cascade import StageClock
 from stages.detector import read_windows
 from stages.geometry import Box
@@ -84,9 +84,9 @@ def test_checkpoints_are_skipped_only_while_they_would_cost_too_much(
     def table(quiet: bool) -> None:
         now.advance(0.01)  # every write takes 10 ms
 
-    monkeypatch.setattr(runtime.time, "monotonic", now)
-    monkeypatch.setattr(runtime, "write_submission", lambda table, out, quiet, fmt: None)
-    checkpoint = runtime.Checkpoint(table, tmp_path / "submission.csv")
+    monkeypatch.setattr(record.time, "monotonic", now)
+    monkeypatch.setattr(record, "write_submission", lambda table, out, quiet, fmt: None)
+    checkpoint = record.Checkpoint(table, tmp_path / "submission.csv")
     checkpoint.maybe_write()
     assert checkpoint.writes == 1
     now.advance(0.49)  # 10 ms / 2 % = 0.5 s must pass before the next

@@ -44,8 +44,9 @@ from stages.config import load_assets, load_config
 from stages.decision import Decision, decide_slide
 from stages.device import choose_device
 from stages.geojson import DEFAULT_LEVELS
+from stages.record import save_result
 from stages.result import SlideResult, fallback_result
-from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions, save_result
+from stages.runtime import FORMAT_NAME, METADATA_NAME, resolutions
 from stages.submission import build_submission, read_format, write_submission
 from training.cluster.pool import (
     RETRIES_ON_CRASH,

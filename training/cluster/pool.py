@@ -25,7 +25,7 @@ import ray
 
 import stages
 import training
-from stages.runtime import hms
+from stages.record import hms
 
 log = logging.getLogger(__name__)
 
