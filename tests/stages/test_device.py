@@ -159,8 +159,16 @@ def data_with_slides(root: Path, names: list[str]) -> Path:
     return data
 
 
-def fail_loading_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A GPU that passes the probe, then runs out of memory while the assets move onto it."""
+#: The slides of the runs on a GPU that fails at load.
+NAMES = ["a.tif", "b.tif"]
+
+
+def run_on_a_gpu_failing_at_load(
+    tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, device: str
+) -> tuple[int, Path]:
+    """``runtime.run`` on :data:`NAMES` with ``--device device``, where a GPU passes the probe,
+    then runs out of memory while the assets move onto it; the exit status and the submission."""
+    data = data_with_slides(tmp_path, NAMES)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(runtime, "probe", lambda device: None)
     monkeypatch.setattr(device_module, "probe", lambda device: None)
@@ -172,42 +180,37 @@ def fail_loading_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
         return load(assets, device, *args, **kwargs)
 
     monkeypatch.setattr(runtime, "load_assets", load_assets)
+    out = tmp_path / "submission.csv"
+    code = runtime.run(data, out, assets, time_limit_s=600, device=device, prefetch=False)
+    return code, out
 
 
 @pytest.mark.slow
 def test_a_gpu_out_of_memory_at_load_falls_back_to_the_cpu(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    names = ["a.tif", "b.tif"]
-    data = data_with_slides(tmp_path, names)
-    fail_loading_on_cuda(monkeypatch)
-    out = tmp_path / "submission.csv"
     with caplog.at_level(logging.INFO):
-        code = runtime.run(data, out, assets, time_limit_s=600, device="auto", prefetch=False)
+        code, out = run_on_a_gpu_failing_at_load(tmp_path, assets, monkeypatch, "auto")
     assert code == 0, caplog.text
     assert "the GPU failed loading or warming up the networks (OutOfMemoryError" in caplog.text
     assert "device cpu" in caplog.text
-    for name in names:  # graded on the CPU, not the fallback's row
+    for name in NAMES:  # graded on the CPU, not the fallback's row
         assert f"] {name}: class " in caplog.text
-    assert set(classes_by_filename(read_table(out))) == set(names)
+    assert set(classes_by_filename(read_table(out))) == set(NAMES)
 
 
 @pytest.mark.slow
 def test_a_gpu_asked_for_that_fails_at_load_exits_with_every_row_written(
     tmp_path: Path, assets: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    names = ["a.tif", "b.tif"]
-    data = data_with_slides(tmp_path, names)
-    fail_loading_on_cuda(monkeypatch)
-    out = tmp_path / "submission.csv"
     with caplog.at_level(logging.INFO):
-        code = runtime.run(data, out, assets, time_limit_s=600, device="cuda", prefetch=False)
+        code, out = run_on_a_gpu_failing_at_load(tmp_path, assets, monkeypatch, "cuda")
     assert code == EXIT_DEVICE
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "cuda failed loading or warming up the networks" in errors[0]
     assert "out of memory" in errors[0] and "--device cpu" in errors[0]
     prior = decide_slide([], [], load_config(assets).decision).cls
-    assert classes_by_filename(read_table(out)) == dict.fromkeys(names, prior)
+    assert classes_by_filename(read_table(out)) == dict.fromkeys(NAMES, prior)
     assert "] a.tif" not in caplog.text  # no slide was graded
 
 
@@ -261,10 +264,7 @@ def test_a_gpu_that_breaks_during_the_run_hands_the_slides_to_the_cpu(
 ) -> None:
     names = ["a.tif", "b.tif", "c.tif"]
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "submission_format.csv").write_text(
-        "filename,0,1,2,3\n" + "".join(f"{n},0,0,0,0\n" for n in names)
-    )
+    write_format(data, names)
     made: list[FaultingCascade] = []
     monkeypatch.setattr(
         runtime, "Cascade", lambda loaded: made.append(FaultingCascade(loaded)) or made[-1]
