@@ -54,9 +54,10 @@ demo: setup $(DEMO)/data/submission_format.csv ## grade 8 sample slides with mai
 	$(PY) main.py --data $(DEMO)/data --out $(DEMO)/submission.csv --save-heatmaps $(DEMO)/heatmaps
 	$(PY) -m stages.metric $(DEMO)/submission.csv $(DEMO)/data/test_labels.csv
 
-# The demo's sample slides in the competition's test layout (also test-submission's default DATA).
+# The demo's sample slides in the competition's test layout, of the realistic cohort (also
+# test-submission's default DATA).
 $(DEMO)/data/submission_format.csv: | setup
-	$(PY) -m training.data.synthetic $(DEMO)/data --slides 8 --seed 7 --split test
+	$(PY) -m training.data.synthetic $(DEMO)/data --slides 8 --seed 7 --split test --cohort realistic
 
 # The demo's run as one HTML report (labels, overviews, patches), opened in headless Chromium;
 # its screenshot and the worst slide's overview go to training/evaluate/results for the README.
@@ -66,11 +67,12 @@ report: demo ## the demo's run as one HTML report, screenshot in headless Chromi
 		--screenshot training/evaluate/results/report.png \
 		--overlay training/evaluate/results/overlay.png
 
-# Train both stages on generated slides, fit the decision, write assets/ (seeded; CPU by default).
+# Train both stages on 128 generated slides of the realistic cohort (small worst lesions graded by
+# depth, six centres, noisy labels), fit the decision, write assets/ (seeded; CPU by default).
 # Work files (slides, cache, checkpoints, logs) go to $(TRAIN); a rerun resumes the data steps.
 TRAIN := build/train
-train: setup ## train both stages on generated slides and write assets/
-	$(PY) -m training.pipeline $(TRAIN) assets
+train: setup ## train both stages on realistic generated slides and write assets/
+	$(PY) -m training.pipeline $(TRAIN) assets --cohort realistic
 
 # Training at the real data's scale, measured: cache disk and seconds per slide, peak memory and
 # open files of both trainers for 32, 128 and 512 generated slides and for slides at the real

@@ -10,7 +10,8 @@ Lightning's DDP starts every further rank by running its process's command again
 re-runs the fit alone, while the steps that are not training (cache, hard negatives, decision,
 export) run once, here, each after the step before it has finished and written its files.
 
-Without ``--data`` it first generates ``--slides`` synthetic training slides (seed ``--seed``)
+Without ``--data`` it first generates ``--slides`` synthetic training slides (seed ``--seed``,
+``--cohort``, ``--class-mix``, ``--size-range`` as in ``python -m training.data.synthetic``)
 into ``WORK/data``; with ``--data`` it trains on that folder (the real TissueNet training
 layout, or any folder in it). ``--preset`` picks the networks and the training defaults that go
 with them (:mod:`training.presets`): ``tiny`` is ``make train``'s CPU preset, ``standard`` the
@@ -37,6 +38,8 @@ from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
 from training.data.dataset import METADATA
 from training.data.synthetic import SynthConfig, generate_dataset
+from training.data.synthetic.cohort import COHORTS, cohort_name
+from training.data.synthetic.options import add_generator_options, config_from_args
 from training.fit import classifier, detector
 from training.fit.common import option_args
 from training.fit.decision import fit_stage
@@ -45,6 +48,9 @@ from training.pack.export import export
 from training.presets import PRESETS, TrainOptions, load_preset
 
 log = logging.getLogger(__name__)
+
+#: Synthetic slides written at once while generating (a process each).
+GENERATE_WORKERS = 2
 
 
 def run_trainer(stage: str, cache: Path, out: Path, preset: str, options: TrainOptions) -> None:
@@ -68,12 +74,14 @@ def train(
     folds: int = 4,
     detector_options: TrainOptions = detector.DEFAULTS,
     classifier_options: TrainOptions = classifier.DEFAULTS,
-    size_range: tuple[int, int] = SynthConfig().size_range,
+    synth: SynthConfig = COHORTS["default"],
     by_centre: bool = False,
     device: str | None = None,
     y_flip: str = CacheConfig.y_flip,
 ) -> dict[str, float]:
-    """Run every step; returns the seconds of each (and ``total``). ``preset``: a preset name or
+    """Run every step; returns the seconds of each (and ``total``). ``synth``: the cohort of the
+    slides generated without ``data`` (:data:`~training.data.synthetic.cohort.COHORTS`; ``make
+    train`` passes ``--cohort realistic``). ``preset``: a preset name or
     JSON file (:func:`training.presets.load_preset`; the trainers' ``--preset``). ``device``
     runs hard-negative mining and the decision fit (the trainers, in their own processes, pick
     theirs through Lightning's ``accelerator`` and ``devices``); None: the GPU when there is
@@ -88,8 +96,11 @@ def train(
     if data is None:
         data = work / "data"
         if not (data / METADATA).is_file():
-            generate_dataset(data, slides, seed, "train", SynthConfig(size_range=size_range))
-        description = f"synthetic: training.data.synthetic --seed {seed} --slides {slides}"
+            generate_dataset(data, slides, seed, "train", synth, workers=GENERATE_WORKERS)
+        description = (
+            f"synthetic: training.data.synthetic --seed {seed} --slides {slides}"
+            f" --cohort {cohort_name(synth)}"
+        )
     else:
         description = str(data)
     step("data")
@@ -163,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-weights", default=None, choices=("none", "imagenet"), help="online users only"
     )
-    parser.add_argument("--size-range", type=int, nargs=2, default=SynthConfig().size_range)
+    add_generator_options(parser)
     args = parser.parse_args(argv)
     setup_logging()
     preset = load_preset(args.preset)
@@ -177,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         args.folds or preset.folds,
         _options(preset.detector, args, "detector"),
         _options(preset.classifier, args, "classifier"),
-        tuple(args.size_range),
+        config_from_args(args),
         args.by_centre,
         args.device,
         args.y_flip,

@@ -89,6 +89,9 @@ def test_jittered_centres_keep_the_patch_inside_the_square() -> None:
     assert np.ptp(centres[:, 0]) > 150  # spread over the allowed range
     big = jittered_centres(rng, box, 3, (400.0, 400.0))  # larger than the square: its centre
     np.testing.assert_array_equal(big, [[250.0, 350.0]] * 3)
+    near = jittered_centres(rng, box, 500, (100.0, 100.0), spread=0.4)  # within ±40 of centre
+    assert np.abs(near - [250.0, 350.0]).max() <= 40.0
+    assert np.abs(near - [250.0, 350.0]).max() > 35.0
 
 
 def test_tissue_points_fall_on_tissue() -> None:

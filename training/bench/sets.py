@@ -1,10 +1,12 @@
 """The benchmark's slide sets, generated once into ``OUT/<set>/data`` and kept between runs.
 
-``heldout``: 48 generated test-layout slides (seed 3001, as ``make evaluate``); ``real``: six
+``heldout``: 48 generated test-layout slides of the ``realistic`` cohort (seed 3001, as ``make
+evaluate``); ``real``: six
 slides at the real sizes, µm/pixel and annotation layouts of 10–13 gigapixel rows of the real
 metadata (``training/data/reference/tissuenet``); ``canvas``: its 271,950 × 294,038 px row;
 ``real2``: the ``real`` set's first two slides; ``fit``: the exhaustive mode's decision-fit
-slides (seed 3005). :func:`repeat_set` lists a set's slides over and over under other names.
+slides (``realistic``, seed 3005). :func:`repeat_set` lists a set's slides over and over under
+other names. Every set gets the generator's ground truth (``truth_*.csv``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from training.data.synthetic import layout_specs, sample_specs, write_dataset
+from training.data.synthetic.cohort import COHORTS
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,8 @@ def make_sets(out: Path, names: list[str], workers: int = 1) -> dict[str, Path]:
     layout = rows.loc[[*REAL_ROWS, CANVAS_ROW]].reset_index()
     specs = layout_specs(layout, LAYOUT / "train_annotations.csv", seed=LAYOUT_SEED)
     chosen = {
-        "heldout": lambda: sample_specs(*HELDOUT),
-        "fit": lambda: sample_specs(*FIT_SET),
+        "heldout": lambda: sample_specs(*HELDOUT, COHORTS["realistic"], "test"),
+        "fit": lambda: sample_specs(*FIT_SET, COHORTS["realistic"], "test"),
         "real": lambda: specs[: len(REAL_ROWS)],
         "canvas": lambda: specs[len(REAL_ROWS) :],
     }
@@ -60,7 +63,7 @@ def make_sets(out: Path, names: list[str], workers: int = 1) -> dict[str, Path]:
         if name == "real2":
             repeat_set(make_sets(out, ["real"], workers)["real"], data, 2)
         elif name in chosen:
-            write_dataset(data, chosen[name](), "test", resume=True, workers=workers)
+            write_dataset(data, chosen[name](), "test", resume=True, workers=workers, truth=True)
         else:
             raise ValueError(f"unknown slide set {name!r}")
         log.info("generated set %s in %.0f s", name, time.monotonic() - start)

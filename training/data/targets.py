@@ -62,13 +62,14 @@ def detector_target(
 
 
 def jittered_centres(
-    rng: np.random.Generator, box: Box, n: int, patch: tuple[float, float]
+    rng: np.random.Generator, box: Box, n: int, patch: tuple[float, float], spread: float = 1.0
 ) -> np.ndarray:
     """``(n, 2)`` float64 page-0 centres of ``patch``-sized (page-0 ``(w, h)``) patches inside
-    ``box``: uniform over the box shrunk by half a patch (its centre when the patch is larger)."""
+    ``box``: uniform over the box shrunk by half a patch, that range scaled by ``spread`` about
+    the box's centre (in (0, 1]; its centre when the patch is larger)."""
     cx, cy = box.center
-    half_x = max(box.w - patch[0], 0.0) / 2
-    half_y = max(box.h - patch[1], 0.0) / 2
+    half_x = spread * max(box.w - patch[0], 0.0) / 2
+    half_y = spread * max(box.h - patch[1], 0.0) / 2
     return np.stack(
         [cx + rng.uniform(-half_x, half_x, n), cy + rng.uniform(-half_y, half_y, n)], axis=1
     )

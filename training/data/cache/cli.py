@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--square-patches", type=int, default=CacheConfig.square_patches)
     parser.add_argument("--benign-patches", type=int, default=CacheConfig.benign_patches)
     parser.add_argument(
+        "--square-spread",
+        type=float,
+        default=CacheConfig.square_spread,
+        help="share of an annotation square's range its patches are drawn over, about its centre",
+    )
+    parser.add_argument(
         "--y-flip",
         choices=Y_FLIPS,
         default=CacheConfig.y_flip,
@@ -77,6 +83,7 @@ def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_seriall
     config = CacheConfig(
         square_patches=args.square_patches,
         benign_patches=args.benign_patches,
+        square_spread=args.square_spread,
         min_fragment_um2=args.min_fragment_um2,
         y_flip=args.y_flip,
         seed=args.seed,

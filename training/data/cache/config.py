@@ -28,9 +28,14 @@ class CacheConfig:
     annotation square); ``max_pixels``: the largest detector-page fragment kept (a bigger one is
     refused, naming the slide); ``cell``: side in detector-page pixels of the cells of the
     window index; ``y_flip``: the page-0 height the annotations' flipped y axis is undone with
-    (:data:`training.data.annotations.Y_FLIPS`: the metadata's, or the TIF's own)."""
+    (:data:`training.data.annotations.Y_FLIPS`: the metadata's, or the TIF's own);
+    ``square_spread``: a square's patches are drawn over this share of the range that keeps
+    them inside it, about its centre (an annotation square is centred on its lesion, and a
+    small focus fills only its middle: patches at its edge would be normal tissue labelled
+    with the lesion's grade)."""
 
     square_patches: int = 12
+    square_spread: float = 0.4
     benign_patches: int = 32
     hard_negatives: int = 16
     crop_factor: float = 1.25
@@ -43,6 +48,8 @@ class CacheConfig:
     def __post_init__(self) -> None:
         if min(self.square_patches, self.benign_patches, self.hard_negatives) < 0:
             raise ValueError("patch counts must be >= 0")
+        if not 0.0 < self.square_spread <= 1.0:
+            raise ValueError(f"square_spread must be in (0, 1], got {self.square_spread}")
         if not 1.0 <= self.crop_factor <= 2.0:
             raise ValueError(f"crop_factor must be in [1, 2], got {self.crop_factor}")
         if not 1 <= self.cell <= 1024 or self.min_fragment_um2 < 0:

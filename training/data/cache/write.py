@@ -181,7 +181,9 @@ def cache_slide(
         patch = (cascade.classifier.patch * csx, cascade.classifier.patch * csy)
         rows, centres = [], []
         for a in item.annotations:
-            points = jittered_centres(rng, a.box, config.square_patches, patch)
+            points = jittered_centres(
+                rng, a.box, config.square_patches, patch, config.square_spread
+            )
             centres.append(points)
             rows += [("square", a.annotation_class, a.annotation_id)] * len(points)
         if item.label == 0:

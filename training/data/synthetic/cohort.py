@@ -163,6 +163,12 @@ COHORTS: dict[str, SynthConfig] = {
 }
 
 
+def cohort_name(config: SynthConfig) -> str:
+    """The :data:`COHORTS` name of ``config``'s cohort (``realistic`` when it has a
+    :class:`Realism`, else ``default``), whatever its class mix and sizes."""
+    return "default" if config.realism is None else "realistic"
+
+
 def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
     return float(math.exp(rng.uniform(math.log(low), math.log(high))))
 

@@ -134,8 +134,10 @@ def generate_dataset(
     seed: int,
     split: str = "train",
     config: SynthConfig | None = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """``n_slides`` random slides of ``seed`` written as a ``split`` directory with the ground
-    truth (e.g. ``config=COHORTS["realistic"]``); see :func:`write_dataset`."""
+    truth (e.g. ``config=COHORTS["realistic"]``), ``workers`` at once; see
+    :func:`write_dataset`."""
     specs = sample_specs(n_slides, seed, config or SynthConfig(), split)
-    return write_dataset(out_dir, specs, split, truth=True)
+    return write_dataset(out_dir, specs, split, workers=workers, truth=True)

@@ -149,19 +149,25 @@ class ResolutionScores:
     slides: int
 
 
+#: High-resolution windows are centred within this share of the square's side of its centre:
+#: the annotation square is centred on its lesion, as stage 2's patch is on a hotspot, and a
+#: small focus (or a thin grade-1 band) fills only the middle of the square.
+WINDOW_JITTER = 0.05
+
+
 def _windows(
     slide: Slide, box: Box, page: int, size: int, count: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """``count`` of 3 x ``count`` random ``size`` px windows of page ``page`` inside page-0
-    ``box``: those holding the most tissue (darkest mean grey)."""
+    """``count`` windows of ``size`` px of page ``page`` near the centre of page-0 ``box``
+    (each centre moved by up to :data:`WINDOW_JITTER` of the side, x and y apart)."""
     square = slide.read_region(box, page)
     h, w = square.shape[:2]
     if h < size or w < size:
         return [cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)]
-    ys = rng.integers(0, h - size + 1, 3 * count)
-    xs = rng.integers(0, w - size + 1, 3 * count)
-    crops = [square[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)]
-    return sorted(crops, key=lambda c: float(c.mean()))[:count]
+    ys = np.round((h - size) / 2 + rng.uniform(-WINDOW_JITTER, WINDOW_JITTER, count) * h)
+    xs = np.round((w - size) / 2 + rng.uniform(-WINDOW_JITTER, WINDOW_JITTER, count) * w)
+    ys, xs = (np.clip(v, 0, n - size).astype(int) for v, n in ((ys, h), (xs, w)))
+    return [square[y : y + size, x : x + size] for y, x in zip(ys, xs, strict=True)]
 
 
 def resolution_check(
@@ -178,7 +184,8 @@ def resolution_check(
 
     Reads every annotated square of class 1–3 (``train_annotations.csv``, boxes in page-0 px;
     only those of ``annotation_ids`` when given) whole at the page nearest ``low_mpp`` and as
-    ``windows`` windows of ``window_px`` px at the page nearest ``high_mpp``, describes each
+    ``windows`` windows of ``window_px`` px near its centre (:func:`_windows`) at the page nearest
+    ``high_mpp``, describes each
     with :func:`image_features` and scores a random forest (300 trees) with ``folds``-fold
     cross-validation grouped by slide.
     """
