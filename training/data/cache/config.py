@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.data.annotations import Y_FLIPS
+from training.data.dataset import SOURCES
 
 SETTINGS = "cache.json"
 SLIDES = "slides.csv"
@@ -28,7 +29,9 @@ class CacheConfig:
     annotation square); ``max_pixels``: the largest detector-page fragment kept (a bigger one is
     refused, naming the slide); ``cell``: side in detector-page pixels of the cells of the
     window index; ``y_flip``: the page-0 height the annotations' flipped y axis is undone with
-    (:data:`training.data.annotations.Y_FLIPS`: the metadata's, or the TIF's own)."""
+    (:data:`training.data.annotations.Y_FLIPS`: the metadata's, or the TIF's own); ``source``:
+    where the pixels are read (:data:`training.data.dataset.SOURCES`: the TIFs, or DrivenData's
+    light files, :mod:`training.data.cache.source`)."""
 
     square_patches: int = 12
     benign_patches: int = 32
@@ -39,6 +42,7 @@ class CacheConfig:
     cell: int = 64
     y_flip: str = "metadata"
     seed: int = 0
+    source: str = "tif"
 
     def __post_init__(self) -> None:
         if min(self.square_patches, self.benign_patches, self.hard_negatives) < 0:
@@ -49,6 +53,10 @@ class CacheConfig:
             raise ValueError("cell must be in [1, 1024] and min_fragment_um2 >= 0")
         if self.y_flip not in Y_FLIPS:
             raise ValueError(f"y_flip must be one of {Y_FLIPS}, got {self.y_flip!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "light" and self.y_flip == "tif":
+            raise ValueError("y_flip 'tif' reads the TIFs' heights; the light files have none")
 
 
 def crop_size(size: int, factor: float) -> int:
