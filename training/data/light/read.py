@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 TILE = 512
 
 
-def decode_jpeg(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 pixels of the RGB JPEG at ``path``; ValueError naming the file when it
-    is missing, unreadable or truncated, or not 3-band."""
+def load_jpeg(path: Path) -> pyvips.Image:
+    """The RGB JPEG at ``path`` decoded into memory (uchar, 3 bands); ValueError naming the file
+    when it is missing, unreadable or truncated, or not 3-band."""
     if not path.is_file():
         raise ValueError(f"{path}: missing")
     try:
@@ -57,10 +57,15 @@ def decode_jpeg(path: Path) -> np.ndarray:
                 f"{path}: not an RGB image ({image.bands} band(s) of {image.format}, "
                 f"{image.interpretation})"
             )
-        data = image.write_to_memory()
+        return image.copy_memory()
     except pyvips.Error as exc:
         raise ValueError(f"{path}: unreadable or truncated JPEG ({vips_error_text(exc)})") from exc
-    return np.frombuffer(data, np.uint8).reshape(image.height, image.width, 3)
+
+
+def decode_jpeg(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 pixels of the RGB JPEG at ``path`` (ValueError as :func:`load_jpeg`)."""
+    image = load_jpeg(path)
+    return np.frombuffer(image.write_to_memory(), np.uint8).reshape(image.height, image.width, 3)
 
 
 @dataclass(frozen=True)
@@ -169,10 +174,10 @@ class LightSlide(Slide):
     ) -> None:
         self.path = data / downsampled_path(filename)
         try:
-            pixels = decode_jpeg(self.path)
+            image = load_jpeg(self.path)
         except ValueError as exc:
             raise SlideError(str(exc)) from exc
-        h, w = pixels.shape[:2]
+        w, h = image.width, image.height
         if abs(w - size[0] / FACTOR) >= 1 or abs(h - size[1] / FACTOR) >= 1:
             expected = "x".join(map(str, downsampled_size(*size)))
             raise SlideError(
@@ -189,7 +194,7 @@ class LightSlide(Slide):
             raise SlideError(f"{filename}: no µm/pixel in the metadata")
         self.pages = light_pages(size, (w, h))
         self.ycbcr_tagged_rgb = False
-        self._image = pyvips.Image.new_from_array(pixels).copy(interpretation="srgb")
+        self._image = image
         self._images: dict[int, pyvips.Image] = {}
         self._regions: dict[int, pyvips.Region] = {}
         self._sources: dict[int, tuple[pyvips.Image, int]] = {}
@@ -221,7 +226,8 @@ class LightSlide(Slide):
         if region is None:
             raise SlideError(
                 f"{self.path.name}: page-{page} region {(left, top, width, height)} lies in no "
-                "usable annotated-region crop"
+                "usable annotated-region crop (the light files hold full resolution inside the "
+                "annotation squares only)"
             )
         pixels = region.cut(x0, y0, x1, y1)
         if k > 1:

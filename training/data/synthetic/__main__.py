@@ -100,15 +100,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     megapixels = metadata["width"] * metadata["height"] / 1e6
     if args.benchmark:
-        for row, mpx in zip(metadata.itertuples(index=False), megapixels, strict=True):
+        light_s = metadata.get("light_seconds")
+        for i, (row, mpx) in enumerate(
+            zip(metadata.itertuples(index=False), megapixels, strict=True)
+        ):
             print(
                 f"{row.filename}\t{row.width}x{row.height}\t{row.seconds:.2f} s\t"
                 f"{mpx / row.seconds:.1f} Mpx/s"
+                + ("" if light_s is None else f"\t{light_s.iloc[i]:.2f} s light files")
             )
         total = metadata["seconds"].sum()
         print(
             f"total\t{len(metadata)} slides\t{total:.2f} s\t{megapixels.sum() / total:.1f} Mpx/s"
             f"\t{total / len(metadata):.2f} s/slide"
+            + ("" if light_s is None else f"\t{light_s.sum():.2f} s light files")
         )
     counts = np.bincount([s.label for s in specs], minlength=4).tolist()
     print(f"wrote {len(specs)} {args.split} slides to {args.out_dir} (classes 0-3: {counts})")
