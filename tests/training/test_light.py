@@ -72,6 +72,13 @@ def test_light_files_are_named_and_sized_as_the_real_ones() -> None:
     assert region_rect(first.box) == (14772, 71424 - 55732, 1304, 1304)
 
 
+def test_the_light_files_place_squares_with_the_metadatas_height_only() -> None:
+    with pytest.raises(ValueError, match="the light files have none"):
+        CacheConfig(source="light", y_flip="tif")
+    with pytest.raises(ValueError, match="source must be one of"):
+        CacheConfig(source="jpeg")
+
+
 def test_light_pages_are_the_pyramids_with_the_jpeg_as_page_5() -> None:
     pages = light_pages((20000, 9000), (625, 281))
     assert [p.size for p in pages] == [
