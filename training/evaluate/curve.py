@@ -137,6 +137,7 @@ def plot_curve(curve: pd.DataFrame, path: Path) -> Path:
             ax.annotate(row.budget, (row.s_per_slide, row.score), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("seconds per slide (log; start-up left out)")
