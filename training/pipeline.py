@@ -1,7 +1,7 @@
 """``make train``: data → cache → detector → hard negatives → classifier → decision → assets.
 
 ``python -m training.pipeline WORK ASSETS [--preset tiny|standard|FILE.json] [--data DIR]
-[--by-centre] [--device D] …``
+[--source tif|light] [--by-centre] [--device D] …``
 
 Each step is the command a user would run by hand (see the README); this runs them in order,
 seeded, and prints the time of each. The two trainers run as those commands, each in a child
@@ -20,6 +20,11 @@ batch sizes), a JSON file its cascade config and its training defaults (those it
 ``tiny``'s, logged); any option given on the command line overrides its default.
 Generation and the cache resume where they stopped; the training steps run afresh
 (``--resume`` continues them from their last checkpoints).
+
+``--source light`` builds the cache from DrivenData's light files (:mod:`training.data.light`;
+``python -m training.data.cache … --source light``), which generated slides then get beside
+their TIFs. The hard negatives and the decision fit still read whole TIFs: with ``--data``, the
+run stops at once, naming them, unless every slide with light files has its TIF too.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ from pathlib import Path
 from training.cli import command_parser, setup_logging
 from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
-from training.data.dataset import METADATA
+from training.data.dataset import METADATA, SOURCES, read_training_set
+from training.data.light.write import LightOptions
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.data.synthetic.cohort import COHORTS, cohort_name
 from training.data.synthetic.options import add_generator_options, config_from_args
@@ -64,6 +70,26 @@ def run_trainer(stage: str, cache: Path, out: Path, preset: str, options: TrainO
     subprocess.run(command, check=True)
 
 
+class MissingTifsError(ValueError):
+    """A light-files training folder lacks the TIFs the later steps read."""
+
+
+def check_tifs(data: Path) -> None:
+    """Raise :class:`MissingTifsError` naming the slides of the training folder ``data`` whose
+    downsampled image is there but not their TIF: ``--source light`` caches from the light
+    files, but the hard negatives and the decision fit still read whole slides."""
+    tifs = {s.filename for s in read_training_set(data)}
+    light = [s.filename for s in read_training_set(data, source="light")]
+    missing = [name for name in light if name not in tifs]
+    if missing:
+        raise MissingTifsError(
+            f"{data}: {len(missing)} of {len(light)} slides have light files but no TIF "
+            f"(e.g. {', '.join(missing[:3])}): --source light caches from the light files, but "
+            "the hard negatives and the decision fit still read whole TIFs; download them, or "
+            "build the cache alone: python -m training.data.cache DATA CACHE --source light"
+        )
+
+
 def train(
     work: Path,
     assets: Path,
@@ -78,14 +104,16 @@ def train(
     by_centre: bool = False,
     device: str | None = None,
     y_flip: str = CacheConfig.y_flip,
+    source: str = CacheConfig.source,
 ) -> dict[str, float]:
     """Run every step; returns the seconds of each (and ``total``). ``synth``: the cohort of the
     slides generated without ``data`` (:data:`~training.data.synthetic.cohort.COHORTS`; ``make
-    train`` passes ``--cohort realistic``). ``preset``: a preset name or
-    JSON file (:func:`training.presets.load_preset`; the trainers' ``--preset``). ``device``
-    runs hard-negative mining and the decision fit (the trainers, in their own processes, pick
-    theirs through Lightning's ``accelerator`` and ``devices``); None: the GPU when there is
-    one."""
+    train`` passes ``--cohort realistic``). ``preset``: a preset name or JSON file
+    (:func:`training.presets.load_preset`; the trainers' ``--preset``). ``source``: where the
+    cache reads the slides (module doc; :class:`MissingTifsError` before any step when
+    ``data``'s light files lack TIFs). ``device`` runs hard-negative mining and the decision fit
+    (the trainers, in their own processes, pick theirs through Lightning's ``accelerator`` and
+    ``devices``); None: the GPU when there is one."""
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
@@ -93,19 +121,22 @@ def train(
         seconds[name] = time.perf_counter() - started - sum(seconds.values())
         log.info("step %s done in %.0f s", name, seconds[name])
 
+    cache_config = CacheConfig(seed=seed, y_flip=y_flip, source=source)
     if data is None:
         data = work / "data"
         if not (data / METADATA).is_file():
-            generate_dataset(data, slides, seed, "train", synth, workers=GENERATE_WORKERS)
+            light = LightOptions() if source == "light" else None
+            generate_dataset(data, slides, seed, "train", synth, GENERATE_WORKERS, light)
         description = (
             f"synthetic: training.data.synthetic --seed {seed} --slides {slides}"
             f" --cohort {cohort_name(synth)}"
         )
     else:
         description = str(data)
+        if source == "light":
+            check_tifs(data)
     step("data")
     cascade = load_preset(preset).cascade
-    cache_config = CacheConfig(seed=seed, y_flip=y_flip)
     build_cache(data, work / "cache", cascade, cache_config, folds, by_centre)
     step("cache")
     run_trainer(
@@ -163,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
     parser.add_argument("--y-flip", choices=Y_FLIPS, default=CacheConfig.y_flip)
     parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=CacheConfig.source,
+        help="cache from the TIFs or from DrivenData's light files",
+    )
+    parser.add_argument(
         "--device", default=None, help="hard negatives and decision fit (default: GPU if any)"
     )
     for stage in ("detector", "classifier"):
@@ -178,21 +215,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     preset = load_preset(args.preset)
-    seconds = train(
-        args.work,
-        args.assets,
-        args.data,
-        args.slides,
-        args.seed,
-        args.preset,
-        args.folds or preset.folds,
-        _options(preset.detector, args, "detector"),
-        _options(preset.classifier, args, "classifier"),
-        config_from_args(args),
-        args.by_centre,
-        args.device,
-        args.y_flip,
-    )
+    try:
+        seconds = train(
+            args.work,
+            args.assets,
+            args.data,
+            args.slides,
+            args.seed,
+            args.preset,
+            args.folds or preset.folds,
+            _options(preset.detector, args, "detector"),
+            _options(preset.classifier, args, "classifier"),
+            config_from_args(args),
+            args.by_centre,
+            args.device,
+            args.y_flip,
+            args.source,
+        )
+    except MissingTifsError as exc:
+        parser.exit(2, f"error: {exc}\n")
     for name, value in seconds.items():
         print(f"{name:>15}: {value / 60:6.1f} min")
     return 0

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "grade": ("stages.cli", "grade data/ into submission.csv (what main.py runs)"),
     "pack": ("training.pack.package", "pack, test and score the runtime submission"),
     "metric": ("stages.metric", "score a submission against labels"),
-    "evaluate": ("training.evaluate.heldout", "the shipped assets on held-out slides"),
+    "evaluate": ("training.evaluate.explain", "the shipped assets on held-out slides"),
     "report": ("training.inspect.report", "one HTML report of a graded run"),
     "qupath": ("training.inspect.qupath", "GeoJSON for QuPath of a graded run; --check"),
     "cluster": ("training.cluster.__main__", "grade an archive or build a cache on Ray"),

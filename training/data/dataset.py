@@ -3,12 +3,15 @@
 A training folder holds ``train_metadata.csv`` (filename, width, height, resolution, …; the URL,
 checksum and size columns are ignored), ``train_labels.csv`` (one-hot ``filename,0,1,2,3``),
 ``train_annotations.csv`` (WKT squares with the y axis flipped; :mod:`training.data.annotations`)
-and the TIFs, possibly only some of them: users often download part of the ~1 TB. Generated
-folders (``python -m training.data.synthetic … --split train``) have the same layout.
+and the TIFs, possibly only some of them: users often download part of the ~1 TB, or only
+DrivenData's light files (:mod:`training.data.light`: ``downsampled_images/``,
+``annotated_regions/``). Generated folders (``python -m training.data.synthetic … --split
+train``, ``--light`` or ``--light-only``) have the same layout.
 
-:func:`read_training_set` returns the listed slides whose TIF is present (the absent ones are
-counted in one warning); :func:`assign_folds` splits them by slide into k folds, stratified by
-label and, on request, grouped by the centre encoded in real filenames (``C06_B111_S21.tif``).
+:func:`read_training_set` returns the listed slides whose TIF (or downsampled image) is present
+(the absent ones are counted in one warning); :func:`assign_folds` splits them by slide into k
+folds, stratified by label and, on request, grouped by the centre encoded in real filenames
+(``C06_B111_S21.tif``).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from stages.slide import vips_error_text
 from stages.submission import SubmissionError, classes_by_filename, read_metadata, read_table
 from training.data.annotations import Y_FLIPS, Annotation, parse_annotations
+from training.data.light.layout import downsampled_path
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +38,16 @@ LABELS = "train_labels.csv"
 ANNOTATIONS = "train_annotations.csv"
 #: A real TissueNet filename: centre, block, slide (``C06_B111_S21.tif``).
 CENTRE_PATTERN = re.compile(r"^(C\d+)_B\d+_S\d+", re.IGNORECASE)
+#: Where a training slide's pixels are read from: its TIF, or DrivenData's light files.
+SOURCES = ("tif", "light")
 
 
 @dataclass(frozen=True)
 class TrainSlide:
-    """One labelled slide: its TIF, class (0–3), page-0 µm/pixel from the metadata (None when
-    missing or not a number), its annotation squares (page-0 px, y down) and centre (None when
-    the filename carries none)."""
+    """One labelled slide: its TIF (in the training folder, present or not), class (0–3),
+    page-0 µm/pixel from the metadata (None when missing or not a number), its annotation
+    squares (page-0 px, y down), centre (None when the filename carries none) and page-0
+    ``(width, height)`` from the metadata (None without those columns)."""
 
     filename: str
     path: Path
@@ -48,6 +55,7 @@ class TrainSlide:
     mpp: float | None
     annotations: tuple[Annotation, ...]
     centre: str | None
+    size: tuple[int, int] | None = None
 
     @property
     def stem(self) -> str:
@@ -73,8 +81,24 @@ def tif_page0_size(path: str | Path) -> tuple[int, int]:
     return image.width, image.height
 
 
-def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
-    """The slides of a training folder whose TIF is present, in metadata order.
+def _metadata_sizes(path: Path) -> dict[str, tuple[int, int]]:
+    """Filename → page-0 ``(width, height)`` of the metadata rows that give both as numbers."""
+    frame = pd.read_csv(path)
+    if not {"filename", "width", "height"} <= set(frame.columns):
+        return {}
+    width, height = (pd.to_numeric(frame[c], errors="coerce") for c in ("width", "height"))
+    given = width.notna() & height.notna()
+    return {
+        str(name): (int(w), int(h))
+        for name, w, h in zip(frame["filename"][given], width[given], height[given], strict=True)
+    }
+
+
+def read_training_set(
+    data: Path, y_flip: str = "metadata", source: str = "tif"
+) -> list[TrainSlide]:
+    """The slides of a training folder whose ``source`` is present, in metadata order:
+    ``"tif"``, the TIF; ``"light"``, the downsampled image (:mod:`training.data.light`).
 
     Every slide of ``train_metadata.csv`` must have a row in ``train_labels.csv``; annotation
     rows of slides the metadata does not list are an error (ValueError naming the file). Slides
@@ -87,6 +111,10 @@ def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
     """
     if y_flip not in Y_FLIPS:
         raise ValueError(f"y_flip must be one of {Y_FLIPS}, got {y_flip!r}")
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if source == "light" and y_flip == "tif":
+        raise ValueError("y_flip 'tif' reads the TIFs' heights; the light files have none")
     try:
         metadata = read_metadata(data / METADATA)
         labels = read_table(data / LABELS)
@@ -99,7 +127,9 @@ def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
             f"{data / LABELS}: no label for {len(unlabelled)} slide(s), e.g. {unlabelled[:3]}"
         )
     names = [str(name) for name in metadata["filename"]]
-    absent = [name for name in names if not (data / name).is_file()]
+    files = {name: name if source == "tif" else downsampled_path(name) for name in names}
+    absent = [name for name in names if not (data / files[name]).is_file()]
+    sizes = _metadata_sizes(data / METADATA)
     skipped = set(absent)
     heights: dict[str, int] | None = None
     if y_flip == "tif":
@@ -131,6 +161,7 @@ def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
                 mpp=mpp if np.isfinite(mpp) else None,
                 annotations=tuple(boxes.get(name, ())),
                 centre=centre_of(name),
+                size=sizes.get(name),
             )
         )
     if absent:
@@ -139,7 +170,7 @@ def read_training_set(data: Path, y_flip: str = "metadata") -> list[TrainSlide]:
             len(absent),
             len(metadata),
             data,
-            ", ".join(absent[:3]),
+            ", ".join(files[name] for name in absent[:3]),
         )
     log.info(
         "%s: %d slides, %d annotation squares (y flip: %s height)",

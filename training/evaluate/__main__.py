@@ -1,5 +1,5 @@
-"""``python -m training.evaluate``: the held-out evaluation (:mod:`training.evaluate.heldout`)."""
+"""``python -m training.evaluate``: the held-out evaluation (:mod:`training.evaluate.explain`)."""
 
-from training.evaluate.heldout import main
+from training.evaluate.explain import main
 
 raise SystemExit(main())

@@ -1,6 +1,7 @@
 """Decode each training slide once into an on-disk cache, so that epochs never read a TIFF.
 
-The parts: :mod:`.config` (settings, file names, crops), :mod:`.write` (building it),
+The parts: :mod:`.config` (settings, file names, crops), :mod:`.source` (where a slide's pixels
+are read: its TIF or DrivenData's light files), :mod:`.write` (building it),
 :mod:`.pool` and :mod:`.read` (reading it), :mod:`.cli` (``python -m training.data.cache``,
 whose help, the module doc of :mod:`.cli`, describes the cache's layout).
 """

@@ -1,7 +1,18 @@
 """Decode each training slide once into an on-disk cache, so that epochs never read a TIFF.
 
 ``python -m training.data.cache DATA_DIR CACHE_DIR [--folds 4] [--by-centre]
-[--preset NAME|FILE.json]``
+[--preset NAME|FILE.json] [--source tif|light]``
+
+``--source light`` reads DrivenData's light files instead of the TIFs
+(:mod:`training.data.light`: ``downsampled_images/<stem>.jpg``, 32× downsampled, and
+``annotated_regions/<annotation_id>.jpeg``, the squares at full resolution): the tissue mask,
+fragments and detector targets come from the downsampled image (page 5, whose µm/px is the
+metadata's times its scale, about 32), the classifier's patches from the crops, and a label-0
+slide's benign patches from inside its (class-0) squares. The cache is the same either way; the
+detector page must be page 5 or coarser (the presets' 8 µm/px is). A crop that is missing,
+truncated, greyscale or off its square, or whose square reaches past the slide, loses that
+square's patches (a warning names the file); a downsampled image that is missing, unreadable or
+not the metadata's size / 32 loses its slide.
 
 Per slide, in ``CACHE_DIR/<stem>/`` (written to temporary names, then renamed; ``slide.json``
 last, so a slide with ``slide.json`` is complete and a rerun resumes after it):
@@ -42,12 +53,15 @@ from training.cli import command_parser, setup_logging
 from training.data.annotations import Y_FLIPS
 from training.data.cache.config import CacheConfig
 from training.data.cache.write import CacheRunner, build_cache, cache_serially
+from training.data.dataset import SOURCES
 from training.presets import load_preset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cache command's arguments (``DATA OUT`` and its settings), for :func:`from_arguments`."""
-    parser.add_argument("data", type=Path, help="training folder (train_*.csv and the TIFs)")
+    parser.add_argument(
+        "data", type=Path, help="training folder (train_*.csv and the TIFs or light files)"
+    )
     parser.add_argument("out", type=Path, help="cache folder (resumed when it exists)")
     parser.add_argument("--preset", default="tiny", help="preset name or JSON file (its cascade)")
     parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
@@ -70,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "own (python -m training.data.check DATA says which the data supports)",
     )
     parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=CacheConfig.source,
+        help="read the TIFs, or DrivenData's light files (downsampled_images/, annotated_regions/)",
+    )
+    parser.add_argument(
         "--min-fragment-um2",
         type=float,
         default=CacheConfig.min_fragment_um2,
@@ -87,12 +107,14 @@ def from_arguments(args: argparse.Namespace, runner: CacheRunner = cache_seriall
         min_fragment_um2=args.min_fragment_um2,
         y_flip=args.y_flip,
         seed=args.seed,
+        source=args.source,
     )
     cascade = load_preset(args.preset).cascade
     slides = build_cache(args.data, args.out, cascade, config, args.folds, args.by_centre, runner)
-    counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
-    print(f"cached {len(slides)} slides in {args.out}; slides per fold and label:\n{counts}")
+    print(f"cached {len(slides)} slides in {args.out}")
     if len(slides):
+        counts = slides.groupby(["fold", "label"]).size().unstack(fill_value=0)
+        print(f"slides per fold and label:\n{counts}")
         mb = slides["bytes"] / 1e6
         print(f"disk per slide: median {mb.median():.1f} MB, max {mb.max():.1f} MB, "
               f"total {mb.sum() / 1e3:.2f} GB")  # fmt: skip

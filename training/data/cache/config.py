@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.data.annotations import Y_FLIPS
+from training.data.dataset import SOURCES
 
 SETTINGS = "cache.json"
 SLIDES = "slides.csv"
@@ -32,7 +33,9 @@ class CacheConfig:
     ``square_spread``: a square's patches are drawn over this share of the range that keeps
     them inside it, about its centre (an annotation square is centred on its lesion, and a
     small focus fills only its middle: patches at its edge would be normal tissue labelled
-    with the lesion's grade)."""
+    with the lesion's grade); ``source``: where the pixels are read
+    (:data:`training.data.dataset.SOURCES`: the TIFs, or DrivenData's light files,
+    :mod:`training.data.cache.source`)."""
 
     square_patches: int = 12
     square_spread: float = 0.4
@@ -44,6 +47,7 @@ class CacheConfig:
     cell: int = 64
     y_flip: str = "metadata"
     seed: int = 0
+    source: str = "tif"
 
     def __post_init__(self) -> None:
         if min(self.square_patches, self.benign_patches, self.hard_negatives) < 0:
@@ -56,6 +60,10 @@ class CacheConfig:
             raise ValueError("cell must be in [1, 1024] and min_fragment_um2 >= 0")
         if self.y_flip not in Y_FLIPS:
             raise ValueError(f"y_flip must be one of {Y_FLIPS}, got {self.y_flip!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.source == "light" and self.y_flip == "tif":
+            raise ValueError("y_flip 'tif' reads the TIFs' heights; the light files have none")
 
 
 def crop_size(size: int, factor: float) -> int:

@@ -21,7 +21,6 @@ from tqdm import tqdm
 from stages.classifier import read_patches
 from stages.config import CascadeConfig
 from stages.geometry import Box
-from stages.slide import Slide
 from stages.tissue import mask_for_slide
 from training.data.cache.config import (
     DONE,
@@ -33,8 +32,9 @@ from training.data.cache.config import (
     CacheConfig,
     crop_size,
 )
+from training.data.cache.source import SOURCES
 from training.data.dataset import TrainSlide, assign_folds, read_training_set
-from training.data.targets import detector_target, jittered_centres, tissue_points
+from training.data.targets import detector_target, jittered_centres
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ def resample_mask(
 def cache_slide(
     item: TrainSlide, fold: int, out: Path, cascade: CascadeConfig, config: CacheConfig
 ) -> dict:
-    """Decode one slide into ``out/<stem>/`` (see the module doc); returns its index row.
+    """Decode one slide into ``out/<stem>/`` (see the module doc), read from
+    ``config.source`` (:mod:`training.data.cache.source`); returns its index row.
 
     Raises what the reader raises for an unreadable slide (:class:`stages.slide.SlideError`).
     """
@@ -149,7 +150,8 @@ def cache_slide(
         stale.unlink()
     rng = np.random.default_rng([config.seed, *item.stem.encode()])
     margin = crop_size(cascade.detector.window, config.crop_factor) // 2
-    with Slide(item.path, mpp=item.mpp, default_mpp=cascade.default_mpp) as slide:
+    source = SOURCES[config.source]
+    with source.open(item, cascade.default_mpp) as slide:
         mask, mask_page = mask_for_slide(slide, cascade.tissue)
         mask_scale = slide.pages[mask_page].scale
         det_page = slide.page_for_mpp(cascade.detector.target_mpp)
@@ -178,16 +180,21 @@ def cache_slide(
         cls_page = slide.page_for_mpp(cascade.classifier.target_mpp)
         csx, csy = slide.pages[cls_page].scale
         size = crop_size(cascade.classifier.patch, config.crop_factor)
-        patch = (cascade.classifier.patch * csx, cascade.classifier.patch * csy)
+        patch = source.footprint(
+            (cascade.classifier.patch * csx, cascade.classifier.patch * csy),
+            (size * csx, size * csy),
+        )
         rows, centres = [], []
-        for a in item.annotations:
+        for a in source.patch_squares(slide, item):
             points = jittered_centres(
                 rng, a.box, config.square_patches, patch, config.square_spread
             )
             centres.append(points)
             rows += [("square", a.annotation_class, a.annotation_id)] * len(points)
         if item.label == 0:
-            points = tissue_points(rng, mask, mask_scale, config.benign_patches)
+            points = source.benign_centres(
+                rng, slide, mask, mask_scale, config.benign_patches, patch
+            )
             centres.append(points)
             rows += [("benign", 0, "")] * len(points)
         centres_xy = np.concatenate(centres) if centres else np.zeros((0, 2))
@@ -299,10 +306,14 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(_settings(cascade, config)))  # tuples as lists
     path = out / SETTINGS
-    if path.is_file() and json.loads(path.read_text()) != settings:
-        raise ValueError(f"{path}: the cache was built with other settings; use a new folder")
+    if path.is_file():
+        built = json.loads(path.read_text())
+        # a cache written before a setting existed was built with its default
+        built["cache"] = dataclasses.asdict(CacheConfig()) | built.get("cache", {})
+        if built != settings:
+            raise ValueError(f"{path}: the cache was built with other settings; use a new folder")
     path.write_text(json.dumps(settings, indent=1) + "\n")
-    slides = read_training_set(data, config.y_flip)
+    slides = read_training_set(data, config.y_flip, config.source)
     fold_of = assign_folds(slides, folds, config.seed, by_centre)
     todo = [(s, fold_of[s.filename]) for s in slides if not (out / s.stem / DONE).is_file()]
     if len(todo) < len(slides):

@@ -49,9 +49,12 @@ generator's ground truth.
 
 CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}``
 (``--cohort realistic``, ``--class-mix``, ``--size-range``, ``--layout META ANN --scale F``,
-``--sparse-canvas W H``, ``--benchmark``; see ``--help``). The output directory has the
-competition's files (``{split}_metadata.csv``, ``{split}_labels.csv``, ``train_annotations.csv`` or
-``submission_format.csv`` and ``test_labels.csv``) and the ground truth (``truth_*.csv``).
+``--sparse-canvas W H``, ``--light`` or ``--light-only``, ``--benchmark``; see ``--help``). The
+output directory has the competition's files (``{split}_metadata.csv``, ``{split}_labels.csv``,
+``train_annotations.csv`` or ``submission_format.csv`` and ``test_labels.csv``) and the ground
+truth (``truth_*.csv``); with ``--light``, DrivenData's light files too (the 32× downsampled
+``downsampled_images/<stem>.jpg`` and the crops ``annotated_regions/<annotation_id>.jpeg``:
+:mod:`training.data.light`), beside the TIFs or, ``--light-only``, instead of them.
 """
 
 from training.data.synthetic.canvas import place, pyramid_sizes, write_sparse_canvas

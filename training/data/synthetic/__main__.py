@@ -1,5 +1,5 @@
 """CLI: ``python -m training.data.synthetic OUT_DIR --slides N --seed S --split {train,test}
-[--cohort realistic]``."""
+[--cohort realistic] [--light | --light-only] [--light-quality Q]``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.data.light.write import LightOptions
 from training.data.synthetic.cohort import sample_specs
 from training.data.synthetic.dataset import SPLITS, write_dataset
 from training.data.synthetic.options import add_generator_options, config_from_args
@@ -49,6 +50,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar=("WIDTH", "HEIGHT"),
         help="write each slide as a huge mostly-glass canvas of this size",
     )
+    light = parser.add_mutually_exclusive_group()
+    light.add_argument(
+        "--light",
+        action="store_true",
+        help="also write DrivenData's light files: downsampled_images/<stem>.jpg (32x) and "
+        "annotated_regions/<annotation_id>.jpeg (each square at full resolution), and the "
+        "CSVs' URL columns",
+    )
+    light.add_argument("--light-only", action="store_true", help="the light files without the TIFs")
+    parser.add_argument(
+        "--light-quality",
+        type=int,
+        default=LightOptions.quality,
+        help="JPEG quality of the light files",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, help="slides written at once, a process each"
     )
@@ -73,20 +89,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         specs = sample_specs(args.slides, args.seed, config, args.split)
     canvas = tuple(args.sparse_canvas) if args.sparse_canvas else None
+    light = None
+    if args.light or args.light_only:
+        try:
+            light = LightOptions(args.light_quality, tifs=not args.light_only)
+        except ValueError as exc:
+            parser.error(str(exc))
     metadata = write_dataset(
-        args.out_dir, specs, args.split, canvas, workers=args.workers, truth=True
+        args.out_dir, specs, args.split, canvas, workers=args.workers, truth=True, light=light
     )
     megapixels = metadata["width"] * metadata["height"] / 1e6
     if args.benchmark:
-        for row, mpx in zip(metadata.itertuples(index=False), megapixels, strict=True):
+        light_s = metadata.get("light_seconds")
+        for i, (row, mpx) in enumerate(
+            zip(metadata.itertuples(index=False), megapixels, strict=True)
+        ):
             print(
                 f"{row.filename}\t{row.width}x{row.height}\t{row.seconds:.2f} s\t"
                 f"{mpx / row.seconds:.1f} Mpx/s"
+                + ("" if light_s is None else f"\t{light_s.iloc[i]:.2f} s light files")
             )
         total = metadata["seconds"].sum()
         print(
             f"total\t{len(metadata)} slides\t{total:.2f} s\t{megapixels.sum() / total:.1f} Mpx/s"
             f"\t{total / len(metadata):.2f} s/slide"
+            + ("" if light_s is None else f"\t{light_s.sum():.2f} s light files")
         )
     counts = np.bincount([s.label for s in specs], minlength=4).tolist()
     print(f"wrote {len(specs)} {args.split} slides to {args.out_dir} (classes 0-3: {counts})")

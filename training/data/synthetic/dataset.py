@@ -1,4 +1,5 @@
-"""Synthetic slides written as a competition folder: TIFs plus the split's CSVs."""
+"""Synthetic slides written as a competition folder: TIFs (and/or DrivenData's light files)
+plus the split's CSVs."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from training.data.annotations import annotations_frame
+from training.data.light.write import LightOptions, add_urls, write_light_files
 from training.data.synthetic.canvas import place, write_sparse_canvas
 from training.data.synthetic.cohort import sample_specs
 from training.data.synthetic.render import write_slide
@@ -43,15 +45,21 @@ def _one_hot(specs: Sequence[SlideSpec], zeros: bool = False) -> pd.DataFrame:
 
 
 def _write_one(
-    out: Path, spec: SlideSpec, split: str, canvas: tuple[int, int] | None, resume: bool
+    out: Path,
+    spec: SlideSpec,
+    split: str,
+    canvas: tuple[int, int] | None,
+    resume: bool,
+    light: LightOptions | None,
 ) -> tuple[dict, SlideSpec]:
-    """Write one slide of :func:`write_dataset`; its metadata row (with ``seconds``) and the
-    spec as written (placed on its canvas, if any)."""
+    """Write one slide of :func:`write_dataset`; its metadata row (with ``seconds`` and, with
+    ``light``, ``light_seconds``) and the spec as written (placed on its canvas, if any)."""
     start = time.perf_counter()
+    tifs = light is None or light.tifs
+    path = out / (spec.filename if tifs else f".{spec.filename}.light")  # light-only: a scratch TIF
     if canvas is None:
         slide = spec
-        path = out / spec.filename
-        if not (resume and path.is_file()):
+        if not (resume and tifs and path.is_file()):
             write_slide(path, spec)
     else:
         rng = np.random.default_rng([spec.seed, 6])
@@ -60,7 +68,7 @@ def _write_one(
             for c, s in zip(canvas, (spec.width, spec.height), strict=True)
         )
         slide = place(spec, *canvas, x, y)
-        path = write_sparse_canvas(out / spec.filename, *canvas, spec.mpp, spec, (x, y))
+        path = write_sparse_canvas(path, *canvas, spec.mpp, spec, (x, y))
     seconds = time.perf_counter() - start
     row = {
         "filename": slide.filename,
@@ -71,7 +79,18 @@ def _write_one(
     }
     if split == "train":
         row |= {"tif_cksum": posix_cksum(path), "tif_size": path.stat().st_size}
-    return row | {"seconds": seconds}, slide
+    row["seconds"] = seconds
+    if light is not None:
+        start = time.perf_counter()
+        squares = slide_annotations(slide) if split == "train" else []
+        try:
+            write_light_files(path, out, slide.filename, (slide.width, slide.height), slide.mpp,
+                              squares, light.quality)  # fmt: skip
+        finally:
+            if not tifs:
+                path.unlink(missing_ok=True)
+        row["light_seconds"] = time.perf_counter() - start
+    return row, slide
 
 
 def write_dataset(
@@ -82,6 +101,7 @@ def write_dataset(
     resume: bool = False,
     workers: int = 1,
     truth: bool = False,
+    light: LightOptions | None = None,
 ) -> pd.DataFrame:
     """Write ``specs`` as TIFs plus the competition's CSVs of ``split`` into ``out_dir``;
     ``resume`` keeps the TIFs already there (slides are written whole or not at all).
@@ -95,8 +115,14 @@ def write_dataset(
     its spec alone, so the files are the same; a real-size slide's render holds ~1.6 GB).
     The labels CSVs hold each slide's label as written (:attr:`SlideSpec.label_as_written`);
     ``truth`` also writes the generator's ground truth, ``truth_lesions.csv`` and
-    ``truth_slides.csv`` (:mod:`.truth_tables`). Returns the metadata table with a ``seconds``
-    column (time to render and write each TIF) the CSV does not have.
+    ``truth_slides.csv`` (:mod:`.truth_tables`). ``light`` also writes DrivenData's light files
+    of each slide from its TIF (:func:`training.data.light.write.write_light_files`: the 32×
+    downsampled image, and in the train split each square's crop) and the CSVs' URL columns
+    holding their paths; with ``light.tifs`` False the TIFs are deleted once those are written
+    (the metadata keeps their ``tif_cksum`` and ``tif_size``; ``resume`` then keeps nothing).
+    Returns the metadata table with a ``seconds`` column (time to render and write each TIF)
+    and, with ``light``, ``light_seconds`` (time to write its light files) the CSV does not
+    have.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -104,7 +130,7 @@ def write_dataset(
         raise ValueError("slide filenames must be unique")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    one = functools.partial(_write_one, out, split=split, canvas=canvas, resume=resume)
+    one = functools.partial(_write_one, out, split=split, canvas=canvas, resume=resume, light=light)
     if workers > 1 and len(specs) > 1:
         context = multiprocessing.get_context("spawn")  # a fork would inherit libvips' threads
         with ProcessPoolExecutor(min(workers, len(specs)), mp_context=context) as pool:
@@ -114,14 +140,20 @@ def write_dataset(
     rows = [row for row, _ in results]
     written = [slide for _, slide in results]
     metadata = pd.DataFrame(rows)
-    metadata.drop(columns="seconds").to_csv(out / f"{split}_metadata.csv", index=False)
+    table = metadata.drop(columns=["seconds", "light_seconds"], errors="ignore")
+    (table if light is None else add_urls(table, "metadata")).to_csv(
+        out / f"{split}_metadata.csv", index=False
+    )
     _one_hot(written).to_csv(out / f"{split}_labels.csv", index=False)
     if split == "test":
         _one_hot(written, zeros=True).to_csv(out / "submission_format.csv", index=False)
     else:
         annotations = [a for slide in written for a in slide_annotations(slide)]
         heights = {slide.filename: slide.height for slide in written}
-        annotations_frame(annotations, heights).to_csv(out / "train_annotations.csv", index=False)
+        squares = annotations_frame(annotations, heights)
+        (squares if light is None else add_urls(squares, "annotations")).to_csv(
+            out / "train_annotations.csv", index=False
+        )
     if truth:
         lesion_truth(written).to_csv(out / "truth_lesions.csv", index=False)
         slide_truth(written).to_csv(out / "truth_slides.csv", index=False)
@@ -135,9 +167,10 @@ def generate_dataset(
     split: str = "train",
     config: SynthConfig | None = None,
     workers: int = 1,
+    light: LightOptions | None = None,
 ) -> pd.DataFrame:
     """``n_slides`` random slides of ``seed`` written as a ``split`` directory with the ground
-    truth (e.g. ``config=COHORTS["realistic"]``), ``workers`` at once; see
-    :func:`write_dataset`."""
+    truth (e.g. ``config=COHORTS["realistic"]``), ``workers`` at once, and, given ``light``, the
+    light files; see :func:`write_dataset`."""
     specs = sample_specs(n_slides, seed, config or SynthConfig(), split)
-    return write_dataset(out_dir, specs, split, workers=workers, truth=True)
+    return write_dataset(out_dir, specs, split, workers=workers, truth=True, light=light)
