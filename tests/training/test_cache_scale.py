@@ -9,6 +9,7 @@ The real set's figures (disk, memory, open files per slide count) are measured b
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from training.data.cache import (
 from training.data.synthetic import SynthConfig
 from training.fit import classifier, detector
 from training.fit.common import learning_curves, make_loader
+from training.fit.patches import balanced_patch_score, patch_metrics, patch_score
 from training.presets import TrainOptions
 
 SMALL = CacheConfig(square_patches=2, benign_patches=4, hard_negatives=2)
@@ -280,6 +282,19 @@ def test_the_detector_checkpoint_follows_recall_not_loss(
     assert best["epoch"] == 1
     state = json.loads((tmp_path / "det" / "detector.json").read_text())
     assert state["metrics"]["val_recall@1"] == pytest.approx(0.9)
+
+
+def test_the_balanced_patch_score_weighs_every_true_class_alike() -> None:
+    """Rows true, columns predicted: 60 benign patches right; grade 3's 10 patches called 2
+    (cost 0.3 each). The natural-mix score hides it (1 − 3/80), the balanced one does not."""
+    confusion = np.zeros((4, 4))
+    confusion[0, 0], confusion[1, 1], confusion[2, 2], confusion[3, 2] = 60, 5, 5, 10
+    assert patch_score(confusion) == pytest.approx(1 - 3.0 / 80)
+    assert balanced_patch_score(confusion) == pytest.approx(1 - 0.3 / 4)
+    confusion[2] = 0  # a class without patches has no say
+    assert balanced_patch_score(confusion) == pytest.approx(1 - 0.3 / 3)
+    assert math.isnan(balanced_patch_score(np.zeros((4, 4))))
+    assert patch_metrics(confusion)["val_balanced"] == pytest.approx(0.9)
 
 
 def test_the_classifier_checkpoint_follows_the_patch_score() -> None:

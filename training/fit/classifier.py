@@ -16,9 +16,11 @@ temperature that calibrates the probabilities is fitted afterwards on the valida
 (natural class mix) by minimising their log-loss.
 
 Logged per epoch (``OUT/logs``): losses, per-class accuracy, the weighted patch score (the
-competition metric on patches) and the confusion matrix (``OUT/confusion.json``). The weights
-kept are the epoch of best ``val_select``: the weighted patch score, ties broken by the
-validation loss. Writes
+competition metric on patches), the same with every class weighted alike and the confusion
+matrix (``OUT/confusion.json``). The weights kept are the epoch of best ``val_select``: the
+class-balanced patch score (:func:`training.fit.patches.balanced_patch_score`: in the natural
+mix, two thirds class 0, an epoch that calls grade 3 grade 2 would look best), ties broken by
+the validation loss. Writes
 ``OUT/classifier.safetensors``, ``OUT/classifier.json`` and ``OUT/validation.npz`` (logits,
 labels and the patches' cache rows, for the notebook's worst-misgraded gallery).
 """
@@ -123,7 +125,7 @@ class ClassifierModule(StageModule):
             self._loss_sum.to(self.device), reduce_op="sum"
         ).tolist()
         metrics = patch_metrics(matrix)
-        metrics["val_select"] = selection_score(metrics["val_score"], loss_sum / max(count, 1))
+        metrics["val_select"] = selection_score(metrics["val_balanced"], loss_sum / max(count, 1))
         self.log_dict(metrics)
         if self.confusion_file is not None and self.trainer.is_global_zero:
             self.confusion_file.write_text(json.dumps(matrix.astype(int).tolist()) + "\n")

@@ -174,10 +174,11 @@ def train_head(
             logits = head(val_x).float().cpu()
         val_loss = float(loss_fn(logits, val_y)) if len(val_y) else math.nan
         metrics = patch_metrics(confusion_matrix(val_y.numpy(), logits.argmax(1).numpy()))
-        select = selection_score(metrics["val_score"], val_loss)
+        select = selection_score(metrics["val_balanced"], val_loss)
         history.append({"epoch": epoch, "val_loss": val_loss, **metrics})
-        log.info("head epoch %d/%d: val_score %.4f, val_loss %.4f", epoch + 1, options.epochs,
-                 metrics["val_score"], val_loss)  # fmt: skip
+        log.info("head epoch %d/%d: val_score %.4f, val_balanced %.4f, val_loss %.4f",
+                 epoch + 1, options.epochs, metrics["val_score"], metrics["val_balanced"],
+                 val_loss)  # fmt: skip
         if select > best:
             best = select
             best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
