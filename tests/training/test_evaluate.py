@@ -16,9 +16,11 @@ import torch
 
 from stages.config import load_assets, load_config
 from stages.result import SlideResult
+from training.bench.runner import fit_exhaustive_decision
 from training.data.synthetic.cohort import COHORTS
 from training.evaluate.curve import (
     curve_markdown,
+    exhaustive_classes,
     plot_curve,
     score_time_curve,
     seconds_per_slide,
@@ -50,8 +52,10 @@ def test_evaluation_rows_and_curve_on_tiny_realistic_slides(
 ) -> None:
     config = replace(COHORTS["realistic"], size_range=(3000, 4000))
     test = generated(3, 23, "test", config)
+    fit = generated(3, 24, "test", config)
     out = tmp_path / "run"
-    assert main(["--test", str(test), "--assets", str(assets), "--out", str(out)]) == 0
+    argv = ["--test", str(test), "--assets", str(assets), "--out", str(out), "--fit-set", str(fit)]
+    assert main(argv) == 0
     figures = json.loads((out / "evaluation.json").read_text())
     assert list(figures["scores"]) == list(ROWS)
     assert all(set(row) == {"written", "true"} for row in figures["scores"].values())
@@ -79,7 +83,13 @@ def test_evaluation_rows_and_curve_on_tiny_realistic_slides(
     max_k = load_config(assets).budget.max_k
     true = dict(zip(slides["filename"], slides["label"], strict=True))
     runs = {"cascade": out, "exhaustive": out / "exhaustive"}
-    curve = score_time_curve(test, assets, tmp_path / "curve", "cpu", runs, true, (1, max_k), (4,))
+    # the exhaustive row's classes: the decision refitted on the fit set's tiles (its run kept)
+    refit = fit_exhaustive_decision(out, assets, "cpu", data=fit)
+    assert figures["classes"]["exhaustive"] == exhaustive_classes(out / "exhaustive", names, refit)
+    assert refit.decision != load_config(assets).decision
+    curve = score_time_curve(
+        test, assets, tmp_path / "curve", "cpu", runs, true, refit, (1, max_k), (4,)
+    )
     assert curve[["method", "budget"]].values.tolist() == [
         ["cascade", "k=1"], ["cascade", f"k={max_k}"], ["exhaustive", "4 tiles"],
         ["exhaustive", "all tiles"],

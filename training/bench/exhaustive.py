@@ -38,7 +38,7 @@ import torch
 
 from stages.cascade import Cascade, StageClock
 from stages.classifier import grade
-from stages.config import load_assets
+from stages.config import CascadeConfig, load_assets
 from stages.decision import decide_slide
 from stages.detector import read_windows, tissue_windows
 from stages.nets import PRECISIONS
@@ -57,6 +57,14 @@ def top_tiles(grades: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` rows of ``(N, C)`` tile probabilities most likely to hold a lesion (1 − p0),
     best first (ties in tile order), as the cascade ranks its hotspots."""
     return grades[np.argsort(-(1.0 - grades[:, 0]), kind="stable")[:k]]
+
+
+def tiles_class(grades: np.ndarray, config: CascadeConfig) -> int:
+    """A slide's class from its graded tiles' ``(N, C)`` probabilities: ``config``'s decision
+    (:func:`stages.decision.decide_slide`, no heatmap evidence) on its ``budget.max_k``
+    :func:`top_tiles`; give it the config :func:`training.bench.runner.fit_exhaustive_decision`
+    refits for this evidence."""
+    return decide_slide(top_tiles(grades, config.budget.max_k), [], config.decision).cls
 
 
 def sample_evenly(n_total: int, n: int | None) -> np.ndarray:

@@ -19,11 +19,10 @@ import pandas as pd
 import torch
 
 from stages.config import CascadeConfig, load_assets, load_config
-from stages.decision import decide_slide
 from stages.metric import score
 from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
-from training.bench.exhaustive import top_tiles
+from training.bench.exhaustive import tiles_class, top_tiles
 from training.bench.floors import compute_floor, decode_floor, matmul_gflops, network_flops
 from training.bench.modes import Mode, mode_assets
 from training.bench.sets import make_sets
@@ -92,11 +91,14 @@ def run_mode(
 
 
 def fit_exhaustive_decision(
-    out: Path, assets: Path, device: str, workers: int = 1
+    out: Path, assets: Path, device: str, workers: int = 1, data: Path | None = None
 ) -> CascadeConfig:
     """The shipped config with its decision refitted for the exhaustive mode: the exhaustive
-    run's top tiles on ``FIT_SET`` slides (never in any benchmark set) as the evidence."""
-    data = make_sets(out, ["fit"], workers)["fit"]
+    run's top tiles (run into ``out/fit/exhaustive``, kept) on the labelled test-layout folder
+    ``data`` as the evidence; None: the ``FIT_SET`` slides, never in any benchmark set,
+    generated into ``out/fit/data``."""
+    if data is None:
+        data = make_sets(out, ["fit"], workers)["fit"]
     run = out / "fit" / "exhaustive"
     if not (run / "submission.csv").is_file():
         run_mode(data, run, assets, Mode("exhaustive", exhaustive=True), device)
@@ -128,8 +130,7 @@ def slide_rows(
         result = SlideResult.load(saved)
         cls = written[name]
         if mode.exhaustive and exhaustive is not None and len(result.grades):
-            top = top_tiles(result.grades, exhaustive.budget.max_k)
-            cls = decide_slide(top, [], exhaustive.decision).cls
+            cls = tiles_class(result.grades, exhaustive)
         seconds = result.seconds
         windows = result.heatmap.windows if result.heatmap is not None else 0
         mpp = float(metadata.at[name, "resolution"])

@@ -5,8 +5,9 @@ exhaustive tiling's as the tiles it grades a slide grow (``python -m training.ev
   in :data:`KS`; the run at the shipped ``max_k`` is the evaluation's own.
 * exhaustive: the same classifier on ``N`` tissue tiles a slide spread evenly over the slide
   (:mod:`training.bench.exhaustive`, ``--sample-tiles N``) for N in :data:`TILES`, and on every
-  tile (the evaluation's own exhaustive run); the class from the graded tiles only (the shipped
-  decision on the ``budget.max_k`` most lesional).
+  tile (the evaluation's own exhaustive run); the class from the graded tiles only: the
+  decision refitted for tiles (:func:`training.bench.runner.fit_exhaustive_decision`, as ``make
+  benchmark`` does) on the ``budget.max_k`` most lesional.
 
 Seconds per slide (:func:`seconds_per_slide`) are the mean of each slide's own measured seconds:
 ``seconds["slide"]`` of its :class:`stages.result.SlideResult` (the wall time ``main.py``'s
@@ -25,10 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stages.config import load_config
+from stages.config import CascadeConfig, load_config
 from stages.metric import score
 from stages.result import SlideResult
 from stages.submission import classes_by_filename, read_table
+from training.bench.exhaustive import tiles_class
 from training.bench.modes import Mode
 from training.bench.runner import run_mode
 from training.bench.tables import plain_markdown
@@ -52,15 +54,34 @@ def seconds_per_slide(results: Sequence[SlideResult]) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
-def curve_point(test: Path, run: Path, true: Mapping[str, int] | None) -> dict:
+def exhaustive_classes(run: Path, names: Sequence[str], config: CascadeConfig) -> list[int]:
+    """The classes of an exhaustive run's slides ``names`` from their saved tiles' grades by
+    ``config``'s decision (:func:`training.bench.exhaustive.tiles_class`; the one
+    :func:`training.bench.runner.fit_exhaustive_decision` refits for tiles); a slide with no
+    graded tile keeps the class the run wrote."""
+    written = classes_by_filename(read_table(run / "submission.csv"))
+    classes = []
+    for name in names:
+        grades = SlideResult.load(run / "maps" / f"{Path(name).stem}.npz").grades
+        classes.append(tiles_class(grades, config) if len(grades) else written[name])
+    return classes
+
+
+def curve_point(
+    test: Path, run: Path, true: Mapping[str, int] | None, tiles: CascadeConfig | None = None
+) -> dict:
     """A finished run's point: ``score`` against the test folder's written labels,
     ``score_true`` against ``true`` (filename → class; NaN without), ``s_per_slide`` and
-    ``graded_per_slide`` (patches or tiles)."""
+    ``graded_per_slide`` (patches or tiles). ``tiles``: an exhaustive run's slides are classed
+    by this config's decision (:func:`exhaustive_classes`), else as the run wrote them."""
     written = classes_by_filename(read_table(test / "test_labels.csv"))
-    predicted = classes_by_filename(read_table(run / "submission.csv"))
     names = list(written)
     results = [SlideResult.load(run / "maps" / f"{Path(n).stem}.npz") for n in names]
-    classes = [predicted[n] for n in names]
+    if tiles is None:
+        predicted = classes_by_filename(read_table(run / "submission.csv"))
+        classes = [predicted[n] for n in names]
+    else:
+        classes = exhaustive_classes(run, names, tiles)
     return {
         "score": score([written[n] for n in names], classes),
         "score_true": score([true[n] for n in names], classes) if true else float("nan"),
@@ -76,13 +97,15 @@ def score_time_curve(
     device: str,
     runs: Mapping[str, Path],
     true: Mapping[str, int] | None,
+    exhaustive: CascadeConfig | None = None,
     ks: Sequence[int] = KS,
     tiles: Sequence[int] = TILES,
 ) -> pd.DataFrame:
     """Every point of the curve (module doc), one row each: ``method`` (cascade, exhaustive),
     ``budget`` (``k=K``, ``N tiles``, ``all tiles``) and :func:`curve_point`'s columns. The
     runs it makes go to ``out/<mode>``; ``runs`` holds the evaluation's own: ``cascade`` (at the
-    shipped ``max_k``) and ``exhaustive`` (every tile)."""
+    shipped ``max_k``) and ``exhaustive`` (every tile); ``exhaustive``: the config whose
+    decision classes the exhaustive points (None: as each run wrote them)."""
     shipped_k = load_config(assets).budget.max_k
     points: list[tuple[str, str, Path]] = []
     for k in ks:
@@ -96,7 +119,11 @@ def score_time_curve(
                                          sample_tiles=n), device)  # fmt: skip
         points.append(("exhaustive", f"{n} tiles", run))
     points.append(("exhaustive", "all tiles", runs["exhaustive"]))
-    rows = [{"method": m, "budget": b, **curve_point(test, run, true)} for m, b, run in points]
+    rows = [
+        {"method": m, "budget": b,
+         **curve_point(test, run, true, exhaustive if m == "exhaustive" else None)}
+        for m, b, run in points
+    ]  # fmt: skip
     return pd.DataFrame(rows)
 
 

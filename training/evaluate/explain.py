@@ -9,8 +9,12 @@ scored with the competition's weighted class score:
 * ``cascade``, ``detector only`` (stage 2 off), ``always 1``: ``main.py``'s run and its
   baselines (:mod:`training.evaluate.heldout`);
 * ``exhaustive``: the same classifier on every tissue tile (:mod:`training.bench.exhaustive`,
-  its own process), the class from the shipped decision on the ``budget.max_k`` tiles most likely
-  to hold a lesion (the decision is not refitted for it, as ``make benchmark`` does);
+  its own process), the class from the decision refitted for tiles, as ``make benchmark`` does
+  (:func:`training.bench.runner.fit_exhaustive_decision`: the exhaustive run's top tiles on
+  ``--fit-set``, by default 32 realistic slides of seed 3005 generated into ``OUT/fit/data``),
+  on the ``budget.max_k`` tiles most likely
+  to hold a lesion (the cascade's decision, fitted on 16 patches a slide, reads 32 top tiles of
+  hundreds as far more confident than they are);
 * ``oracle hotspots`` and ``oracle grades``, when the folder has the generator's
   ``truth_lesions.csv`` and ``truth_slides.csv``: stage 2 and the decision given a perfect
   stage 1, and stage 1's hotspots and the decision given a perfect stage 2
@@ -48,10 +52,16 @@ from stages.slide import Slide
 from stages.submission import classes_by_filename, read_metadata, read_table
 from training.bench.modes import Mode
 from training.bench.publish import publish
-from training.bench.runner import run_mode
+from training.bench.runner import fit_exhaustive_decision, run_mode
 from training.cli import command_parser, setup_logging
 from training.data.synthetic.cohort import HELD_OUT
-from training.evaluate.curve import CURVE_NAME, curve_markdown, plot_curve, score_time_curve
+from training.evaluate.curve import (
+    CURVE_NAME,
+    curve_markdown,
+    exhaustive_classes,
+    plot_curve,
+    score_time_curve,
+)
 from training.evaluate.heldout import heldout_classes, recall_scores
 from training.evaluate.truth import (
     centre_table,
@@ -132,6 +142,7 @@ def evaluate(
     device: str,
     train_set: Path | None = None,
     curve: bool = False,
+    fit_set: Path | None = None,
 ) -> dict:
     """Every figure of the module doc: ``main.py`` and the exhaustive baseline on ``test`` (runs
     under ``out``), the truth's rows and tables when ``test`` has them, the recall on
@@ -141,8 +152,8 @@ def evaluate(
     written_by_name = classes_by_filename(read_table(test / "test_labels.csv"))
     written = [written_by_name[n] for n in names]
     run_mode(test, out / "exhaustive", assets, Mode("exhaustive", exhaustive=True), device)
-    exhaustive = classes_by_filename(read_table(out / "exhaustive" / "submission.csv"))
-    figures["classes"]["exhaustive"] = [exhaustive[n] for n in names]
+    refit = fit_exhaustive_decision(out, assets, device, data=fit_set)
+    figures["classes"]["exhaustive"] = exhaustive_classes(out / "exhaustive", names, refit)
     truth = read_truth(test)
     true_by_name, true = None, None
     if truth is not None:
@@ -171,7 +182,7 @@ def evaluate(
         figures |= recall_scores(train_set, assets, out, device)
     if curve:
         runs = {"cascade": out, "exhaustive": out / "exhaustive"}
-        points = score_time_curve(test, assets, out / "curve", device, runs, true_by_name)
+        points = score_time_curve(test, assets, out / "curve", device, runs, true_by_name, refit)
         (out / f"{CURVE_NAME}.md").write_text(curve_markdown(points, len(names)) + "\n")
         plot_curve(points, out / f"{CURVE_NAME}.png")
         figures["curve"] = points.to_dict("records")
@@ -266,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=Path, default=REPO / "assets")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "evaluation")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--fit-set",
+        type=Path,
+        help="labelled test-layout folder the exhaustive row's decision is fitted on (default: "
+        "32 realistic slides of seed 3005 generated into OUT/fit/data)",
+    )
     parser.add_argument("--curve", action="store_true", help="the score-time curve")
     parser.add_argument("--publish", type=Path, help="copy the curve's table and plot here")
     args = parser.parse_args(argv)
@@ -273,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--publish copies the curve: it needs --curve")
     setup_logging()
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = evaluate(args.test, args.assets, args.out, args.device, args.train_set, args.curve)
+    figures = evaluate(
+        args.test, args.assets, args.out, args.device, args.train_set, args.curve, args.fit_set
+    )
     (args.out / "evaluation.json").write_text(json.dumps(figures, indent=2) + "\n")
     if args.publish is not None:
         publish([args.out / f"{CURVE_NAME}.md", args.out / f"{CURVE_NAME}.png"], args.publish)
