@@ -35,7 +35,7 @@ from training.data.synthetic import (
     write_dataset,
 )
 from training.data.synthetic.truth import (
-    _windows,
+    centre_windows,
     image_features,
     resolution_check,
     square_coverage,
@@ -178,7 +178,7 @@ def test_high_resolution_windows_sit_at_the_square_centre() -> None:
             return square
 
     rng = np.random.default_rng(0)
-    crops = _windows(Square(), Box(0.0, 0.0, 600.0, 600.0), 0, 128, 8, rng)  # type: ignore[arg-type]
+    crops = centre_windows(Square(), Box(0.0, 0.0, 600.0, 600.0), 0, 128, 8, rng)  # type: ignore[arg-type]
     assert len(crops) == 8
     assert all(c.shape == (128, 128, 3) and (c == 255).all(-1).sum() == 40 * 40 for c in crops)
 

@@ -7,8 +7,8 @@
 Slide sets (generated once into ``OUT/<set>/data``, ``--workers`` slides at a time, kept
 between runs):
 
-* ``heldout``: 48 generated test-layout slides (seed 3001, as ``make evaluate``; no step of
-  training or fitting saw them);
+* ``heldout``: 48 generated test-layout slides of the ``realistic`` cohort (seed 3001, as
+  ``make evaluate``; no step of training or fitting saw them);
 * ``real``: six slides at the real sizes, µm/pixel and annotation layouts of 10–13 gigapixel
   rows of ``training/data/reference/tissuenet/train_metadata.csv`` (``--layout`` at scale 1);
 * ``canvas``: the 271,950 × 294,038 px row of the same file, generated the same way.
@@ -23,7 +23,7 @@ its process tree, :func:`training.process.high_water_kb`):
 * ``cascade ~T s/slide``: ``main.py`` under a time limit of about T seconds per slide;
 * ``detector only``: ``main.py`` with stage 2 off (``budget.stage2 = false``);
 * ``exhaustive``: the same classifier on every tissue tile (:mod:`.exhaustive`), its decision
-  fitted on 32 other generated slides (seed 3005).
+  fitted on 32 other generated ``realistic`` slides (seed 3005).
 
 The parts: :mod:`.sets` (the slide sets), :mod:`.modes` (the modes and their asset sets),
 :mod:`.runner` (running them, reading the runs), :mod:`.tables` (tables and plots),

@@ -155,7 +155,7 @@ class ResolutionScores:
 WINDOW_JITTER = 0.05
 
 
-def _windows(
+def centre_windows(
     slide: Slide, box: Box, page: int, size: int, count: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
     """``count`` windows of ``size`` px of page ``page`` near the centre of page-0 ``box``
@@ -184,10 +184,9 @@ def resolution_check(
 
     Reads every annotated square of class 1–3 (``train_annotations.csv``, boxes in page-0 px;
     only those of ``annotation_ids`` when given) whole at the page nearest ``low_mpp`` and as
-    ``windows`` windows of ``window_px`` px near its centre (:func:`_windows`) at the page nearest
-    ``high_mpp``, describes each
-    with :func:`image_features` and scores a random forest (300 trees) with ``folds``-fold
-    cross-validation grouped by slide.
+    ``windows`` windows of ``window_px`` px near its centre (:func:`centre_windows`) at the page
+    nearest ``high_mpp``, describes each with :func:`image_features` and scores a random forest
+    (300 trees) with ``folds``-fold cross-validation grouped by slide.
     """
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.model_selection import GroupKFold, cross_val_predict
@@ -207,7 +206,7 @@ def resolution_check(
             low_page, high_page = slide.page_for_mpp(low_mpp), slide.page_for_mpp(high_mpp)
             for a in (a for a in lesions if a.filename == filename):
                 low.append(image_features(slide.read_region(a.box, low_page)))
-                for crop in _windows(slide, a.box, high_page, window_px, windows, rng):
+                for crop in centre_windows(slide, a.box, high_page, window_px, windows, rng):
                     high.append(image_features(crop))
                     window_square.append(len(y))
                 y.append(a.annotation_class)
