@@ -34,6 +34,7 @@ from training.bench.exhaustive import tiles_class
 from training.bench.modes import Mode
 from training.bench.runner import run_mode
 from training.bench.tables import plain_markdown
+from training.evaluate.heldout import run_results
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +55,23 @@ def seconds_per_slide(results: Sequence[SlideResult]) -> float:
     return float(np.mean(seconds)) if seconds else float("nan")
 
 
-def exhaustive_classes(run: Path, names: Sequence[str], config: CascadeConfig) -> list[int]:
+def exhaustive_classes(
+    run: Path,
+    names: Sequence[str],
+    config: CascadeConfig,
+    results: Sequence[SlideResult] | None = None,
+) -> list[int]:
     """The classes of an exhaustive run's slides ``names`` from their saved tiles' grades by
     ``config``'s decision (:func:`training.bench.exhaustive.tiles_class`; the one
     :func:`training.bench.runner.fit_exhaustive_decision` refits for tiles); a slide with no
-    graded tile keeps the class the run wrote."""
+    graded tile keeps the class the run wrote. ``results``: the run's, already loaded
+    (:func:`training.evaluate.heldout.run_results`)."""
     written = classes_by_filename(read_table(run / "submission.csv"))
-    classes = []
-    for name in names:
-        grades = SlideResult.load(run / "maps" / f"{Path(name).stem}.npz").grades
-        classes.append(tiles_class(grades, config) if len(grades) else written[name])
-    return classes
+    results = run_results(run, names) if results is None else results
+    return [
+        tiles_class(r.grades, config) if len(r.grades) else written[name]
+        for name, r in zip(names, results, strict=True)
+    ]
 
 
 def curve_point(
@@ -76,12 +83,12 @@ def curve_point(
     by this config's decision (:func:`exhaustive_classes`), else as the run wrote them."""
     written = classes_by_filename(read_table(test / "test_labels.csv"))
     names = list(written)
-    results = [SlideResult.load(run / "maps" / f"{Path(n).stem}.npz") for n in names]
+    results = run_results(run, names)
     if tiles is None:
         predicted = classes_by_filename(read_table(run / "submission.csv"))
         classes = [predicted[n] for n in names]
     else:
-        classes = exhaustive_classes(run, names, tiles)
+        classes = exhaustive_classes(run, names, tiles, results)
     return {
         "score": score([written[n] for n in names], classes),
         "score_true": score([true[n] for n in names], classes) if true else float("nan"),

@@ -46,7 +46,6 @@ import torch
 from stages.classifier import grade, read_patches
 from stages.config import Assets, load_assets
 from stages.metric import confusion_matrix, format_confusion, score
-from stages.result import SlideResult
 from stages.runtime import METADATA_NAME
 from stages.slide import Slide
 from stages.submission import classes_by_filename, read_metadata, read_table
@@ -62,7 +61,7 @@ from training.evaluate.curve import (
     plot_curve,
     score_time_curve,
 )
-from training.evaluate.heldout import heldout_classes, recall_scores
+from training.evaluate.heldout import heldout_classes, recall_scores, run_results
 from training.evaluate.truth import (
     centre_table,
     oracle_centres,
@@ -111,8 +110,7 @@ def oracle_classes(
     metadata = read_metadata(test / METADATA_NAME)
     mpps = dict(zip(metadata["filename"], metadata["resolution"], strict=True))
     hotspots, grades = [], []
-    for name in names:
-        result = SlideResult.load(run / "maps" / f"{Path(name).stem}.npz")
+    for name, result in zip(names, run_results(run, names), strict=True):
         mine = lesions[lesions["filename"] == name]
         mpp = mpps.get(name, float("nan"))
         probs = grade_at(
@@ -161,7 +159,7 @@ def evaluate(
         true_by_name = dict(zip(slides["filename"], slides["label"].astype(int), strict=True))
         true = [int(true_by_name[n]) for n in names]
         figures["classes"] |= oracle_classes(test, out, assets, device, names, lesions)
-        results = [SlideResult.load(out / "maps" / f"{Path(n).stem}.npz") for n in names]
+        results = run_results(out, names)
         by_name = {m: dict(zip(names, c, strict=True)) for m, c in figures["classes"].items()}
         figures |= {
             "true_labels": np.bincount(true, minlength=4).tolist(),

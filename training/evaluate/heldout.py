@@ -17,6 +17,7 @@ exhaustive and oracle rows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,12 @@ def detector_only_classes(results: list[SlideResult], assets: Path) -> np.ndarra
     return np.array([decide_slide([], heat_evidence(r.hotspots), decision).cls for r in results])
 
 
+def run_results(run: Path, names: Sequence[str]) -> list[SlideResult]:
+    """The :class:`SlideResult` of each of the slides ``names`` (in order) that a run saved into
+    ``run/maps`` (``main.py --save-heatmaps``, or an exhaustive run)."""
+    return [SlideResult.load(run / "maps" / f"{Path(name).stem}.npz") for name in names]
+
+
 def heldout_classes(test: Path, assets: Path, out: Path, device: str) -> dict:
     """Run main.py on the test folder into ``out``: its measurements, ``filenames`` (the
     submission's order), the written ``labels`` counts and ``classes`` (method → one class per
@@ -51,7 +58,7 @@ def heldout_classes(test: Path, assets: Path, out: Path, device: str) -> dict:
     truth = classes_by_filename(read_table(test / "test_labels.csv"))
     submission = read_table(out / "submission.csv")
     names = list(submission["filename"])
-    results = [SlideResult.load(out / "maps" / f"{Path(n).stem}.npz") for n in names]
+    results = run_results(out, names)
     cascade = classes_from_onehot(submission)
     return {
         "slides": len(names),
