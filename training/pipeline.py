@@ -39,9 +39,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from training.cli import command_parser, setup_logging
-from training.data.annotations import Y_FLIPS
 from training.data.cache import CacheConfig, build_cache
-from training.data.dataset import METADATA, SOURCES, read_training_set
+from training.data.cache.cli import add_reading_options
+from training.data.dataset import METADATA, read_training_set
 from training.data.light.write import LightOptions
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.data.synthetic.cohort import COHORTS, cohort_name
@@ -192,13 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", dest="preset", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--folds", type=int, default=None, help="default: the preset's")
     parser.add_argument("--by-centre", action="store_true", help="group folds by centre (Cxx_)")
-    parser.add_argument("--y-flip", choices=Y_FLIPS, default=CacheConfig.y_flip)
-    parser.add_argument(
-        "--source",
-        choices=SOURCES,
-        default=CacheConfig.source,
-        help="cache from the TIFs or from DrivenData's light files",
-    )
+    add_reading_options(parser)
     parser.add_argument(
         "--device", default=None, help="hard negatives and decision fit (default: GPU if any)"
     )

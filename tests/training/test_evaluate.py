@@ -26,6 +26,7 @@ from training.evaluate.curve import (
     seconds_per_slide,
 )
 from training.evaluate.explain import ROWS, grade_at, main
+from training.evaluate.heldout import run_results
 from training.evaluate.truth import (
     graded_centres,
     oracle_grades_class,
@@ -85,7 +86,10 @@ def test_evaluation_rows_and_curve_on_tiny_realistic_slides(
     runs = {"cascade": out, "exhaustive": out / "exhaustive"}
     # the exhaustive row's classes: the decision refitted on the fit set's tiles (its run kept)
     refit = fit_exhaustive_decision(out, assets, "cpu", data=fit)
-    assert figures["classes"]["exhaustive"] == exhaustive_classes(out / "exhaustive", names, refit)
+    exhaustive = out / "exhaustive"
+    assert figures["classes"]["exhaustive"] == exhaustive_classes(
+        exhaustive, names, refit, run_results(exhaustive, names)
+    )
     assert refit.decision != load_config(assets).decision
     curve = score_time_curve(
         test, assets, tmp_path / "curve", "cpu", runs, true, refit, (1, max_k), (4,)

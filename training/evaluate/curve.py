@@ -56,18 +56,14 @@ def seconds_per_slide(results: Sequence[SlideResult]) -> float:
 
 
 def exhaustive_classes(
-    run: Path,
-    names: Sequence[str],
-    config: CascadeConfig,
-    results: Sequence[SlideResult] | None = None,
+    run: Path, names: Sequence[str], config: CascadeConfig, results: Sequence[SlideResult]
 ) -> list[int]:
     """The classes of an exhaustive run's slides ``names`` from their saved tiles' grades by
     ``config``'s decision (:func:`training.bench.exhaustive.tiles_class`; the one
     :func:`training.bench.runner.fit_exhaustive_decision` refits for tiles); a slide with no
-    graded tile keeps the class the run wrote. ``results``: the run's, already loaded
-    (:func:`training.evaluate.heldout.run_results`)."""
+    graded tile keeps the class the run wrote. ``results``: the run's saved results of
+    ``names``, in order (:func:`training.evaluate.heldout.run_results`)."""
     written = classes_by_filename(read_table(run / "submission.csv"))
-    results = run_results(run, names) if results is None else results
     return [
         tiles_class(r.grades, config) if len(r.grades) else written[name]
         for name, r in zip(names, results, strict=True)

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ import torch
 from stages.classifier import grade, read_patches
 from stages.config import Assets, load_assets
 from stages.metric import confusion_matrix, format_confusion, score
+from stages.result import SlideResult
 from stages.runtime import METADATA_NAME
 from stages.slide import Slide
 from stages.submission import classes_by_filename, read_metadata, read_table
@@ -101,16 +102,21 @@ def grade_at(assets: Assets, path: Path, mpp: float | None, centres: np.ndarray)
 
 
 def oracle_classes(
-    test: Path, run: Path, assets_dir: Path, device: str, names: list[str], lesions: pd.DataFrame
+    test: Path,
+    results: Sequence[SlideResult],
+    assets_dir: Path,
+    device: str,
+    lesions: pd.DataFrame,
 ) -> dict[str, list[int]]:
-    """``oracle_hotspots`` and ``oracle_grades`` classes of the slides ``names`` (in order), from
-    ``main.py``'s results in ``run/maps`` (:mod:`training.evaluate.truth`)."""
+    """``oracle_hotspots`` and ``oracle_grades`` classes of the slides of ``main.py``'s
+    ``results`` on ``test`` (in order; :mod:`training.evaluate.truth`)."""
     assets = load_assets(assets_dir, torch.device(device), "auto")
     decision = assets.config.decision
     metadata = read_metadata(test / METADATA_NAME)
     mpps = dict(zip(metadata["filename"], metadata["resolution"], strict=True))
     hotspots, grades = [], []
-    for name, result in zip(names, run_results(run, names), strict=True):
+    for result in results:
+        name = result.filename
         mine = lesions[lesions["filename"] == name]
         mpp = mpps.get(name, float("nan"))
         probs = grade_at(
@@ -151,15 +157,18 @@ def evaluate(
     written = [written_by_name[n] for n in names]
     run_mode(test, out / "exhaustive", assets, Mode("exhaustive", exhaustive=True), device)
     refit = fit_exhaustive_decision(out, assets, device, data=fit_set)
-    figures["classes"]["exhaustive"] = exhaustive_classes(out / "exhaustive", names, refit)
+    exhaustive_run = out / "exhaustive"
+    figures["classes"]["exhaustive"] = exhaustive_classes(
+        exhaustive_run, names, refit, run_results(exhaustive_run, names)
+    )
     truth = read_truth(test)
     true_by_name, true = None, None
     if truth is not None:
         lesions, slides = truth
         true_by_name = dict(zip(slides["filename"], slides["label"].astype(int), strict=True))
         true = [int(true_by_name[n]) for n in names]
-        figures["classes"] |= oracle_classes(test, out, assets, device, names, lesions)
         results = run_results(out, names)
+        figures["classes"] |= oracle_classes(test, results, assets, device, lesions)
         by_name = {m: dict(zip(names, c, strict=True)) for m, c in figures["classes"].items()}
         figures |= {
             "true_labels": np.bincount(true, minlength=4).tolist(),

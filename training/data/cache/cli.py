@@ -57,6 +57,24 @@ from training.data.dataset import SOURCES
 from training.presets import load_preset
 
 
+def add_reading_options(parser: argparse.ArgumentParser) -> None:
+    """``--y-flip`` and ``--source``: how the cache reads a training folder (also the
+    pipeline's options)."""
+    parser.add_argument(
+        "--y-flip",
+        choices=Y_FLIPS,
+        default=CacheConfig.y_flip,
+        help="page-0 height that undoes the annotations' flipped y: the metadata's or the TIF's "
+        "own (python -m training.data.check DATA says which the data supports)",
+    )
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default=CacheConfig.source,
+        help="read the TIFs, or DrivenData's light files (downsampled_images/, annotated_regions/)",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The cache command's arguments (``DATA OUT`` and its settings), for :func:`from_arguments`."""
     parser.add_argument(
@@ -76,19 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=CacheConfig.square_spread,
         help="share of an annotation square's range its patches are drawn over, about its centre",
     )
-    parser.add_argument(
-        "--y-flip",
-        choices=Y_FLIPS,
-        default=CacheConfig.y_flip,
-        help="page-0 height that undoes the annotations' flipped y: the metadata's or the TIF's "
-        "own (python -m training.data.check DATA says which the data supports)",
-    )
-    parser.add_argument(
-        "--source",
-        choices=SOURCES,
-        default=CacheConfig.source,
-        help="read the TIFs, or DrivenData's light files (downsampled_images/, annotated_regions/)",
-    )
+    add_reading_options(parser)
     parser.add_argument(
         "--min-fragment-um2",
         type=float,
