@@ -23,8 +23,13 @@ Generation and the cache resume where they stopped; the training steps run afres
 
 ``--source light`` builds the cache from DrivenData's light files (:mod:`training.data.light`;
 ``python -m training.data.cache … --source light``), which generated slides then get beside
-their TIFs. The hard negatives and the decision fit still read whole TIFs: with ``--data``, the
-run stops at once, naming them, unless every slide with light files has its TIF too.
+their TIFs. The cache and the later steps read a slide's TIF where ``--data`` has it and its
+light files where not: the hard negatives (:mod:`training.fit.hard_negatives`) and the decision fit
+(:mod:`training.fit.decision`) say how. A light-only folder thus trains the whole cascade; a
+*mixed* one (light files everywhere, whole TIFs for a few slides) fits the decision on more of
+the runtime's own evidence, and caches a slide from its TIF where it has one.
+``--list-tifs N`` prints which N slides' TIFs help most, in order (:func:`tifs_to_download`: the
+benign slides the classifier trains on, then the validation fold's), and exits.
 """
 
 from __future__ import annotations
@@ -36,12 +41,13 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from itertools import zip_longest
 from pathlib import Path
 
 from training.cli import command_parser, setup_logging
 from training.data.cache import CacheConfig, build_cache
 from training.data.cache.cli import add_reading_options
-from training.data.dataset import METADATA, read_training_set
+from training.data.dataset import METADATA, TrainSlide, assign_folds, read_training_set
 from training.data.light.write import LightOptions
 from training.data.synthetic import SynthConfig, generate_dataset
 from training.data.synthetic.cohort import COHORTS, cohort_name
@@ -70,24 +76,21 @@ def run_trainer(stage: str, cache: Path, out: Path, preset: str, options: TrainO
     subprocess.run(command, check=True)
 
 
-class MissingTifsError(ValueError):
-    """A light-files training folder lacks the TIFs the later steps read."""
-
-
-def check_tifs(data: Path) -> None:
-    """Raise :class:`MissingTifsError` naming the slides of the training folder ``data`` whose
-    downsampled image is there but not their TIF: ``--source light`` caches from the light
-    files, but the hard negatives and the decision fit still read whole slides."""
-    tifs = {s.filename for s in read_training_set(data)}
-    light = [s.filename for s in read_training_set(data, source="light")]
-    missing = [name for name in light if name not in tifs]
-    if missing:
-        raise MissingTifsError(
-            f"{data}: {len(missing)} of {len(light)} slides have light files but no TIF "
-            f"(e.g. {', '.join(missing[:3])}): --source light caches from the light files, but "
-            "the hard negatives and the decision fit still read whole TIFs; download them, or "
-            "build the cache alone: python -m training.data.cache DATA CACHE --source light"
-        )
+def tifs_to_download(
+    slides: list[TrainSlide], fold_of: dict[str, int], val_fold: int, n: int
+) -> list[str]:
+    """The filenames of up to ``n`` of ``slides`` whose TIFs a light-files training run gains
+    most from, in order: the label-0 slides the classifier trains on (``fold_of[name] !=
+    val_fold``: their whole tissue gives its benign patches and hard negatives, where the light
+    files hold only their class-0 squares), then the validation fold's (the decision is fitted
+    on them) taking each label in turn (0, 1, 2, 3, 0, …), then the rest; each group in the
+    given order."""
+    benign = [s.filename for s in slides if s.label == 0 and fold_of[s.filename] != val_fold]
+    val = [s for s in slides if fold_of[s.filename] == val_fold]
+    by_label = [[s.filename for s in val if s.label == label] for label in range(4)]
+    chosen = benign + [name for row in zip_longest(*by_label) for name in row if name is not None]
+    rest = [s.filename for s in slides if s.filename not in set(chosen)]
+    return (chosen + rest)[:n]
 
 
 def train(
@@ -110,8 +113,7 @@ def train(
     slides generated without ``data`` (:data:`~training.data.synthetic.cohort.COHORTS`; ``make
     train`` passes ``--cohort realistic``). ``preset``: a preset name or JSON file
     (:func:`training.presets.load_preset`; the trainers' ``--preset``). ``source``: where the
-    cache reads the slides (module doc; :class:`MissingTifsError` before any step when
-    ``data``'s light files lack TIFs). ``device`` runs hard-negative mining and the decision fit
+    cache reads the slides (module doc). ``device`` runs hard-negative mining and the decision fit
     (the trainers, in their own processes, pick theirs through Lightning's ``accelerator`` and
     ``devices``); None: the GPU when there is one."""
     seconds: dict[str, float] = {}
@@ -133,8 +135,12 @@ def train(
         )
     else:
         description = str(data)
-        if source == "light":
-            check_tifs(data)
+    if source == "light":
+        light = read_training_set(data, y_flip, "light")
+        tifs = sum((data / item.filename).is_file() for item in light)
+        log.info("%d of %d slides have their TIF too: the cache, the hard negatives and the "
+                 "decision fit read those whole, the light files of the others", tifs,
+                 len(light))  # fmt: skip
     step("data")
     cascade = load_preset(preset).cascade
     build_cache(data, work / "cache", cascade, cache_config, folds, by_centre)
@@ -205,29 +211,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-weights", default=None, choices=("none", "imagenet"), help="online users only"
     )
+    parser.add_argument(
+        "--list-tifs", type=int, metavar="N", help="print the N TIFs worth downloading; exit"
+    )
     add_generator_options(parser)
     args = parser.parse_args(argv)
     setup_logging()
     preset = load_preset(args.preset)
-    try:
-        seconds = train(
-            args.work,
-            args.assets,
-            args.data,
-            args.slides,
-            args.seed,
-            args.preset,
-            args.folds or preset.folds,
-            _options(preset.detector, args, "detector"),
-            _options(preset.classifier, args, "classifier"),
-            config_from_args(args),
-            args.by_centre,
-            args.device,
-            args.y_flip,
-            args.source,
-        )
-    except MissingTifsError as exc:
-        parser.exit(2, f"error: {exc}\n")
+    if args.list_tifs is not None:
+        if args.data is None:
+            parser.error("--list-tifs needs --data")
+        slides = read_training_set(args.data, args.y_flip, "light")
+        fold_of = assign_folds(slides, args.folds or preset.folds, args.seed, args.by_centre)
+        val_fold = _options(preset.detector, args, "detector").val_fold
+        print("\n".join(tifs_to_download(slides, fold_of, val_fold, args.list_tifs)))
+        return 0
+    seconds = train(
+        args.work,
+        args.assets,
+        args.data,
+        args.slides,
+        args.seed,
+        args.preset,
+        args.folds or preset.folds,
+        _options(preset.detector, args, "detector"),
+        _options(preset.classifier, args, "classifier"),
+        config_from_args(args),
+        args.by_centre,
+        args.device,
+        args.y_flip,
+        args.source,
+    )
     for name, value in seconds.items():
         print(f"{name:>15}: {value / 60:6.1f} min")
     return 0

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.data.synthetic.__main__", "generate slides in the competition's formats"),
     "convert": ("training.data.convert", "convert a native slide to a pyramidal TIFF"),
+    "light": ("training.data.light.__main__", "DrivenData's light files of a folder of TIFs"),
     "check": ("training.data.check", "check a training folder (labels, annotations, grades)"),
     "cache": ("training.data.cache", "build the training cache of a training folder"),
     "fit-detector": ("training.fit.detector", "train stage 1 (the heatmap detector)"),
@@ -28,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pack": ("training.pack.package", "pack, test and score the runtime submission"),
     "metric": ("stages.metric", "score a submission against labels"),
     "evaluate": ("training.evaluate.explain", "the shipped assets on held-out slides"),
+    "light-price": ("training.evaluate.light", "light-files training against TIF training"),
     "report": ("training.inspect.report", "one HTML report of a graded run"),
     "qupath": ("training.inspect.qupath", "GeoJSON for QuPath of a graded run; --check"),
     "cluster": ("training.cluster.__main__", "grade an archive or build a cache on Ray"),

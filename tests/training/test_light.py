@@ -4,8 +4,10 @@ the one built from the TIFs, and bad files named and skipped."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,13 +15,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import pyvips
-from helpers import REAL_TISSUENET, TEST_RECIPE, TRAIN_MIX
+import torch
+from helpers import REAL_TISSUENET, TEST_RECIPE, TRAIN_MIX, run_main
 
+from stages.classifier import read_patches
+from stages.detector import Heatmap, build_detector
 from stages.geometry import Box
+from stages.hotspots import Hotspot
 from stages.slide import Slide
 from training.data.annotations import format_annotation, parse_annotations
-from training.data.cache import Cache, CacheConfig, build_cache
-from training.data.dataset import read_training_set
+from training.data.cache import Cache, CacheConfig, build_cache, crop_size
+from training.data.dataset import TrainSlide, assign_folds, read_training_set
 from training.data.light import (
     JPG_URLS,
     REGION_URLS,
@@ -32,9 +38,15 @@ from training.data.light import (
 from training.data.light.read import LightSlide, Region, light_pages
 from training.data.light.write import LightOptions, light_folder
 from training.data.synthetic import SynthConfig, sample_specs, slide_annotations, write_dataset
-from training.fit import classifier, detector
-from training.pipeline import MissingTifsError, train
+from training.evaluate.light import folder_bytes, light_folders
+from training.evaluate.light import markdown as price_markdown
+from training.evaluate.light import row as price_row
+from training.fit import decision
+from training.fit.crops import BENIGN_SCORE, crop_cells, crop_hotspots, inside
+from training.fit.hard_negatives import mine_hard_negatives
+from training.pipeline import tifs_to_download, train
 from training.presets import TrainOptions
+from training.stageio import save_stage
 
 SMALL = CacheConfig(square_patches=3, benign_patches=6)
 LIGHT = CacheConfig(square_patches=3, benign_patches=6, source="light")
@@ -238,23 +250,223 @@ def test_bad_light_files_are_named_and_lose_their_square_or_slide_only(
     assert len(squares) == sum(len(s.annotations) for s in (first, second, fourth))
 
 
+def test_a_light_cache_reads_a_slides_tif_where_the_folder_has_it(
+    tifs: Path, light: Path, tmp_path: Path
+) -> None:
+    mixed = tmp_path / "mixed"
+    shutil.copytree(light, mixed)
+    benign = next(s.filename for s in read_training_set(light, source="light") if s.label == 0)
+    (mixed / benign).symlink_to(tifs / benign)
+    rows = build_cache(mixed, tmp_path / "mixed-cache", TEST_RECIPE, LIGHT, folds=2)
+    assert dict(zip(rows["filename"], rows["read"], strict=True)) == {
+        name: "tif" if name == benign else "light" for name in rows["filename"]
+    }
+    build_cache(tifs, tmp_path / "tif-cache", TEST_RECIPE, SMALL, folds=2)
+    stem = benign.removesuffix(".tif")
+    ours, theirs = (
+        Cache.open(tmp_path / c).array(stem, "patches") for c in ("mixed-cache", "tif-cache")
+    )
+    np.testing.assert_array_equal(ours, theirs)  # its benign patches from all its tissue
+
+
+# -- hard negatives and the decision from the crops ---------------------------------------------
+
+
+def test_crop_cells_are_those_whose_footprint_lies_in_a_crop() -> None:
+    # 4 x 6 cells of 10 page-0 px; centres at 5, 15, … A 20 x 10 footprint fits in the crop
+    # (10, 0, 30, 20) for centres x in [20, 30], y in [5, 15]: columns 2, rows 0 and 1.
+    cells = crop_cells((4, 6), (10.0, 10.0), [(10, 0, 30, 20)], (20.0, 10.0))
+    expected = np.zeros((4, 6), bool)
+    expected[0:2, 2] = True
+    np.testing.assert_array_equal(cells, expected)
+    # a second crop adds its own cells; a crop smaller than the footprint adds none
+    both = crop_cells((4, 6), (10.0, 10.0), [(10, 0, 30, 20), (40, 20, 30, 20), (0, 30, 5, 5)],
+                      (20.0, 10.0))  # fmt: skip
+    expected[2:4, 5] = True
+    np.testing.assert_array_equal(both, expected)
+
+
+def test_the_benign_parts_of_crops_are_the_detectors_surest_places_nms_apart() -> None:
+    p0 = np.full((4, 8), 0.5)
+    p0[1, 2], p0[0, 5], p0[1, 7], p0[0, 6] = 0.97, 0.95, 0.99, 0.85
+    probs = np.stack([p0, *[(1 - p0) / 3] * 3]).astype(np.float32)
+    seen = np.ones((4, 8), bool)
+    heatmap = Heatmap(probs, seen, seen, (10.0, 10.0), 5, True, 1)
+    hotspots = dataclasses.replace(TEST_RECIPE.hotspots, nms_um=150.0)
+    config = dataclasses.replace(TEST_RECIPE, hotspots=hotspots)
+    crop = [(10, 0, 60, 20)]  # a 20 x 10 footprint fits at columns 2-5, rows 0-1: not (1, 7)
+
+    def places(mpp0: float, rects: list = crop) -> list[tuple[tuple[float, float], float]]:
+        found = crop_hotspots(heatmap, rects, mpp0, (20.0, 10.0), (20.0, 10.0), config, 8, True)
+        return [(h.box.center, round(h.score, 6)) for h in found]
+
+    # 150 µm is half a cell at 30 µm/px: both places, the surest (lesion score 0.03) first
+    assert places(30.0) == [((25.0, 15.0), 0.03), ((55.0, 5.0), 0.05)]
+    assert places(4.0) == [((25.0, 15.0), 0.03)]  # 3.75 cells apart at most: one suppressed
+    # a place scoring above the bound is never benign: (0, 6) scores 0.15, in a wider crop
+    assert places(30.0, [(10, 0, 70, 20)]) == places(30.0) and BENIGN_SCORE == 0.1
+
+
+def test_hotspots_inside_crops_are_counted_by_their_whole_box() -> None:
+    spots = [
+        Hotspot(Box(x, 0.0, 10.0, 10.0), 1.0, (0.25,) * 4, i) for i, x in enumerate((0, 5, 20))
+    ]
+    assert inside(spots, [(0, 0, 15, 10)]) == 2  # the third reaches past x = 15
+    assert inside(spots, [(0, 0, 15, 10), (20, 0, 10, 10)]) == 3
+    assert inside(spots, []) == 0
+
+
+def test_the_tifs_to_download_are_the_trained_benign_slides_then_the_validation_folds() -> None:
+    labels = [0, 0, 2, 1, 0, 2, 3, 0, 2]
+    slides = [
+        TrainSlide(f"s{i}.tif", Path(f"s{i}.tif"), c, 0.25, (), None) for i, c in enumerate(labels)
+    ]
+    fold_of = {s.filename: int(s.filename[1]) % 2 for s in slides}  # even: fold 0
+    # fold 1's benign slides: s1, s7; fold 0 holds s0 (0), s2 (2), s4 (0), s6 (3), s8 (2)
+    order = ["s1.tif", "s7.tif", "s0.tif", "s2.tif", "s6.tif", "s4.tif", "s8.tif", "s3.tif",
+             "s5.tif"]  # fmt: skip
+    assert tifs_to_download(slides, fold_of, 0, 20) == order
+    assert tifs_to_download(slides, fold_of, 0, 3) == order[:3]
+
+
+def test_light_hard_negatives_are_the_detectors_best_places_inside_benign_crops(
+    tifs: Path, light: Path, tmp_path: Path
+) -> None:
+    cache_root = tmp_path / "cache"
+    build_cache(light, cache_root, TEST_RECIPE, LIGHT, folds=2)
+    torch.manual_seed(0)
+    model = build_detector(TEST_RECIPE.detector)
+    save_stage(
+        tmp_path / "detector", "detector", model, TEST_RECIPE, {"metrics": {}, "command": "test"}
+    )
+    n = mine_hard_negatives(cache_root, light, tmp_path / "detector", per_slide=5)
+    cache = Cache.open(cache_root)
+    hard = cache.patches.query("source == 'hard'")
+    (benign,) = cache.slides.query("label == 0")["filename"]
+    mined = hard[hard["kind"] == "hard"]
+    assert len(mined) == 5 and set(mined["filename"]) == {benign} and len(hard) == n
+    parts = hard[hard["kind"] == "benign_part"]  # the lesion slide's surest benign places
+    assert set(parts["filename"]) <= {benign} ^ set(cache.slides["filename"])
+    assert (parts["score"] <= BENIGN_SCORE).all() and (hard["cls"] == 0).all()
+    stem = cache.row(benign)["stem"]
+    assert json.loads((cache_root / stem / "hard.json").read_text())["read"] == "crops"
+    item = next(s for s in read_training_set(light, source="light") if s.filename == benign)
+    size = crop_size(TEST_RECIPE.classifier.patch, LIGHT.crop_factor)
+    page = int(cache.row(benign)["classifier_page"])
+    stored = np.asarray(cache.array(stem, "hard"))
+    with (
+        LightSlide(light, benign, item.size, item.annotations, item.mpp) as slide,
+        Slide(tifs / benign, mpp=item.mpp) as tif,
+    ):
+        sx, sy = slide.pages[page].scale
+        rects = [r.rect for r in slide.crops.values()]
+        centres = mined[["x", "y"]].to_numpy()
+        boxes = [Hotspot(Box.centered(x, y, size * sx, size * sy), 0.0, (0.0,) * 4, 0)
+                 for x, y in centres]  # fmt: skip
+        assert inside(boxes, rects) == len(boxes)  # every cut lies inside a crop
+        # the detector's ranking, restricted to the crops: scores best first, spaced apart
+        assert list(mined["score"]) == sorted(mined["score"], reverse=True)
+        # the stored cuts are the TIF's pixels at those places, but for the JPEGs' re-encoding
+        theirs = read_patches(tif, [tuple(c) for c in centres], page, size).astype(int)
+        assert stored.shape == theirs.shape and np.abs(stored - theirs).mean() < 4
+
+
 # -- the pipeline ----------------------------------------------------------------------------------
 
 
-def test_the_pipeline_from_light_files_without_tifs_stops_first(
-    light: Path, tmp_path: Path
-) -> None:
-    with pytest.raises(MissingTifsError, match="2 of 2 slides have light files but no TIF"):
-        train(tmp_path / "work", tmp_path / "assets", data=light, source="light")
-    assert not (tmp_path / "work" / "cache").exists()
-
-
 @pytest.mark.slow
-def test_a_light_only_folder_trains_both_stages(light: Path, tmp_path: Path) -> None:
-    build_cache(light, tmp_path / "cache", TEST_RECIPE, LIGHT, folds=2)
+def test_a_light_only_folder_trains_the_cascade_whose_assets_grade_tifs(
+    light: Path, tifs: Path, generated: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Cache, detector, hard negatives, classifier and decision from the light files alone; the
+    assets then grade a folder of TIFs with main.py, every slide from its patches."""
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"cascade": dataclasses.asdict(TEST_RECIPE), "training": {}}))
     fast = TrainOptions(epochs=1, batch_size=8, samples=16, workers=0, patience=10)
-    detector.train_detector(tmp_path / "cache", tmp_path / "detector", TEST_RECIPE, fast)
-    classifier.train_classifier(tmp_path / "cache", tmp_path / "classifier", TEST_RECIPE, fast)
-    for stage in ("detector", "classifier"):
-        info = json.loads((tmp_path / stage / f"{stage}.json").read_text())
-        assert (tmp_path / stage / f"{stage}.safetensors").is_file() and info["val_fold"] in (0, 1)
+    work, assets = tmp_path / "work", tmp_path / "assets"
+    train(work, assets, data=light, preset=str(preset), folds=2, detector_options=fast,
+          classifier_options=fast, device="cpu", source="light")  # fmt: skip
+    cache = Cache.open(work / "cache")
+    (benign,) = cache.slides.query("label == 0")["stem"]
+    assert json.loads((work / "cache" / benign / "hard.json").read_text())["read"] == "crops"
+    info = json.loads((work / "decision" / "decision.json").read_text())
+    metrics = info["metrics"]
+    assert (metrics["tif_slides"], metrics["crop_slides"]) == (0, 1)
+    assert metrics["crop_graded_mean"] > 0 and info["costs_measured_on"] is None
+    counts = pd.read_csv(work / "decision" / "crops.csv")
+    assert counts["graded"].iloc[0] == metrics["crop_graded_mean"]
+    # the same stages, fitted on a mixed folder: the validation slide's TIF is graded by the
+    # cascade itself, and the costs are measured on it
+    mixed = tmp_path / "mixed"
+    shutil.copytree(light, mixed)
+    (val,) = cache.slides.query(f"fold == {info['val_fold']}")["filename"]
+    (mixed / val).symlink_to(tifs / val)
+    again = decision.fit_stage(mixed, work / "cache", work / "detector", work / "classifier",
+                               tmp_path / "decision", folds=2)  # fmt: skip
+    assert (again["tif_slides"], again["crop_slides"]) == (1, 0)
+    measured = json.loads((tmp_path / "decision" / "decision.json").read_text())
+    assert measured["costs_measured_on"]["slides"] == 1
+    # a validation slide whose crops are all missing keeps its heatmap's evidence, graded none
+    bare = tmp_path / "bare"
+    shutil.copytree(light, bare)
+    for annotation in next(
+        s for s in read_training_set(light, source="light") if s.filename == val
+    ).annotations:
+        (bare / region_path(annotation.annotation_id)).unlink()
+    decision.fit_stage(bare, work / "cache", work / "detector", work / "classifier",
+                       tmp_path / "bare-decision", folds=2)  # fmt: skip
+    counts = pd.read_csv(tmp_path / "bare-decision" / "crops.csv")
+    assert counts[["graded", "crops"]].values.tolist() == [[0, 0]] and counts["hotspots"][0] > 0
+    # the light-trained assets grade TIFs
+    test = generated(2, 5, "test", TRAIN_MIX)
+    code, log = run_main(test, tmp_path / "submission.csv", assets)
+    assert code == 0, log
+    written = pd.read_csv(tmp_path / "submission.csv")
+    expected = pd.read_csv(test / "submission_format.csv")
+    assert list(written["filename"]) == list(expected["filename"])
+    assert log.count(" from patches, ") == 2, log  # no slide fell back to the prior
+
+
+# -- the price table ---------------------------------------------------------------------------
+
+
+def test_the_price_compares_the_tif_folder_with_light_and_mixed_copies(
+    generated: Callable[..., Path], tmp_path: Path
+) -> None:
+    tifs = generated(4, 24, "train", TRAIN_MIX)
+    folders = light_folders(tifs, tmp_path, share=0.25)
+    light, mixed = folders["light-only"], folders["mixed"]
+    assert not list(light.glob("*.tif"))
+    (linked,) = mixed.glob("*.tif")  # ceil(0.25 × 4) = 1: the one --list-tifs names first
+    assert linked.is_symlink() and linked.resolve() == (tifs / linked.name).resolve()
+    slides = read_training_set(light, source="light")  # the pipeline's folds: tiny's 4, seed 1000
+    assert [linked.name] == tifs_to_download(slides, assign_folds(slides, 4, 1000), 0, 1)
+    assert folder_bytes(mixed) == folder_bytes(light) + linked.stat().st_size
+    assert folder_bytes(light) < sum(p.stat().st_size for p in tifs.glob("*.tif"))
+
+
+def test_a_price_row_holds_the_scores_recall_by_size_and_bytes(tmp_path: Path) -> None:
+    (tmp_path / "a.tif").write_bytes(b"x" * 1_500_000)
+    figures = {
+        "scores": {k: {"written": 0.5, "true": 0.625} for k in
+                   ("cascade", "detector_only", "always_1", "oracle_hotspots", "oracle_grades")},
+        "worst_lesion_recall": [{"group": "80–150 µm", "recall": 0.5},
+                                {"group": "grade 2", "recall": 1.0}],
+        "recall": {"4": 0.25, "32": 0.75},
+        "slides": 3,
+    }  # fmt: skip
+    row = price_row("mixed", tmp_path, figures)
+    assert row == {
+        "training": "mixed",
+        "download (MB)": 1.5,
+        "score": "0.5000 / 0.6250",
+        "detector only": "0.5000 / 0.6250",
+        "oracle hotspots": "0.5000 / 0.6250",
+        "oracle grades": "0.5000 / 0.6250",
+        "recall 80–150 µm": "0.500",
+        "recall@4": "0.250",
+        "recall@32": "0.750",
+    }
+    table = price_markdown([row], tmp_path, 3).splitlines()
+    assert table[2].startswith("| training | download (MB) | score |")
+    assert table[4] == "| mixed | 1.5 | " + " | ".join(list(row.values())[2:]) + " |"

@@ -147,20 +147,23 @@ def evaluate(
     train_set: Path | None = None,
     curve: bool = False,
     fit_set: Path | None = None,
+    exhaustive: bool = True,
 ) -> dict:
-    """Every figure of the module doc: ``main.py`` and the exhaustive baseline on ``test`` (runs
-    under ``out``), the truth's rows and tables when ``test`` has them, the recall on
-    ``train_set`` if given, the score–time curve with ``curve``."""
+    """Every figure of the module doc: ``main.py`` and the exhaustive baseline (unless not
+    ``exhaustive``) on ``test`` (runs under ``out``), the truth's rows and tables when ``test``
+    has them, the recall on ``train_set`` if given, the score–time curve with ``curve`` (which
+    needs ``exhaustive``)."""
     figures = heldout_classes(test, assets, out, device)
     names = figures["filenames"]
     written_by_name = classes_by_filename(read_table(test / "test_labels.csv"))
     written = [written_by_name[n] for n in names]
-    run_mode(test, out / "exhaustive", assets, Mode("exhaustive", exhaustive=True), device)
-    refit = fit_exhaustive_decision(out, assets, device, data=fit_set)
-    exhaustive_run = out / "exhaustive"
-    figures["classes"]["exhaustive"] = exhaustive_classes(
-        exhaustive_run, names, refit, run_results(exhaustive_run, names)
-    )
+    if exhaustive:
+        run_mode(test, out / "exhaustive", assets, Mode("exhaustive", exhaustive=True), device)
+        refit = fit_exhaustive_decision(out, assets, device, data=fit_set)
+        exhaustive_run = out / "exhaustive"
+        figures["classes"]["exhaustive"] = exhaustive_classes(
+            exhaustive_run, names, refit, run_results(exhaustive_run, names)
+        )
     truth = read_truth(test)
     true_by_name, true = None, None
     if truth is not None:

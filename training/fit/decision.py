@@ -18,6 +18,16 @@
    precision, the detector frozen, the networks warmed up) on the first :data:`COST_SLIDES`
    validation slides (:func:`runtime_costs`).
 
+A validation slide whose TIF is not in ``DATA_DIR`` (DrivenData's light files only: a cache
+built with ``--source light``) is not graded by the cascade in step 1: its heatmap and hotspots
+come from the cached detector page (:meth:`training.data.cache.CachedSlide.hotspots`, the
+cascade's own code), and its graded patches are the top ``budget.max_k`` hotspots among the
+places whose patch lies inside a usable crop of its squares (:func:`training.fit.crops
+.read_from_crops`): the hotspots outside every crop, which the runtime would grade, are not
+graded (how many is written as ``crop_hotspots_inside``, the share of the runtime's hotspots the
+crops hold). Step 4 then measures the costs on the slides that have TIFs; with none, the
+preset's cost guesses stay (logged). ``OUT/crops.csv`` lists such slides' counts.
+
 Writes ``OUT/decision.json`` (the decision and budget configs, the cascade they belong to, the
 metrics) for :mod:`training.pack.export`.
 """
@@ -33,6 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from scipy.optimize import minimize
 from sklearn.model_selection import StratifiedKFold
@@ -40,7 +51,7 @@ from tqdm import tqdm
 
 from stages.budget import RunBudget
 from stages.cascade import Cascade, grade_or_fallback
-from stages.classifier import PatchClassifier
+from stages.classifier import PatchClassifier, grade
 from stages.config import load_assets
 from stages.decision import DecisionConfig, decide, decide_slide, slide_probabilities
 from stages.detector import build_detector
@@ -49,8 +60,9 @@ from stages.metric import N_CLASSES, score
 from stages.nets import pick_precision
 from stages.result import SlideResult
 from training.cli import command_parser, setup_logging
-from training.data.cache import Cache
+from training.data.cache import Cache, CachedSlide
 from training.fit.common import command_line
+from training.fit.crops import inside, light_items, read_from_crops
 from training.stageio import load_stage_model, read_stage, save_stage, stage_cascade, write_assets
 
 log = logging.getLogger(__name__)
@@ -125,6 +137,45 @@ def runtime_costs(
     cpu = torch.device("cpu")
     _, costs = run_cascade(assets, paths[:slides], mpps[:slides], None, cpu, "auto", frozen=True)
     return costs
+
+
+def crop_evidence(
+    assets: Path,
+    cache: Cache,
+    data: Path,
+    filenames: Sequence[str],
+    labels: dict[str, int],
+    device: torch.device,
+) -> tuple[list[Evidence], pd.DataFrame]:
+    """The evidence of the cached slides ``filenames`` that have light files only (module doc),
+    the cascade of ``assets`` on ``device``; and per slide its counts: ``hotspots`` (the
+    runtime's), ``inside`` (of those, lying inside a usable crop), ``graded`` (the hotspots
+    restricted to the crops, graded) and ``crops``."""
+    loaded = load_assets(assets, device)
+    config = loaded.config
+    items = light_items(data, cache.settings["cache"]["y_flip"])
+    evidence, counts = [], []
+    for name in tqdm(filenames, desc="crops", unit="slide"):
+        try:
+            if name not in items:
+                raise FileNotFoundError(f"neither its TIF nor its light files are in {data}")
+            heatmap, hotspots = CachedSlide(cache, name).hotspots(
+                loaded.detector, config, device, loaded.autocast
+            )
+            page = int(cache.row(name)["classifier_page"])
+            graded, patches, rects = read_from_crops(
+                items[name], heatmap, config, page, config.classifier.patch, config.budget.max_k
+            )
+        except Exception as exc:  # an unreadable slide loses its own evidence only
+            log.error("%s: left out of the decision fit: %s: %s", name, type(exc).__name__, exc)
+            continue
+        grades = grade(loaded.classifier, patches, config.classifier, device, loaded.autocast)
+        evidence.append(Evidence(name, grades.astype(np.float64), heat_evidence(hotspots),
+                                 labels[name]))  # fmt: skip
+        counts.append({"filename": name, "label": labels[name], "hotspots": len(hotspots),
+                       "inside": inside(hotspots, rects), "graded": len(graded),
+                       "crops": len(rects)})  # fmt: skip
+    return evidence, pd.DataFrame(counts)
 
 
 # -- the fit -----------------------------------------------------------------------------------
@@ -294,6 +345,11 @@ def fit_stage(
         detector=stage_cascade(detector_dir, "detector").detector,
     )
     rows = cache.slides[cache.slides["fold"] == fold]
+    labels = dict(zip(rows["filename"], rows["label"].astype(int), strict=True))
+    tifs = [name for name in rows["filename"] if (data / name).is_file()]
+    light = [name for name in rows["filename"] if name not in set(tifs)]
+    log.info("decision: %d validation slides graded from their TIFs, %d from their light "
+             "files' crops", len(tifs), len(light))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="decision-assets-") as tmp:
         staging = write_assets(
             Path(tmp) / "assets",
@@ -301,29 +357,50 @@ def fit_stage(
             load_stage_model(detector_dir, "detector", build_detector(cascade.detector)),
             load_stage_model(classifier_dir, "classifier", PatchClassifier(cascade.classifier)),
         )
-        paths, mpps = [data / f for f in rows["filename"]], [float(m) for m in rows["mpp"]]
-        results, _ = run_cascade(staging, paths, mpps, out / "results", torch.device(device))
-        costs = runtime_costs(staging, paths, mpps)
-    labels = dict(zip(rows["filename"], rows["label"].astype(int), strict=True))
-    evidence = [Evidence.of(r, labels[r.filename]) for r in results]
+        mpp_of = dict(zip(rows["filename"], rows["mpp"].astype(float), strict=True))
+        paths, mpps = [data / f for f in tifs], [mpp_of[f] for f in tifs]
+        evidence, costs = [], None
+        if tifs:
+            results, _ = run_cascade(staging, paths, mpps, out / "results", torch.device(device))
+            evidence = [Evidence.of(r, labels[r.filename]) for r in results]
+            costs = runtime_costs(staging, paths, mpps)
+        if light:
+            more, counts = crop_evidence(staging, cache, data, light, labels, torch.device(device))
+            evidence += more
+            out.mkdir(parents=True, exist_ok=True)
+            counts.to_csv(out / "crops.csv", index=False)
     fitted, metrics = fit_all(evidence, cascade.decision, folds)
-    budget = replace(
-        cascade.budget,
-        prior_patch_s=float(costs["patch_s"]),
-        prior_batch_s=float(costs["batch_s"]),
-        prior_detector_mpx_s=float(costs["detector_mpx_s"]),
-        prior_prepare_s=float(costs["prepare_s"]),
-        prior_hotspots_mcell_s=float(costs["hotspots_mcell_s"]),
-    )
+    metrics |= {"tif_slides": float(len(tifs)), "crop_slides": float(len(light))}
+    if light:
+        share = counts["inside"].sum() / max(counts["hotspots"].sum(), 1)
+        metrics |= {
+            "crop_hotspots_inside": float(share),
+            "crop_graded_mean": float(counts["graded"].mean()),
+        }
+    budget = cascade.budget
+    if costs is None:
+        log.warning("decision: no validation slide has its TIF; the budget keeps the preset's "
+                    "cost guesses")  # fmt: skip
+    else:
+        budget = replace(
+            budget,
+            prior_patch_s=float(costs["patch_s"]),
+            prior_batch_s=float(costs["batch_s"]),
+            prior_detector_mpx_s=float(costs["detector_mpx_s"]),
+            prior_prepare_s=float(costs["prepare_s"]),
+            prior_hotspots_mcell_s=float(costs["hotspots_mcell_s"]),
+        )
     final = replace(cascade, decision=fitted, budget=budget)
     cost_dtype = str(pick_precision(torch.device("cpu")) or torch.float32).removeprefix("torch.")
     info = {
-        "metrics": metrics | {f"cost_{k}": float(v) for k, v in costs.items()},
+        "metrics": metrics | {f"cost_{k}": float(v) for k, v in (costs or {}).items()},
         "costs_measured_on": {
             "device": "cpu",
             "precision": cost_dtype,
-            "slides": min(len(rows), COST_SLIDES),
-        },
+            "slides": min(len(tifs), COST_SLIDES),
+        }
+        if tifs
+        else None,
         "data": str(data),
         "command": command_line(),
         "val_fold": fold,
@@ -338,7 +415,7 @@ def fit_stage(
 
 def main(argv: list[str] | None = None) -> int:
     parser = command_parser("training.fit.decision", __doc__)
-    parser.add_argument("data", type=Path, help="the training folder (TIFs)")
+    parser.add_argument("data", type=Path, help="the training folder (TIFs, light files)")
     parser.add_argument("cache", type=Path)
     parser.add_argument("detector", type=Path, help="output folder of training.fit.detector")
     parser.add_argument("classifier", type=Path, help="output folder of training.fit.classifier")

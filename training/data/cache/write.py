@@ -139,7 +139,10 @@ def cache_slide(
     item: TrainSlide, fold: int, out: Path, cascade: CascadeConfig, config: CacheConfig
 ) -> dict:
     """Decode one slide into ``out/<stem>/`` (see the module doc), read from
-    ``config.source`` (:mod:`training.data.cache.source`); returns its index row.
+    ``config.source`` (:mod:`training.data.cache.source`), or from its TIF where ``config.source``
+    is ``light`` and the TIF is there too (whole slides give more than the light files: the
+    benign patches of a label-0 slide come from all its tissue); returns its index row, whose
+    ``read`` says which.
 
     Raises what the reader raises for an unreadable slide (:class:`stages.slide.SlideError`).
     """
@@ -150,7 +153,8 @@ def cache_slide(
         stale.unlink()
     rng = np.random.default_rng([config.seed, *item.stem.encode()])
     margin = crop_size(cascade.detector.window, config.crop_factor) // 2
-    source = SOURCES[config.source]
+    read = "tif" if config.source == "light" and item.path.is_file() else config.source
+    source = SOURCES[read]
     with source.open(item, cascade.default_mpp) as slide:
         mask, mask_page = mask_for_slide(slide, cascade.tissue)
         mask_scale = slide.pages[mask_page].scale
@@ -253,6 +257,7 @@ def cache_slide(
         "patches": len(table),
         "bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
         "seconds": round(time.perf_counter() - started, 3),
+        "read": read,
         "boxes": [list(b) for b in boxes],
     }
     (folder / DONE).write_text(json.dumps(row, indent=1) + "\n")

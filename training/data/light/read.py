@@ -78,6 +78,12 @@ class Region:
     top: int
     pixels: np.ndarray
 
+    @property
+    def rect(self) -> tuple[int, int, int, int]:
+        """The crop's page-0 ``(left, top, width, height)``."""
+        h, w = self.pixels.shape[:2]
+        return self.left, self.top, w, h
+
     def covers(self, x0: int, y0: int, x1: int, y1: int, slack: int) -> bool:
         """True when page-0 ``[x0, x1) × [y0, y1)`` lies in the crop but for ``slack`` px."""
         h, w = self.pixels.shape[:2]
