@@ -89,8 +89,8 @@ def tifs_to_download(
     val = [s for s in slides if fold_of[s.filename] == val_fold]
     by_label = [[s.filename for s in val if s.label == label] for label in range(4)]
     chosen = benign + [name for row in zip_longest(*by_label) for name in row if name is not None]
-    rest = [s.filename for s in slides if s.filename not in set(chosen)]
-    return (chosen + rest)[:n]
+    taken = set(chosen)
+    return (chosen + [s.filename for s in slides if s.filename not in taken])[:n]
 
 
 def train(

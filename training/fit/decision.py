@@ -346,8 +346,9 @@ def fit_stage(
     )
     rows = cache.slides[cache.slides["fold"] == fold]
     labels = dict(zip(rows["filename"], rows["label"].astype(int), strict=True))
-    tifs = [name for name in rows["filename"] if (data / name).is_file()]
-    light = [name for name in rows["filename"] if name not in set(tifs)]
+    has_tif = {name: (data / name).is_file() for name in rows["filename"]}
+    tifs = [name for name, there in has_tif.items() if there]
+    light = [name for name, there in has_tif.items() if not there]
     log.info("decision: %d validation slides graded from their TIFs, %d from their light "
              "files' crops", len(tifs), len(light))  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="decision-assets-") as tmp:

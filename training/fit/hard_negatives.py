@@ -72,8 +72,9 @@ def mine_hard_negatives(
     model.to(torch_device)
     digest = _weights_digest(detector_dir / "detector.safetensors")
     size = crop_size(cascade.classifier.patch, cache.settings["cache"]["crop_factor"])
-    has_tif = np.array([(data / name).is_file() for name in cache.slides["filename"]], bool)
-    chosen = cache.slides[(cache.slides["label"] == 0).to_numpy() | ~has_tif]
+    has_tif = {name: (data / name).is_file() for name in cache.slides["filename"]}
+    wanted = cache.slides["filename"].map(lambda name: not has_tif[name])
+    chosen = cache.slides[(cache.slides["label"] == 0) | wanted]
     light: dict[str, TrainSlide] | None = None
     total, reads = 0, {"tif": 0, "crops": 0}
     for row in tqdm(list(chosen.itertuples(index=False)), desc="hard negatives", unit="slide"):
@@ -86,7 +87,7 @@ def mine_hard_negatives(
         cached = CachedSlide(cache, row.filename)
         heatmap, hotspots = cached.hotspots(model, cascade, torch_device, autocast)
         page = int(row.classifier_page)
-        read = "tif" if (data / row.filename).is_file() else "crops"
+        read = "tif" if has_tif[row.filename] else "crops"
         try:
             if read == "tif":
                 hotspots = hotspots[:per_slide]
