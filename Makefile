@@ -110,7 +110,7 @@ $(EVAL)/train/train_metadata.csv: | setup
 # files alone and with the TIFs of 10 % of them (training.pipeline --source light), graded with the
 # shipped (TIF-trained) assets by main.py on make evaluate's held-out TIF slides. The training
 # slides are make train's (generated here when build/train has none); light folders, runs and
-# assets go to $(PRICE), the table to training/evaluate/results. About 25 min on 2 cores.
+# assets go to $(PRICE), the table to training/evaluate/results. About 20 min on 2 cores.
 PRICE := build/light-price
 light-price: setup $(TRAIN)/data/train_metadata.csv $(EVAL)/test/submission_format.csv $(EVAL)/train/train_metadata.csv ## the light recipe's price in score
 	$(PY) -m training.evaluate.light $(PRICE) --tif-data $(TRAIN)/data --test $(EVAL)/test \

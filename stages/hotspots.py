@@ -188,12 +188,31 @@ def select_hotspots(
     peaks = find_peaks(
         score, k, radius_px, config.min_score, config.max_candidates, config.keep_top
     )
+    return peak_hotspots(peaks, scale, patch_page0, heatmap)
+
+
+def peak_hotspots(
+    peaks: Sequence[Peak],
+    scale: tuple[float, float],
+    patch_page0: tuple[float, float],
+    heatmap: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+) -> list[Hotspot]:
+    """``peaks`` (cells of a map with ``scale`` page-0 px per cell) as hotspots in their order:
+    page-0 boxes of ``patch_page0`` ``(w, h)`` centred on the cells, ranked 0, 1, …; their
+    ``heat_probs`` from the ``(C, H, W)`` ``heatmap`` (NaN without one), their ``score`` the
+    peak's, or the ``(H, W)`` ``scores`` at the cell when given."""
     width, height = patch_page0
     hotspots = []
     for rank, peak in enumerate(peaks):
         cx, cy = to_page0(peak.col + 0.5, peak.row + 0.5, scale)
-        probs = tuple(float(p) for p in heatmap[:, peak.row, peak.col])
-        hotspots.append(Hotspot(Box.centered(cx, cy, width, height), peak.score, probs, rank))
+        probs = (
+            (float("nan"),) * 4
+            if heatmap is None
+            else tuple(float(p) for p in heatmap[:, peak.row, peak.col])
+        )
+        score = peak.score if scores is None else float(scores[peak.row, peak.col])
+        hotspots.append(Hotspot(Box.centered(cx, cy, width, height), score, probs, rank))
     return hotspots
 
 
@@ -220,13 +239,7 @@ def tissue_hotspots(
     padded = np.pad(tissue.astype(np.uint8), 1)  # the image's edge counts as glass
     depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     peaks = find_peaks(depth / depth.max(), k, nms_um / (mpp0 * (sx + sy) / 2), 0.0)
-    width, height = patch_page0
-    nan = (float("nan"),) * 4
-    return [
-        Hotspot(Box.centered(*to_page0(p.col + 0.5, p.row + 0.5, scale), width, height),
-                p.score, nan, rank)
-        for rank, p in enumerate(peaks)
-    ]  # fmt: skip
+    return peak_hotspots(peaks, scale, patch_page0)
 
 
 def heat_evidence(hotspots: Sequence[Hotspot]) -> np.ndarray:

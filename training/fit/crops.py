@@ -26,8 +26,14 @@ import numpy as np
 from stages.classifier import read_patches
 from stages.config import CascadeConfig
 from stages.detector import Heatmap
-from stages.geometry import Box, to_page0
-from stages.hotspots import Hotspot, find_peaks, on_tissue, score_map, select_hotspots
+from stages.hotspots import (
+    Hotspot,
+    find_peaks,
+    on_tissue,
+    peak_hotspots,
+    score_map,
+    select_hotspots,
+)
 from training.data.cache.source import SOURCES
 from training.data.dataset import TrainSlide, read_training_set
 
@@ -103,13 +109,7 @@ def _benign_places(
     radius = config.hotspots.nms_um / (mpp0 * (sx + sy) / 2)
     # sure-benign places score 1 - lesion score (> 0): the surest first
     peaks = find_peaks(on_tissue(1.0 - score + 1e-6, allowed), k, radius, 0.0)
-    width, height = patch_page0
-    return [
-        Hotspot(Box.centered(*to_page0(p.col + 0.5, p.row + 0.5, heatmap.scale), width, height),
-                float(score[p.row, p.col]), tuple(float(v) for v in heatmap.probs[:, p.row, p.col]),
-                rank)
-        for rank, p in enumerate(peaks)
-    ]  # fmt: skip
+    return peak_hotspots(peaks, heatmap.scale, patch_page0, heatmap.probs, score)
 
 
 def light_items(data: Path, y_flip: str) -> dict[str, TrainSlide]:
